@@ -1,0 +1,49 @@
+# `make run` and `make test` set everything up on a fresh machine (a .venv here).
+PYTHON ?= python3
+TORCH ?= torch==2.13.0  # taken first, so pip keeps it; `make install TORCH=torch` for another build
+VENV := .venv
+BIN := $(VENV)/bin
+SHARED_DATA := $(abspath ../shared/data)
+# Offline copies of the corpora, when this checkout sits beside them; otherwise the hub.
+export SENTIMENT_DATA_DIR ?= $(if $(wildcard $(SHARED_DATA)/rotten_tomatoes),$(SHARED_DATA),)
+
+.PHONY: install run sweep test test-fast lint format bench bench-train bench-similarity clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet "$(TORCH)"
+	$(BIN)/pip install --quiet -e ".[test]"
+	touch $@
+
+install: $(BIN)/.installed
+
+run: install  ## the main job: train the baseline, look inside it, shrink its 16-neuron layer to 4
+	$(BIN)/python -m src.run $(ARGS)
+
+sweep: install  ## every method x width 1,2,4,8, baseline trained once
+	$(BIN)/python -m src.run -m compress=freeze_retrain,cluster_init,weight_sum target_width=1,2,4,8 $(ARGS)
+
+test: install  ## the whole suite, end-to-end runs included (a few minutes on 2 cores)
+	$(BIN)/pytest -q
+
+test-fast: install  ## without the end-to-end runs
+	$(BIN)/pytest -q -m "not slow"
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: install
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+bench: bench-train bench-similarity
+
+bench-train: install
+	$(BIN)/python benchmarks/bench_train.py
+
+bench-similarity: install
+	$(BIN)/python benchmarks/bench_similarity.py
+
+clean:
+	rm -rf outputs/20* outputs/multirun .cache wandb

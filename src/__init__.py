@@ -1,0 +1,1 @@
+"""Train a sentiment LSTM, look inside it word by word, and shrink a layer by merging neurons."""

@@ -1,0 +1,1 @@
+"""Pure functions that look inside a trained head: traces, similarity, clustering, figures."""

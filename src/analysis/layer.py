@@ -1,0 +1,80 @@
+"""Look inside one head layer: probe it, measure how alike its neurons are, and cluster them."""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from src.analysis.clustering import (
+    agglomerative_clusters,
+    kmeans_clusters,
+    silhouette,
+    spectral_clusters,
+)
+from src.analysis.probe import Probe
+from src.analysis.similarity import affinity_from_dissimilarity, dissimilarity_matrix
+from src.compress.base import alive_neurons, check_choice
+
+CLUSTERINGS = ("spectral", "agglomerative", "kmeans")
+
+
+@dataclass
+class LayerAnalysis:
+    layer: int
+    probe: Probe
+    dissimilarity: Tensor  # (N, N), every neuron
+    alive: Tensor  # (N,) bool: neurons that carry signal on the probe words
+    labels: Tensor  # (N,) long, cluster 0..k-1, -1 for neurons left out as dead
+    silhouette: float | None
+
+
+def cluster_alive(
+    dissimilarity: Tensor,
+    weights: Tensor,
+    alive: Tensor,
+    n_clusters: int,
+    clustering: str,
+    seed: int,
+) -> Tensor:
+    """Cluster the live neurons only; the dead get -1 and never take a kept neuron's place."""
+    check_choice(clustering, CLUSTERINGS, "analysis.clustering")
+    labels = torch.full((len(alive),), -1, dtype=torch.long)
+    live = alive.nonzero().squeeze(1)
+    if len(live) <= n_clusters:
+        warnings.warn(
+            f"only {len(live)} live neurons for target_width={n_clusters}: keeping each one",
+            stacklevel=2,
+        )
+        labels[live] = torch.arange(len(live))
+        return labels
+    sub = dissimilarity[live][:, live]
+    if clustering == "spectral":
+        labels[live] = spectral_clusters(affinity_from_dissimilarity(sub), n_clusters, seed)
+    elif clustering == "agglomerative":
+        labels[live] = agglomerative_clusters(sub, n_clusters)
+    else:
+        labels[live] = kmeans_clusters(weights[live], n_clusters, seed)
+    return labels
+
+
+def analyse_layer(
+    probe: Probe,
+    weights: Tensor,
+    layer: int,
+    n_clusters: int,
+    measure: str = "shape",
+    clustering: str = "spectral",
+    seed: int = 0,
+    chunk_size: int = 8192,
+) -> LayerAnalysis:
+    """``weights``: the layer's incoming weights with the bias appended, (N, D + 1)."""
+    acts = probe.activations
+    dissimilarity = dissimilarity_matrix(lambda: acts.split(chunk_size), measure, chunk_size)
+    alive = alive_neurons(acts)
+    labels = cluster_alive(dissimilarity.float(), weights, alive, n_clusters, clustering, seed)
+    live = labels >= 0
+    score = silhouette(dissimilarity[live][:, live], labels[live]) if live.sum() > 2 else None
+    return LayerAnalysis(layer, probe, dissimilarity.float(), alive, labels, score)

@@ -1,0 +1,271 @@
+"""How alike two hidden neurons behave, measured over every probe word.
+
+The activations of one layer are too many words to hold at once, so every function here takes a
+*re-iterable source*: a zero-argument callable whose every call yields float tensors of shape
+(words_in_batch, N), one row per real word. Nothing concatenates the whole set; work is done in
+word chunks of ``chunk_size`` rows, so memory is bounded by the chunk and the (N, N) result.
+
+Two measures are offered (``analysis.measure``):
+
+``shape``
+    The source's measure. Each neuron's trace is divided by its peak, so a neuron that is 3x
+    another has the same normalised trace, and D[i, j] = mean_w |y_wi - y_wj|. The all-pairs sum
+    uses |a - b| = a + b - 2 min(a, b): the row sums are O(words * N) and only sum_w min(a, b)
+    is pairwise, two SIMD operations (min, add) per pair and word in a numba kernel.
+``correlation``
+    1 - |Pearson r|, streamed through per-chunk centred cross products (one matrix product per
+    chunk) merged in float64, which keeps the cost at about one (words x N)^T (words x N) product.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from numba import njit, prange
+from torch import Tensor
+
+Batches = Callable[[], Iterable[Tensor]]
+MEASURES = ("shape", "correlation")
+
+_TILE = 48  # neurons per side of a tile in the shape kernel; a multiple of both register blocks
+
+
+@dataclass(frozen=True)
+class TraceStats:
+    """Per-neuron range from one streaming pass: enough to normalise and to flag degenerates."""
+
+    n_words: int
+    low: Tensor  # (N,) min x
+    high: Tensor  # (N,) max x
+
+    @property
+    def peak(self) -> Tensor:
+        """max |x|, the shape measure's normalisation."""
+        return torch.maximum(self.high, -self.low)
+
+    @property
+    def scales(self) -> Tensor:
+        """The peak, with 1 for dead neurons so normalising never divides by zero."""
+        peak = self.peak
+        return torch.where(peak > 0, peak, torch.ones_like(peak))
+
+    @property
+    def dead(self) -> Tensor:
+        return self.peak == 0
+
+    @property
+    def constant(self) -> Tensor:
+        """Alive but never changing: no shape and no variance to compare."""
+        return (self.low == self.high) & ~self.dead
+
+
+@dataclass(frozen=True)
+class DegenerateNeurons:
+    """Neurons whose similarity to others is a convention rather than a measurement."""
+
+    dead: list[int]
+    constant: list[int]
+
+
+def _as_rows(batch: Tensor, n: int | None) -> np.ndarray:
+    """A batch as a (words, N) float32 array, checking it has the source's width."""
+    if batch.ndim != 2 or (n is not None and batch.shape[1] != n):
+        raise ValueError(
+            f"activation batches must be (words, {n or 'N'}), got {tuple(batch.shape)}"
+        )
+    return batch.detach().to("cpu", torch.float32).numpy()
+
+
+def _word_chunks(batches: Batches, chunk_size: int) -> Iterator[np.ndarray]:
+    """Re-cut the batches into fresh contiguous (<= chunk_size, N) float32 blocks."""
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    pending: list[np.ndarray] = []
+    filled, n = 0, None
+    for raw in batches():
+        batch = _as_rows(raw, n)
+        n = batch.shape[1]
+        start = 0
+        while start < len(batch):
+            take = min(chunk_size - filled, len(batch) - start)
+            pending.append(batch[start : start + take])
+            filled, start = filled + take, start + take
+            if filled == chunk_size:
+                yield np.concatenate(pending)
+                pending, filled = [], 0
+    if filled:
+        yield np.concatenate(pending)
+
+
+def _widen(bounds: tuple[np.ndarray, np.ndarray] | None, rows: np.ndarray) -> tuple:
+    """Per-neuron (min, max) so far, widened by ``rows``."""
+    low, high = rows.min(axis=0), rows.max(axis=0)
+    if bounds is None:
+        return low, high
+    return np.minimum(bounds[0], low), np.maximum(bounds[1], high)
+
+
+def trace_stats(batches: Batches) -> TraceStats:
+    """Word count and per-neuron min and max, in one pass over the source."""
+    n_words, bounds = 0, None
+    for raw in batches():
+        rows = _as_rows(raw, None if bounds is None else len(bounds[0]))
+        if len(rows):
+            bounds = _widen(bounds, rows)
+            n_words += len(rows)
+    if bounds is None:
+        raise ValueError("the activation source yielded no words")
+    return TraceStats(n_words, *map(torch.from_numpy, bounds))
+
+
+def trace_scales(batches: Batches) -> Tensor:
+    """Each neuron's peak |activation| (1 for dead neurons): what the shape measure divides by."""
+    return trace_stats(batches).scales
+
+
+def degenerate_neurons(source: Batches | TraceStats) -> DegenerateNeurons:
+    """Indices of dead (never nonzero) and constant neurons, for the caller to log."""
+    stats = source if isinstance(source, TraceStats) else trace_stats(source)
+    return DegenerateNeurons(
+        dead=stats.dead.nonzero().flatten().tolist(),
+        constant=stats.constant.nonzero().flatten().tolist(),
+    )
+
+
+@njit(parallel=True, fastmath=True, cache=True)
+def _add_min_sums(yt: np.ndarray, tiles: np.ndarray, total: np.ndarray) -> None:
+    """total[i, j] += sum_w min(yt[i, w], yt[j, w]) for all j >= i (and a few j < i, unused).
+
+    ``yt`` is (neurons, words), padded to a multiple of 4 neurons, so each neuron's trace is
+    contiguous: a 2 x 4 block of pairs keeps 8 float32 SIMD accumulators in registers while it
+    reduces over the chunk's words, reading 6 traces for 8 pairs. ``tiles`` holds the top-left
+    corner of each upper-triangle tile; threads take tiles.
+    """
+    n = yt.shape[0]
+    for t in prange(tiles.shape[0]):
+        i0, j0 = tiles[t, 0], tiles[t, 1]
+        for i in range(i0, min(i0 + _TILE, n), 2):
+            a0, a1 = yt[i], yt[i + 1]
+            for j in range(max(j0, i - i % 4), min(j0 + _TILE, n), 4):
+                b0, b1, b2, b3 = yt[j], yt[j + 1], yt[j + 2], yt[j + 3]
+                s00 = s01 = s02 = s03 = s10 = s11 = s12 = s13 = np.float32(0.0)
+                for w in range(yt.shape[1]):
+                    x0, x1 = a0[w], a1[w]
+                    z0, z1, z2, z3 = b0[w], b1[w], b2[w], b3[w]
+                    s00 += min(x0, z0)
+                    s01 += min(x0, z1)
+                    s02 += min(x0, z2)
+                    s03 += min(x0, z3)
+                    s10 += min(x1, z0)
+                    s11 += min(x1, z1)
+                    s12 += min(x1, z2)
+                    s13 += min(x1, z3)
+                total[i, j] += s00
+                total[i, j + 1] += s01
+                total[i, j + 2] += s02
+                total[i, j + 3] += s03
+                total[i + 1, j] += s10
+                total[i + 1, j + 1] += s11
+                total[i + 1, j + 2] += s12
+                total[i + 1, j + 3] += s13
+
+
+def _triangle_tiles(n: int) -> np.ndarray:
+    starts = range(0, n, _TILE)
+    return np.array([(i, j) for i in starts for j in starts if j >= i], dtype=np.int64)
+
+
+def shape_dissimilarity(
+    batches: Batches, scales: Tensor | None = None, chunk_size: int = 8192
+) -> Tensor:
+    """D[i, j] = mean over words of |x_wi / s_i - x_wj / s_j| (float64, symmetric, zero diagonal).
+
+    ``scales`` defaults to :func:`trace_scales` (an extra pass over the source). Per chunk, the
+    kernel sums min(y_i, y_j) in float32 over at most ``chunk_size`` words, and chunks are added
+    in float64, so the result matches a float64 reference to ~1e-7.
+    """
+    scales = (trace_scales(batches) if scales is None else scales).to("cpu", torch.float32).numpy()
+    n = len(scales)
+    n_pad = -(-n // 4) * 4
+    tiles = _triangle_tiles(n_pad)
+    row_sums = np.zeros(n_pad)
+    min_sums = np.zeros((n_pad, n_pad))
+    n_words = 0
+    for chunk in _word_chunks(batches, chunk_size):
+        if chunk.shape[1] != n:
+            raise ValueError(f"{n} scales for activations of width {chunk.shape[1]}")
+        yt = np.zeros((n_pad, len(chunk)), dtype=np.float32)
+        chunk /= scales  # chunks are fresh copies
+        yt[:n] = chunk.T
+        row_sums += yt.sum(axis=1, dtype=np.float64)
+        _add_min_sums(yt, tiles, min_sums)
+        n_words += len(chunk)
+    if not n_words:
+        raise ValueError("the activation source yielded no words")
+    # sum |a - b| = sum a + sum b - 2 sum min(a, b), in place to hold few (N, N) arrays at once.
+    min_sums *= -2.0
+    min_sums += row_sums[:, None]
+    min_sums += row_sums[None, :]
+    d = np.triu(min_sums[:n, :n], k=1)
+    d += d.T
+    np.maximum(d, 0.0, out=d)  # rounding can leave identical traces a hair below 0
+    d /= n_words
+    return torch.from_numpy(d)
+
+
+def correlation_dissimilarity(batches: Batches, chunk_size: int = 8192) -> Tensor:
+    """1 - |Pearson r| between neurons (float64, symmetric, zero diagonal, never NaN).
+
+    Streams sum(x - k) and (x - k)^T (x - k) with k the first chunk's mean (the shifted-data
+    algorithm): one float32 product per chunk (a BLAS syrk, half a matmul's work), added in
+    float64, and no cancellation from large means. Constant and dead neurons have no variance:
+    their r is defined as 0 with every other neuron (dissimilarity 1).
+    """
+    count, shift, bounds, sums, products = 0, None, None, 0.0, 0.0
+    for chunk in _word_chunks(batches, chunk_size):
+        bounds = _widen(bounds, chunk)
+        shift = chunk.mean(axis=0) if shift is None else shift
+        chunk -= shift  # chunks are fresh copies
+        sums = sums + chunk.sum(axis=0, dtype=np.float64)
+        products = products + chunk.T @ chunk
+        count += len(chunk)
+    if bounds is None:
+        raise ValueError("the activation source yielded no words")
+    mean = sums / count
+    scatter = products - count * np.outer(mean, mean)
+    var = scatter.diagonal()
+    flat = (bounds[0] == bounds[1]) | (var <= 0)
+    inv_std = np.where(flat, 0.0, 1.0 / np.sqrt(np.where(flat, 1.0, var)))
+    corr = np.clip(scatter * inv_std[:, None] * inv_std[None, :], -1.0, 1.0)
+    np.fill_diagonal(corr, 1.0)
+    return torch.from_numpy(1.0 - np.abs(corr))
+
+
+def dissimilarity_matrix(
+    batches: Batches, measure: str = "shape", chunk_size: int = 8192
+) -> Tensor:
+    """The (N, N) dissimilarity chosen by the ``analysis.measure`` setting."""
+    if measure == "shape":
+        return shape_dissimilarity(batches, chunk_size=chunk_size)
+    if measure == "correlation":
+        return correlation_dissimilarity(batches, chunk_size=chunk_size)
+    raise ValueError(f"analysis.measure={measure!r} is not one of {', '.join(MEASURES)}")
+
+
+def affinity_from_dissimilarity(d: Tensor) -> Tensor:
+    """Gaussian affinity exp(-d^2 / (2 sigma^2)) for spectral clustering.
+
+    sigma is the median off-diagonal dissimilarity, so the kernel adapts to the measure's scale;
+    when that is 0 (most neurons identical) the largest one is used, and 1 if all are 0.
+    """
+    d = d.double()
+    off = d[~torch.eye(len(d), dtype=torch.bool)]
+    sigma = off.median() if len(off) else d.new_tensor(1.0)
+    if sigma <= 0:
+        sigma = off.max() if len(off) and off.max() > 0 else d.new_tensor(1.0)
+    a = torch.exp(-(d**2) / (2 * sigma**2))
+    a = (a + a.T) / 2
+    return a.fill_diagonal_(1.0)

@@ -1,0 +1,1 @@
+"""Ways to shrink one hidden layer of the head; one module per method."""

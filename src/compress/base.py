@@ -1,0 +1,156 @@
+"""What every merging method works on: one hidden layer and the layer that reads it.
+
+The head computes ``h = relu(x @ w_in.T + b_in)`` (N neurons) and then ``y = h @ w_out.T + b_out``
+(M outputs; M = 1 when the layer is the last hidden one). Shrinking the layer to k neurons means
+producing a new pair with ``w_in`` (k, D), ``b_in`` (k,), ``w_out`` (M, k), ``b_out`` (M,), so the
+rest of the network is untouched.
+
+Every no-training method is a callable with the signature of :class:`MergeMethod`; they all take
+the probe activations (words x N, post-ReLU) even when they ignore them, so the wiring has no
+special cases.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class LayerPair:
+    """The layer to shrink (``w_in``, ``b_in``) and the next layer (``w_out``, ``b_out``)."""
+
+    w_in: Tensor  # (N, D)
+    b_in: Tensor  # (N,)
+    w_out: Tensor  # (M, N)
+    b_out: Tensor  # (M,)
+
+    def __post_init__(self) -> None:
+        n = self.w_in.shape[0]
+        if (
+            self.b_in.shape != (n,)
+            or self.w_out.shape[1] != n
+            or self.b_out.shape != (self.w_out.shape[0],)
+        ):
+            raise ValueError(
+                f"inconsistent layer pair: w_in {tuple(self.w_in.shape)}, b_in "
+                f"{tuple(self.b_in.shape)}, w_out {tuple(self.w_out.shape)}, "
+                f"b_out {tuple(self.b_out.shape)}"
+            )
+
+    @property
+    def width(self) -> int:
+        return self.w_in.shape[0]
+
+    def hidden(self, x: Tensor) -> Tensor:
+        """Post-ReLU activations of the layer for inputs ``x`` (words, D)."""
+        return torch.relu(x @ self.w_in.T + self.b_in)
+
+    def next_preactivation(self, hidden: Tensor) -> Tensor:
+        """What the next layer computes from the activations (before its own ReLU)."""
+        return hidden @ self.w_out.T + self.b_out
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.next_preactivation(self.hidden(x))
+
+    def select(self, keep: Tensor) -> LayerPair:
+        """Keep only the neurons at ``keep`` (indices), dropping the others' outgoing weights."""
+        return LayerPair(self.w_in[keep], self.b_in[keep], self.w_out[:, keep], self.b_out)
+
+
+class MergeMethod(Protocol):
+    """A way to shrink a layer without training.
+
+    ``activations``: post-ReLU outputs of the layer over the probe words, (words, N).
+    ``labels``: a cluster id per neuron (N,) from the configured clustering, -1 for neurons that
+    were found dead and left out of the clustering; ``None`` for methods that pick neurons
+    themselves. Returns a pair of width ``target_width`` (or less when fewer neurons are alive).
+    """
+
+    def __call__(
+        self,
+        pair: LayerPair,
+        activations: Tensor,
+        labels: Tensor | None,
+        target_width: int,
+        generator: torch.Generator,
+    ) -> LayerPair: ...
+
+
+def alive_neurons(
+    activations: Tensor, rel_tol: float = 1e-2, min_active_fraction: float = 1e-3
+) -> Tensor:
+    """Boolean mask (N,) of neurons that carry signal on the probe words.
+
+    A neuron is dead when it never fires, and *nearly* dead when its largest activation is tiny
+    next to the layer's largest or it fires on almost no words. Nearly dead neurons must go too:
+    normalising their traces for magnitude turns noise into a trace unlike any other, which makes
+    a singleton cluster and wastes one of the kept neurons.
+    """
+    peak = activations.amax(dim=0)  # (N,)
+    active_fraction = (activations > 0).float().mean(dim=0)
+    layer_peak = peak.max()
+    if layer_peak <= 0:
+        return torch.zeros_like(peak, dtype=torch.bool)
+    return (peak > rel_tol * layer_peak) & (active_fraction >= min_active_fraction)
+
+
+REPRESENTATIVES = ("random", "medoid", "max_activation")
+
+
+def check_choice(value: str, choices: Sequence[str], setting: str) -> None:
+    """Fail early, naming the config key, so a typo in an override is obvious."""
+    if value not in choices:
+        raise ValueError(f"unknown {setting}={value!r}; choose one of {', '.join(choices)}")
+
+
+def cluster_count(labels: Tensor) -> int:
+    """Number of clusters in labels with ids ``0..k-1`` (and -1 for neurons left out)."""
+    return int(labels.max()) + 1 if labels.numel() else 0
+
+
+def require_clusters(labels: Tensor | None, target_width: int) -> Tensor:
+    """The labels of a method that merges clusters, checked against the width asked for."""
+    if labels is None:
+        raise ValueError("this method merges clusters: it needs cluster labels")
+    clusters = cluster_count(labels)
+    if clusters > target_width:
+        raise ValueError(f"{clusters} clusters for a target width of {target_width}")
+    return labels
+
+
+def choose_representatives(
+    activations: Tensor,
+    labels: Tensor,
+    how: str = "medoid",
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """One neuron index per cluster id ``0..k-1`` (neurons labelled -1 are ignored), shape (k,).
+
+    ``random`` is the source's choice. ``medoid`` takes the member whose trace, divided by its
+    peak so only the shape counts, has the smallest total mean absolute difference to the other
+    members' traces: the most typical member, so the merged neuron is the best stand-in for all of
+    them. ``max_activation`` takes the member with the largest mean activation.
+    """
+    check_choice(how, REPRESENTATIVES, "compress.representative")
+    traces = activations / activations.amax(dim=0).clamp_min(torch.finfo(activations.dtype).tiny)
+    means = activations.mean(dim=0)
+    clusters = cluster_count(labels)
+    chosen = []
+    for cluster in range(clusters):
+        members = (labels == cluster).nonzero().squeeze(1)
+        if members.numel() == 0:
+            raise ValueError(f"cluster ids must be 0..{clusters - 1}; cluster {cluster} is empty")
+        if how == "random":
+            pick = int(torch.randint(members.numel(), (1,), generator=generator))
+        elif how == "medoid":
+            member_traces = traces[:, members].T
+            pick = int(torch.cdist(member_traces, member_traces, p=1).sum(dim=1).argmin())
+        else:
+            pick = int(means[members].argmax())
+        chosen.append(members[pick])
+    return torch.stack(chosen) if chosen else torch.empty(0, dtype=torch.long)

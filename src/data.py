@@ -1,0 +1,231 @@
+"""Movie-review corpora as a LightningDataModule: local Parquet copies or the Hugging Face hub.
+
+Text is tokenised by a WordLevel model from Hugging Face ``tokenizers`` trained on the train split
+only, and batches are padded to their own longest sentence.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from pathlib import Path
+
+import lightning as L
+import torch
+from datasets import Dataset, DatasetDict, load_dataset
+from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+from torch import Tensor
+from torch.nn.utils.rnn import pad_sequence
+from torch.utils.data import DataLoader
+
+log = logging.getLogger(__name__)
+
+PAD, UNK = "[PAD]", "[UNK]"
+PAD_ID = 0  # the first special token; the model's embedding uses it as padding_idx
+SPLITS = ("train", "validation", "test")
+VALIDATION_SEED = 1234  # fixed, so a carved validation split never depends on the run's seed
+
+
+class DataConfigError(ValueError):
+    """A data setting that cannot work; the message names the setting to change."""
+
+
+def hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
+    """One quick TCP connect, so an offline machine fails in seconds, not minutes of retries."""
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+        return False
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+    except OSError:
+        return False
+    return True
+
+
+TEXT_COLUMNS = ("text", "sentence")  # SST-2 on the hub calls its text "sentence"
+
+
+def load_raw_splits(name: str, root: str | None, hub_name: str) -> DatasetDict:
+    """The corpus from ``root/name/*.parquet`` when ``root`` is set, else from the hub."""
+    if root:
+        folder = Path(root).expanduser() / name
+        files = {split: str(folder / f"{split}.parquet") for split in SPLITS}
+        files = {split: path for split, path in files.items() if Path(path).is_file()}
+        if "train" not in files:
+            raise DataConfigError(
+                f"no {folder}/train.parquet: data.root (default: $SENTIMENT_DATA_DIR) must be a "
+                f"folder with one sub-folder per data set, like ../shared/data/{name}/"
+            )
+        raw = load_dataset("parquet", data_files=files)
+    else:
+        if not hub_reachable():
+            raise DataConfigError(
+                f"data.root is not set and the Hugging Face hub is unreachable: set data.root=... "
+                f"or SENTIMENT_DATA_DIR to a folder holding {name}/train.parquet"
+            )
+        raw = load_dataset(hub_name)
+    text_column = next(c for c in TEXT_COLUMNS if c in raw["train"].column_names)
+    if text_column != "text":
+        raw = raw.rename_column(text_column, "text")
+    return DatasetDict({split: raw[split].select_columns(["text", "label"]) for split in raw})
+
+
+def clean_split(split: Dataset, split_name: str) -> Dataset:
+    """Drop empty texts and labels outside {0, 1}, and say how many went."""
+    keep = split.filter(
+        lambda row: (
+            isinstance(row["text"], str) and row["text"].strip() != "" and row["label"] in (0, 1)
+        )
+    )
+    if dropped := len(split) - len(keep):
+        log.warning(
+            "%s: dropped %d rows with an empty text or a label outside {0,1}", split_name, dropped
+        )
+    return keep
+
+
+def complete_splits(raw: DatasetDict, val_fraction: float) -> DatasetDict:
+    """Clean every split; carve a fixed validation split from train where there is none.
+
+    A test split with no usable labels (SST-2 on the hub hides them as -1) is replaced by the
+    validation split, and a new validation split is carved from train.
+    """
+    splits = {name: clean_split(split, name) for name, split in raw.items()}
+    if len(splits.get("test", [])) == 0 and "validation" in splits:
+        log.warning("test split has no labelled rows: testing on the validation split instead")
+        splits["test"] = splits.pop("validation")
+    if len(splits.get("validation", [])) == 0:
+        carved = splits["train"].train_test_split(test_size=val_fraction, seed=VALIDATION_SEED)
+        splits["train"], splits["validation"] = carved["train"], carved["test"]
+    return DatasetDict(splits)
+
+
+def train_tokenizer(texts: list[str], vocab_size: int, min_frequency: int) -> Tokenizer:
+    """A lower-casing word-level tokenizer; words it never saw (or saw too rarely) map to [UNK]."""
+    tokenizer = Tokenizer(models.WordLevel(unk_token=UNK))
+    tokenizer.normalizer = normalizers.Sequence(
+        [normalizers.Replace("<br />", " "), normalizers.NFKC(), normalizers.Lowercase()]
+    )
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    trainer = trainers.WordLevelTrainer(
+        vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=[PAD, UNK]
+    )
+    tokenizer.train_from_iterator(texts, trainer=trainer)
+    return tokenizer
+
+
+def encode(
+    tokenizer: Tokenizer, texts: list[str], max_length: int, truncation_side: str = "right"
+) -> tuple[list[Tensor], int]:
+    """Token ids per text, at most ``max_length``, and how many texts were cut.
+
+    ``truncation_side`` follows Hugging Face: "right" keeps the first words, "left" the last
+    ones (where a long review usually gives its verdict, and what a left-to-right LSTM sees last).
+    """
+    if truncation_side not in ("right", "left"):
+        raise DataConfigError(
+            f'data.truncation_side must be "right" or "left", got {truncation_side!r}'
+        )
+    ids, truncated = [], 0
+    for e in tokenizer.encode_batch(texts):
+        truncated += len(e.ids) > max_length
+        kept = e.ids[:max_length] if truncation_side == "right" else e.ids[-max_length:]
+        ids.append(torch.tensor(kept, dtype=torch.long))
+    return ids, truncated
+
+
+def collate(batch: list[tuple[Tensor, int]]) -> dict[str, Tensor]:
+    """Pad to the longest sentence of this batch only."""
+    ids, labels = zip(*batch, strict=True)
+    return {
+        "ids": pad_sequence(list(ids), batch_first=True, padding_value=PAD_ID),  # (B, T)
+        "lengths": torch.tensor([len(x) for x in ids]),  # (B,)
+        "labels": torch.tensor(labels, dtype=torch.float),  # (B,)
+    }
+
+
+class SentimentDataModule(L.LightningDataModule):
+    """Reviews with a 0/1 label, tokenised once in ``setup`` and batched with dynamic padding."""
+
+    def __init__(
+        self,
+        name: str,
+        hub_name: str,
+        root: str | None = None,
+        vocab_size: int = 20_000,
+        min_frequency: int = 2,
+        max_length: int = 64,
+        truncation_side: str = "right",
+        batch_size: int = 64,
+        val_fraction: float = 0.1,
+        limit: int | None = None,
+        num_workers: int = 0,
+    ) -> None:
+        super().__init__()
+        if max_length < 1:
+            raise DataConfigError(f"data.max_length must be >= 1, got {max_length}")
+        if truncation_side not in ("right", "left"):
+            raise DataConfigError(
+                f'data.truncation_side must be "right" or "left", got {truncation_side!r}'
+            )
+        self.name, self.hub_name, self.root = name, hub_name, root
+        self.vocab_size, self.min_frequency, self.max_length = vocab_size, min_frequency, max_length
+        self.batch_size, self.val_fraction, self.limit = batch_size, val_fraction, limit
+        self.num_workers, self.truncation_side = num_workers, truncation_side
+        self.tokenizer: Tokenizer | None = None  # set before setup() to reuse a trained one
+        self.splits: dict[str, list[tuple[Tensor, int]]] = {}
+        self.texts: dict[str, list[str]] = {}
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.splits:
+            return
+        raw = complete_splits(
+            load_raw_splits(self.name, self.root, self.hub_name), self.val_fraction
+        )
+        if self.limit:  # a slice for tests and quick looks
+            raw = DatasetDict(
+                {
+                    k: v.shuffle(seed=VALIDATION_SEED).select(range(min(self.limit, len(v))))
+                    for k, v in raw.items()
+                }
+            )
+        if self.tokenizer is None:
+            self.tokenizer = train_tokenizer(
+                raw["train"]["text"], self.vocab_size, self.min_frequency
+            )
+        for name, split in raw.items():
+            texts, labels = split["text"], split["label"]
+            ids, truncated = encode(self.tokenizer, texts, self.max_length, self.truncation_side)
+            kept = [i for i, x in enumerate(ids) if len(x) > 0]
+            if truncated:
+                log.info(
+                    "%s: %d texts cut to data.max_length=%d words", name, truncated, self.max_length
+                )
+            if dropped := len(ids) - len(kept):
+                log.warning("%s: dropped %d texts that have no tokens", name, dropped)
+            self.texts[name] = [texts[i] for i in kept]
+            self.splits[name] = [(ids[i], int(labels[i])) for i in kept]
+        log.info(
+            "%s: %s sentences, vocabulary %d",
+            self.name,
+            {k: len(v) for k, v in self.splits.items()},
+            self.tokenizer.get_vocab_size(),
+        )
+
+    def loader(self, split: str, shuffle: bool = False) -> DataLoader:
+        return DataLoader(
+            self.splits[split],
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            collate_fn=collate,
+            num_workers=self.num_workers,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self.loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self.loader("validation")
+
+    def test_dataloader(self) -> DataLoader:
+        return self.loader("test")

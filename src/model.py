@@ -1,0 +1,168 @@
+"""The source's sentiment network and the LightningModule that trains it.
+
+Embedding -> LSTM -> Linear 256 -> Linear 64 -> Linear 16 -> Linear 1, ReLU between the hidden
+linear layers. The head is applied to the LSTM state at *every* word, so each hidden neuron has an
+activation per word; the sentence's prediction is the output at its last real word.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Mapping, Sequence
+from functools import partial
+
+import lightning as L
+import torch
+from torch import Tensor, nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+from torchmetrics import MetricCollection
+from torchmetrics.classification import BinaryAccuracy, BinaryAUROC, BinaryF1Score
+
+from src.data import PAD_ID
+
+
+class ModelConfigError(ValueError):
+    """A model setting that cannot work; the message names the setting to change."""
+
+
+def check_shape(head_widths: Sequence[int], hidden_size: int, embedding_dim: int) -> None:
+    """Refuse impossible shapes before any data is loaded."""
+    if not head_widths or any(int(w) < 1 for w in head_widths):
+        raise ModelConfigError(
+            "model.head_widths must be a non-empty list of positive widths, "
+            f"got {list(head_widths)}"
+        )
+    if hidden_size < 1:
+        raise ModelConfigError(f"model.lstm.hidden_size must be >= 1, got {hidden_size}")
+    if embedding_dim < 1:
+        raise ModelConfigError(f"model.embedding_dim must be >= 1, got {embedding_dim}")
+
+
+def last_word(per_word: Tensor, lengths: Tensor) -> Tensor:
+    """Pick each sentence's value at its last real word: (B, T, ...) -> (B, ...)."""
+    index = (lengths - 1).to(per_word.device).view(-1, *([1] * (per_word.dim() - 1)))
+    return per_word.gather(1, index.expand(-1, 1, *per_word.shape[2:])).squeeze(1)
+
+
+class SentimentLSTM(nn.Module):
+    """A unidirectional LSTM reader with a per-word MLP head."""
+
+    def __init__(
+        self,
+        vocab_size: int,
+        embedding_dim: int,
+        hidden_size: int,
+        num_layers: int,
+        head_widths: Sequence[int],
+        dropout: float,
+    ) -> None:
+        super().__init__()
+        check_shape(head_widths, hidden_size, embedding_dim)
+        self.embedding = nn.Embedding(vocab_size, embedding_dim, padding_idx=PAD_ID)
+        self.lstm = nn.LSTM(
+            embedding_dim,
+            hidden_size,
+            num_layers,
+            batch_first=True,
+            dropout=dropout if num_layers > 1 else 0.0,
+        )
+        self.dropout = nn.Dropout(dropout)
+        widths = [hidden_size, *map(int, head_widths), 1]
+        self.head = nn.ModuleList(nn.Linear(a, b) for a, b in itertools.pairwise(widths))
+
+    @property
+    def hidden_widths(self) -> list[int]:
+        return [layer.out_features for layer in self.head[:-1]]
+
+    def states(self, ids: Tensor, lengths: Tensor) -> Tensor:
+        """LSTM state after every word, (B, T, H); zeros at padding, which never feeds back."""
+        embedded = self.dropout(self.embedding(ids))  # (B, T, E)
+        packed = pack_padded_sequence(
+            embedded, lengths.cpu(), batch_first=True, enforce_sorted=False
+        )
+        out, _ = self.lstm(packed)
+        out, _ = pad_packed_sequence(out, batch_first=True, total_length=ids.shape[1])
+        return self.dropout(out)  # (B, T, H)
+
+    def head_from(self, start: int, x: Tensor) -> Tensor:
+        """Run the head from layer ``start`` on its input ``x`` (..., D) to the logit (...)."""
+        for layer in self.head[start:-1]:
+            x = torch.relu(layer(x))
+        return self.head[-1](x).squeeze(-1)
+
+    def activations(self, states: Tensor) -> list[Tensor]:
+        """Post-ReLU output of every hidden head layer, each (..., width)."""
+        outs, x = [], states
+        for layer in self.head[:-1]:
+            x = torch.relu(layer(x))
+            outs.append(x)
+        return outs
+
+    def forward(self, ids: Tensor, lengths: Tensor) -> Tensor:
+        """Logit after every word, (B, T); use :func:`last_word` for the sentence's prediction."""
+        return self.head_from(0, self.states(ids, lengths))
+
+
+class SentimentClassifier(L.LightningModule):
+    """Trains :class:`SentimentLSTM` on the output at each sentence's last word."""
+
+    def __init__(
+        self,
+        vocab_size: int,
+        embedding_dim: int = 128,
+        lstm: Mapping[str, int] | None = None,
+        head_widths: Sequence[int] = (256, 64, 16),
+        dropout: float = 0.3,
+        optimizer: Callable[..., torch.optim.Optimizer] | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["optimizer"])
+        lstm = dict(lstm or {})
+        self.network = SentimentLSTM(
+            vocab_size,
+            embedding_dim,
+            hidden_size=int(lstm.get("hidden_size", 128)),
+            num_layers=int(lstm.get("num_layers", 1)),
+            head_widths=list(head_widths),
+            dropout=dropout,
+        )
+        self.optimizer_factory = optimizer or partial(torch.optim.Adam, lr=1e-3)
+        self.loss = nn.BCEWithLogitsLoss()
+        metrics = MetricCollection(
+            {"acc": BinaryAccuracy(), "f1": BinaryF1Score(), "auroc": BinaryAUROC()}
+        )
+        self.val_metrics = metrics.clone(prefix="val/")
+        self.test_metrics = metrics.clone(prefix="test/")
+        self.tokenizer_json: str | None = None  # travels in the checkpoint, so ids never drift
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["tokenizer"] = self.tokenizer_json
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.tokenizer_json = checkpoint.get("tokenizer")
+
+    def forward(self, ids: Tensor, lengths: Tensor) -> Tensor:
+        """Sentence logits, (B,)."""
+        return last_word(self.network(ids, lengths), lengths)
+
+    def _common_step(self, batch: dict[str, Tensor], stage: str) -> Tensor:
+        logits = self(batch["ids"], batch["lengths"])
+        loss = self.loss(logits, batch["labels"])
+        self.log(f"{stage}/loss", loss, prog_bar=stage == "train", batch_size=len(logits))
+        if stage != "train":
+            metrics = self.val_metrics if stage == "val" else self.test_metrics
+            metrics.update(torch.sigmoid(logits), batch["labels"].long())
+            self.log_dict(metrics, prog_bar=stage == "val", batch_size=len(logits))
+        return loss
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        return self._common_step(batch, "train")
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        self._common_step(batch, "val")
+
+    def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        self._common_step(batch, "test")
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return self.optimizer_factory(self.parameters())

@@ -1,0 +1,62 @@
+"""Every config group composes and instantiates, without training."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import pytest
+from hydra.utils import instantiate
+
+from tests.conftest import CONF_DIR, compose_config, run_app
+
+
+def choices(group: str) -> list[str]:
+    return sorted(p.stem for p in (Path(CONF_DIR) / group).glob("*.yaml"))
+
+
+@pytest.mark.parametrize("data", choices("data"))
+def test_data_configs_instantiate(data: str) -> None:
+    cfg = compose_config(f"data={data}")
+    assert instantiate(cfg.data).name == data
+
+
+@pytest.mark.parametrize("compress", choices("compress"))
+def test_compress_configs_compose(compress: str) -> None:
+    cfg = compose_config(f"compress={compress}")
+    assert cfg.compress.name == compress
+    assert cfg.target_width >= 1
+
+
+@pytest.mark.parametrize("experiment", choices("experiment"))
+def test_experiment_configs_compose(experiment: str) -> None:
+    cfg = compose_config(f"+experiment={experiment}")
+    assert cfg.data.name in choices("data")
+
+
+@pytest.mark.parametrize("logger", choices("logger"))
+def test_model_trainer_callbacks_and_loggers_instantiate(logger: str, tmp_path) -> None:
+    cfg = compose_config(f"logger={logger}", output_dir=tmp_path)
+    model = instantiate(cfg.model, vocab_size=100)
+    assert model.network.hidden_widths == list(cfg.model.head_widths)
+    callbacks = [instantiate(c) for c in cfg.callbacks.values()]
+    loggers = [instantiate(c) for c in cfg.logger.values()]
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
+    assert isinstance(trainer, L.Trainer)
+
+
+def test_overrides_reach_the_composed_config() -> None:
+    cfg = compose_config("data=sst2", "trainer.max_epochs=3", "model.lstm.hidden_size=64")
+    assert (cfg.data.name, cfg.trainer.max_epochs, cfg.model.lstm.hidden_size) == ("sst2", 3, 64)
+
+
+def test_cfg_job_prints_the_composed_config() -> None:
+    result = run_app("--cfg", "job", "data=imdb")
+    assert result.returncode == 0, result.stderr
+    assert "name: imdb" in result.stdout and "head_widths:" in result.stdout
+
+
+def test_unknown_data_set_names_the_group() -> None:
+    result = run_app("data=movies", "--cfg", "job")
+    assert result.returncode != 0
+    assert "data" in result.stderr and "rotten_tomatoes" in result.stderr

@@ -1,0 +1,105 @@
+"""Real loading of the Parquet copies, the real tokenizer, and dynamic padding."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from datasets import Dataset, DatasetDict
+from tokenizers import Tokenizer
+
+from src.data import (
+    PAD_ID,
+    DataConfigError,
+    SentimentDataModule,
+    collate,
+    complete_splits,
+    load_raw_splits,
+)
+from tests.conftest import DATA_DIR
+
+
+def datamodule(name: str = "rotten_tomatoes", **kwargs) -> SentimentDataModule:
+    kwargs.setdefault("limit", 400)
+    return SentimentDataModule(name, f"hub/{name}", root=str(DATA_DIR), **kwargs)
+
+
+@pytest.mark.parametrize("name", ["rotten_tomatoes", "sst2", "imdb"])
+def test_every_corpus_has_three_labelled_splits(name: str) -> None:
+    dm = datamodule(name, max_length=32)
+    dm.setup()
+    for split in ("train", "validation", "test"):
+        labels = {label for _, label in dm.splits[split]}
+        assert labels == {0, 1}, split
+        assert max(len(ids) for ids, _ in dm.splits[split]) <= 32
+
+
+def test_imdb_validation_is_carved_from_train_the_same_way_every_time() -> None:
+    first = complete_splits(load_raw_splits("imdb", str(DATA_DIR), "hub"), val_fraction=0.1)
+    second = complete_splits(load_raw_splits("imdb", str(DATA_DIR), "hub"), val_fraction=0.1)
+    assert len(first["validation"]) == 2500 and len(first["train"]) == 22500
+    assert first["validation"]["text"][:50] == second["validation"]["text"][:50]
+    assert not set(first["validation"]["text"][:200]) & set(first["train"]["text"])
+
+
+def test_unlabelled_test_split_is_replaced_by_validation() -> None:
+    raw = DatasetDict(
+        train=Dataset.from_dict({"text": [f"t{i}" for i in range(20)], "label": [0, 1] * 10}),
+        validation=Dataset.from_dict({"text": ["a", "b"], "label": [0, 1]}),
+        test=Dataset.from_dict({"text": ["c", "d"], "label": [-1, -1]}),  # SST-2 on the hub
+    )
+    splits = complete_splits(raw, val_fraction=0.25)
+    assert splits["test"]["text"] == ["a", "b"]
+    assert len(splits["validation"]) == 5 and len(splits["train"]) == 15
+
+
+def test_bad_rows_are_dropped_and_counted(caplog: pytest.LogCaptureFixture) -> None:
+    raw = DatasetDict(
+        train=Dataset.from_dict(
+            {"text": ["good", "  ", "", "fine", "odd"], "label": [1, 0, 1, 0, 7]}
+        ),
+        validation=Dataset.from_dict({"text": ["x"], "label": [1]}),
+        test=Dataset.from_dict({"text": ["y"], "label": [0]}),
+    )
+    splits = complete_splits(raw, val_fraction=0.1)
+    assert splits["train"]["text"] == ["good", "fine"]
+    assert "dropped 3 rows" in caplog.text
+
+
+def test_batches_pad_to_their_own_longest_sentence() -> None:
+    dm = datamodule(batch_size=8)
+    dm.setup()
+    batch = next(iter(dm.val_dataloader()))
+    assert batch["ids"].shape[1] == batch["lengths"].max()
+    for row, length in zip(batch["ids"], batch["lengths"], strict=True):
+        assert (row[length:] == PAD_ID).all() and (row[:length] != PAD_ID).all()
+    one = collate([(batch["ids"][0, : batch["lengths"][0]], 1)])
+    assert one["ids"].shape[1] == batch["lengths"][0]
+
+
+def test_saved_tokenizer_encodes_new_text_the_same_way(tmp_path) -> None:
+    dm = datamodule()
+    dm.setup()
+    dm.tokenizer.save(str(tmp_path / "tokenizer.json"))
+    again = Tokenizer.from_file(str(tmp_path / "tokenizer.json"))
+    text = "I love this movie, but the ending <br /> was dull"
+    assert again.encode(text).ids == dm.tokenizer.encode(text).ids
+    assert "<" not in again.encode(text).tokens  # html line breaks are not words
+
+
+def test_missing_local_folder_names_the_setting(tmp_path) -> None:
+    with pytest.raises(DataConfigError, match="data.root"):
+        load_raw_splits("rotten_tomatoes", str(tmp_path), "hub")
+
+
+def test_unreachable_hub_fails_fast_naming_the_setting(monkeypatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    start = time.perf_counter()
+    with pytest.raises(DataConfigError, match="data.root"):
+        load_raw_splits("rotten_tomatoes", None, "cornell-movie-review-data/rotten_tomatoes")
+    assert time.perf_counter() - start < 10
+
+
+def test_non_positive_max_length_is_refused() -> None:
+    with pytest.raises(DataConfigError, match="data.max_length"):
+        datamodule(max_length=0)

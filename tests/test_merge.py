@@ -1,0 +1,169 @@
+"""Merging methods on hand-built and random layer pairs: pure tensors, no training."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from src.compress.base import LayerPair, choose_representatives
+from src.compress.ls_refit import LeastSquaresRefit, refit_next_layer
+from src.compress.prune import Prune
+from src.compress.weight_sum import SCALES, WeightSum, merge_by_weight_sum
+
+D = 8
+
+
+def random_pair(n: int, m: int, seed: int = 0) -> LayerPair:
+    g = torch.Generator().manual_seed(seed)
+    return LayerPair(
+        torch.randn(n, D, generator=g),
+        torch.randn(n, generator=g),
+        torch.randn(m, n, generator=g),
+        torch.randn(m, generator=g),
+    )
+
+
+def inputs(words: int, seed: int) -> torch.Tensor:
+    return torch.randn(words, D, generator=torch.Generator().manual_seed(seed))
+
+
+def probe_error(merged: LayerPair, pair: LayerPair, x: torch.Tensor) -> float:
+    """Squared error of the next layer's pre-activations on the probe words."""
+    return float((merged.forward(x).double() - pair.forward(x).double()).square().sum())
+
+
+def shuffled_clusters(n: int, k: int, dead: int, seed: int) -> torch.Tensor:
+    """Labels with every id 0..k-1 used and ``dead`` neurons labelled -1."""
+    labels = torch.cat([torch.arange(n - dead) % k, torch.full((dead,), -1)])
+    return labels[torch.randperm(n, generator=torch.Generator().manual_seed(seed))]
+
+
+# neuron 4 is twice neuron 1, so h_4 = 2 h_1 for every input; the others are singletons
+R, M_TWIN = 1, 4
+TWIN_LABELS = torch.tensor([1, 0, 2, 3, 0, 4])
+
+
+def twin_pair(m: int) -> LayerPair:
+    pair = random_pair(6, m)
+    w_in, b_in = pair.w_in.clone(), pair.b_in.clone()
+    w_in[M_TWIN], b_in[M_TWIN] = 2 * w_in[R], 2 * b_in[R].abs()
+    b_in[R] = b_in[R].abs()  # fires on a good share of the probe words
+    return LayerPair(w_in, b_in, pair.w_out, pair.b_out)
+
+
+@pytest.mark.parametrize("m", [1, 64])
+@pytest.mark.parametrize("rep", [R, M_TWIN])
+@pytest.mark.parametrize("scale", ["ls", "affine"])
+def test_exact_multiple_is_merged_without_error_on_any_input(m, rep, scale):
+    pair = twin_pair(m)
+    reps = torch.tensor([rep, 0, 2, 3, 5])
+    merged = merge_by_weight_sum(pair, pair.hidden(inputs(200, 1)), TWIN_LABELS, reps, scale)
+    fresh = inputs(500, 2)
+    torch.testing.assert_close(merged.forward(fresh), pair.forward(fresh), atol=1e-5, rtol=1e-5)
+
+
+def test_plain_sum_ignores_the_scale_and_changes_the_output():
+    pair = twin_pair(4)
+    reps = torch.tensor([R, 0, 2, 3, 5])
+    merged = merge_by_weight_sum(pair, pair.hidden(inputs(200, 1)), TWIN_LABELS, reps, "none")
+    fresh = inputs(500, 2)
+    assert not torch.allclose(merged.forward(fresh), pair.forward(fresh), atol=1e-3)
+
+
+@pytest.mark.parametrize("seed", range(5))
+@pytest.mark.parametrize("m", [1, 16])
+def test_refit_is_never_worse_than_weight_sum_on_the_probe_words(seed, m):
+    pair = random_pair(32, m, seed)
+    x = inputs(300, seed + 100)
+    h = pair.hidden(x)
+    labels = shuffled_clusters(32, 10, dead=3, seed=seed)
+    reps = choose_representatives(h, labels, "random", torch.Generator().manual_seed(seed))
+    refit = probe_error(refit_next_layer(pair, h, reps), pair, x)
+    for scale in SCALES:
+        summed = probe_error(merge_by_weight_sum(pair, h, labels, reps, scale), pair, x)
+        assert refit <= summed * (1 + 1e-6) + 1e-8, scale
+
+
+@pytest.mark.parametrize("m", [1, 64])
+@pytest.mark.parametrize(
+    "method", [WeightSum(), WeightSum("random", "affine"), LeastSquaresRefit(), Prune()]
+)
+def test_shapes_and_parameter_count_after_compression(method, m):
+    n, k = 40, 12
+    pair = random_pair(n, m)
+    h = pair.hidden(inputs(200, 1))
+    labels = shuffled_clusters(n, k, dead=0, seed=0)
+    out = method(pair, h, labels, k, torch.Generator().manual_seed(0))
+    assert (out.w_in.shape, out.b_in.shape, out.w_out.shape, out.b_out.shape) == (
+        (k, D),
+        (k,),
+        (m, k),
+        (m,),
+    )
+    params = sum(t.numel() for t in (out.w_in, out.b_in, out.w_out, out.b_out))
+    assert params == k * D + k + m * k + m
+
+
+@pytest.mark.parametrize("method", [WeightSum(), LeastSquaresRefit()])
+def test_dead_neurons_are_dropped_without_changing_the_output(method):
+    pair = random_pair(8, 3)
+    dead = torch.tensor([2, 5])
+    w_in, b_in = pair.w_in.clone(), pair.b_in.clone()
+    w_in[dead], b_in[dead] = 0.0, -1.0  # never fires
+    b_in[~torch.isin(torch.arange(8), dead)] = 3.0  # the live ones fire on most words
+    pair = LayerPair(w_in, b_in, pair.w_out, pair.b_out)
+    labels = torch.tensor([0, 1, -1, 2, 3, -1, 4, 5])
+    merged = method(pair, pair.hidden(inputs(200, 1)), labels, 6, torch.Generator())
+    assert merged.width == 6
+    fresh = inputs(500, 2)
+    torch.testing.assert_close(merged.forward(fresh), pair.forward(fresh), atol=1e-4, rtol=1e-4)
+
+
+def test_medoid_and_max_activation_pick_the_expected_members():
+    # normalised traces [1, 0, 0], [1, .5, 0], [1, 1, 0]: the middle one is central, the last
+    # is the strongest; neuron 3 is a singleton cluster
+    traces = torch.tensor([[1.0, 0.0, 0.0], [5.0, 2.5, 0.0], [10.0, 10.0, 0.0], [1.0, 1.0, 1.0]])
+    labels = torch.tensor([0, 0, 0, 1])
+    assert choose_representatives(traces.T, labels, "medoid").tolist() == [1, 3]
+    assert choose_representatives(traces.T, labels, "max_activation").tolist() == [2, 3]
+
+
+def test_random_representatives_follow_the_seed():
+    h = torch.rand(50, 100, generator=torch.Generator().manual_seed(0))
+    labels = torch.arange(100) % 20
+
+    def pick(seed: int) -> torch.Tensor:
+        return choose_representatives(h, labels, "random", torch.Generator().manual_seed(seed))
+
+    assert torch.equal(pick(1), pick(1))
+    assert not torch.equal(pick(1), pick(2))
+    assert torch.equal(labels[pick(1)], torch.arange(20))
+
+
+def test_unknown_choices_name_the_setting():
+    with pytest.raises(ValueError, match="compress.representative"):
+        choose_representatives(torch.rand(5, 2), torch.tensor([0, 0]), "centroid")
+    with pytest.raises(ValueError, match="compress.representative"):
+        LeastSquaresRefit(representative="centroid")
+    with pytest.raises(ValueError, match="compress.scale"):
+        WeightSum(scale="cubic")
+    with pytest.raises(ValueError, match="compress.criterion"):
+        Prune(criterion="gradient")
+
+
+def test_prune_keeps_the_strongest_and_skips_dead_neurons():
+    # mean activations 1..5, outgoing norms 5, 1, 1, 1, .1 -> contributions 5, 2, 3, 4, .5
+    h = torch.arange(1.0, 6.0).expand(4, 5)
+    w_out = torch.tensor([[5.0, 1.0, 1.0, 1.0, 0.1]])
+    pair = LayerPair(torch.eye(5, D), torch.zeros(5), w_out, torch.zeros(1))
+
+    def kept(method: Prune, h: torch.Tensor, width: int) -> list[int]:
+        out = method(pair, h, None, width, torch.Generator())
+        return out.w_in.argmax(dim=1).tolist()  # w_in rows are one-hot: the neuron's index
+
+    assert kept(Prune(), h, 3) == [0, 2, 3]
+    # by weight norm neuron 0 is by far the strongest, but it never fires
+    h = h.clone()
+    h[:, 0] = 0.0
+    assert kept(Prune("weight_norm"), h, 3) == [1, 2, 3]
+    assert kept(Prune("weight_norm"), h, 5) == [0, 1, 2, 3, 4]

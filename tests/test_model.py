@@ -1,0 +1,71 @@
+"""The network's per-word outputs, the last-word prediction, and shape checks."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from src.model import ModelConfigError, SentimentClassifier, SentimentLSTM, last_word
+
+
+def network(**kwargs) -> SentimentLSTM:
+    torch.manual_seed(0)
+    kwargs = {
+        "vocab_size": 50,
+        "embedding_dim": 8,
+        "hidden_size": 12,
+        "num_layers": 1,
+        "head_widths": [256, 64, 16],
+        "dropout": 0.0,
+    } | kwargs
+    return SentimentLSTM(**kwargs).eval()
+
+
+def test_per_word_outputs_and_activations_have_the_right_shapes() -> None:
+    net = network()
+    ids = torch.randint(2, 50, (3, 7))
+    lengths = torch.tensor([7, 4, 1])
+    assert net(ids, lengths).shape == (3, 7)
+    acts = net.activations(net.states(ids, lengths))
+    assert [a.shape for a in acts] == [(3, 7, 256), (3, 7, 64), (3, 7, 16)]
+    assert all((a >= 0).all() for a in acts)
+
+
+def test_prediction_is_the_output_at_the_last_real_word() -> None:
+    net = network()
+    ids = torch.randint(2, 50, (3, 6))
+    lengths = torch.tensor([6, 3, 2])
+    per_word = net(ids, lengths)
+    expected = torch.stack([per_word[i, n - 1] for i, n in enumerate(lengths)])
+    torch.testing.assert_close(last_word(per_word, lengths), expected)
+
+
+def test_padding_does_not_change_a_sentence_prediction() -> None:
+    net = network()
+    short = torch.randint(2, 50, (1, 3))
+    alone = last_word(net(short, torch.tensor([3])), torch.tensor([3]))
+    padded = torch.cat([short, torch.zeros(1, 9, dtype=torch.long)], dim=1)
+    longer = torch.randint(2, 50, (1, 12))
+    batch = torch.cat([padded, longer])
+    lengths = torch.tensor([3, 12])
+    together = last_word(net(batch, lengths), lengths)
+    torch.testing.assert_close(together[0], alone[0], atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "setting"),
+    [
+        ({"head_widths": []}, "model.head_widths"),
+        ({"head_widths": [16, 0]}, "model.head_widths"),
+        ({"hidden_size": 0}, "model.lstm.hidden_size"),
+    ],
+)
+def test_impossible_shapes_are_refused_with_the_setting(kwargs: dict, setting: str) -> None:
+    with pytest.raises(ModelConfigError, match=setting):
+        network(**kwargs)
+
+
+def test_head_widths_come_from_config() -> None:
+    module = SentimentClassifier(vocab_size=30, head_widths=[32, 8], lstm={"hidden_size": 10})
+    assert module.network.hidden_widths == [32, 8]
+    assert module.network.head[0].in_features == 10

@@ -1,0 +1,114 @@
+"""End to end: ``python -m src.run`` on a slice of rotten_tomatoes, as a user runs it."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import APP_ENV, QUICK, ROOT, app_command, read_metrics, run_app
+
+BASELINE_KEYS = {
+    "baseline/val_acc",
+    "baseline/test_acc",
+    "baseline/test_f1",
+    "baseline/test_auroc",
+    "baseline/params",
+    "baseline/train_seconds",
+}
+
+
+def wandb_summary(run_dir: Path) -> dict:
+    """Read an offline W&B run back with the W&B CLI itself."""
+    (offline,) = (run_dir / "wandb").glob("offline-run-*")
+    cli = Path(sys.executable).with_name("wandb")
+    out = subprocess.run(
+        [str(cli), "leet", "inspect", "--summary", "--json", str(offline)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return json.loads(out.stdout)
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    run_dir = tmp_path_factory.mktemp("run")
+    result = run_app(*QUICK, f"hydra.run.dir={run_dir}", "cache_dir=null")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return run_dir
+
+
+@pytest.mark.slow
+def test_training_beats_chance_and_writes_metrics(trained_run: Path) -> None:
+    metrics = read_metrics(trained_run)
+    assert metrics.keys() >= BASELINE_KEYS
+    assert metrics["baseline/test_acc"] > 0.6  # chance is 0.5 on this balanced slice
+    assert (trained_run / "tokenizer.json").is_file()
+    assert (trained_run / "checkpoints" / "best.ckpt").is_file()
+    assert "val/acc" in (trained_run / "csv" / "metrics.csv").read_text()
+
+
+@pytest.mark.slow
+def test_wandb_offline_run_holds_the_logged_metrics(trained_run: Path) -> None:
+    summary = json.dumps(wandb_summary(trained_run))
+    for key in ("baseline/test_acc", "val/acc", "train/loss"):
+        assert key in summary
+
+
+@pytest.mark.slow
+def test_same_seed_same_accuracy(trained_run: Path, tmp_path: Path) -> None:
+    again = run_app(*QUICK, f"hydra.run.dir={tmp_path}", "cache_dir=null", "logger=csv")
+    assert again.returncode == 0, again.stderr[-3000:]
+    first, second = read_metrics(trained_run), read_metrics(tmp_path)
+    assert first["baseline/test_acc"] == second["baseline/test_acc"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("override", "setting"),
+    [
+        ("data.root=/nonexistent", "data.root"),
+        ("model.head_widths=[]", "model.head_widths"),
+        ("model.lstm.hidden_size=0", "model.lstm.hidden_size"),
+    ],
+)
+def test_bad_settings_fail_fast_with_the_setting_named(
+    override: str, setting: str, tmp_path
+) -> None:
+    result = run_app(override, f"hydra.run.dir={tmp_path}", "logger=csv", timeout=60)
+    assert result.returncode != 0
+    assert setting in result.stderr
+
+
+@pytest.mark.slow
+def test_ctrl_c_keeps_the_last_checkpoint_and_closes_the_wandb_run(tmp_path: Path) -> None:
+    checkpoints = tmp_path / "checkpoints"
+    app = subprocess.Popen(
+        app_command(
+            *QUICK, "trainer.max_epochs=100", f"hydra.run.dir={tmp_path}", "cache_dir=null"
+        ),
+        cwd=ROOT,
+        env=APP_ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 300
+    while not (checkpoints / "last.ckpt").exists():  # one epoch done: interrupt the second
+        assert app.poll() is None, app.stderr.read()[-3000:]
+        assert time.monotonic() < deadline, "no checkpoint after 300 s"
+        time.sleep(0.2)
+    app.send_signal(signal.SIGINT)
+    _, stderr = app.communicate(timeout=120)
+    assert app.returncode != 0
+    assert (checkpoints / "interrupted.ckpt").is_file(), stderr[-3000:]
+    assert (checkpoints / "last.ckpt").is_file()
+    assert not (tmp_path / "metrics.json").exists()  # nothing reported as if it had finished
+    state = wandb_summary(tmp_path)
+    assert "train/loss" in json.dumps(state)  # the run was closed with what it had logged
