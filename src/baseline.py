@@ -177,4 +177,5 @@ def baseline_metrics(
         "baseline/test_auroc": test["test/auroc"],
         "baseline/params": sum(p.numel() for p in baseline.model.network.parameters()),
         "baseline/train_seconds": baseline.train_seconds,
+        "baseline/trained_now": int(baseline.trained_now),  # 0: from the cache or ckpt_path
     }

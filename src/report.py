@@ -3,9 +3,22 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 from collections.abc import Mapping
 from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+import wandb  # noqa: E402
+from hydra.experimental.callback import Callback  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
+
+log = logging.getLogger(__name__)
 
 Metrics = Mapping[str, float | int | str | None]
 
@@ -29,3 +42,125 @@ def summary_table(metrics: Metrics, keys: list[str]) -> str:
     rows = [(k, format_value(metrics[k])) for k in keys if k in metrics]
     width = max((len(k) for k, _ in rows), default=0)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+
+
+# ---- the end of a multirun: every job's metrics.json in one table and one figure ----
+
+GROUP_KEYS = ["data", "layer", "method", "target_width"]
+MEAN_KEYS = [
+    "compressed/test_acc",
+    "delta_acc",
+    "compressed/agreement",
+    "compressed/logit_rel_error",
+    "compress_seconds",
+]
+
+
+def gather_metrics(sweep_dir: str | Path) -> pd.DataFrame:
+    """One row per job folder under ``sweep_dir`` that wrote a metrics.json."""
+    rows = []
+    for path in sorted(Path(sweep_dir).glob("**/metrics.json")):
+        rows.append(
+            {"job": str(path.parent.relative_to(sweep_dir)), **json.loads(path.read_text())}
+        )
+    return pd.DataFrame(rows)
+
+
+def aggregate(jobs: pd.DataFrame) -> pd.DataFrame:
+    """Mean and standard deviation over seeds per data set, layer, method and width."""
+    if "target_width" not in jobs:
+        return pd.DataFrame()
+    compressed = jobs.dropna(subset=["target_width"])
+    stats = compressed.groupby(GROUP_KEYS)[[k for k in MEAN_KEYS if k in jobs]].agg(["mean", "std"])
+    stats.columns = [f"{key} {stat}" for key, stat in stats.columns]
+    stats["seeds"] = compressed.groupby(GROUP_KEYS)["seed"].nunique()
+    return stats.reset_index()
+
+
+def markdown_table(stats: pd.DataFrame) -> str:
+    """``mean ± std`` cells, the way a results table is read."""
+    table = stats[GROUP_KEYS + ["seeds"]].copy()
+    for key in MEAN_KEYS:
+        if f"{key} mean" in stats:
+            mean, std = stats[f"{key} mean"], stats[f"{key} std"].fillna(0.0)
+            table[key] = [
+                f"{m:.4f} ± {s:.4f}" if n > 1 else f"{m:.4f}"
+                for m, s, n in zip(mean, std, stats["seeds"], strict=True)
+            ]
+    return table.to_markdown(index=False)
+
+
+def accuracy_figure(jobs: pd.DataFrame) -> Figure:
+    """Test accuracy against target width, one line per method (mean, spread over seeds), one
+    panel per data set and layer, the baseline as a dashed line."""
+    panels = sorted(jobs.groupby(["data", "layer"]).groups)
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
+    for ax, (data, layer) in zip(axes[0], panels, strict=True):
+        panel = jobs[(jobs["data"] == data) & (jobs["layer"] == layer)]
+        for method, rows in panel.groupby("method"):
+            acc = rows.groupby("target_width")["compressed/test_acc"].agg(["mean", "std"])
+            ax.errorbar(
+                acc.index,
+                acc["mean"],
+                yerr=acc["std"].fillna(0),
+                marker="o",
+                label=method,
+                capsize=3,
+            )
+        base = panel.drop_duplicates("seed")["baseline/test_acc"].mean()
+        ax.axhline(base, color="black", linestyle="--", label="baseline")
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("target width")
+        ax.set_ylabel("test accuracy")
+        ax.set_title(f"{data}, layer {int(layer)}")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def summarise_sweep(sweep_dir: str | Path) -> pd.DataFrame:
+    """Write summary.csv (every job), summary.md and accuracy.png into ``sweep_dir``."""
+    sweep_dir = Path(sweep_dir)
+    jobs = gather_metrics(sweep_dir)
+    if jobs.empty:
+        log.warning("no metrics.json under %s: nothing to summarise", sweep_dir)
+        return jobs
+    jobs.to_csv(sweep_dir / "summary.csv", index=False)
+    stats = aggregate(jobs)
+    if stats.empty:
+        return jobs
+    (sweep_dir / "summary.md").write_text(markdown_table(stats) + "\n")
+    figure = accuracy_figure(jobs.dropna(subset=["target_width"]))
+    figure.savefig(sweep_dir / "accuracy.png", dpi=110)
+    plt.close(figure)
+    return jobs
+
+
+class SweepSummary(Callback):
+    """Hydra callback: at the end of a multirun, summarise it and log a W&B summary run."""
+
+    def __init__(self, wandb: bool = True) -> None:
+        self.wandb = wandb
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: object) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        jobs = summarise_sweep(sweep_dir)
+        if jobs.empty:
+            return
+        print(f"sweep summary: {sweep_dir / 'summary.csv'}, {sweep_dir / 'summary.md'}")
+        if self.wandb and "wandb" in config.get("logger", {}):
+            settings = config.logger.wandb
+            run = wandb.init(
+                project=settings.project,
+                group=settings.group,
+                job_type="summary",
+                name=f"summary {sweep_dir.name}",
+                dir=str(sweep_dir),
+                mode=settings.mode,
+            )
+            try:
+                run.log({"summary": wandb.Table(dataframe=jobs.astype(str))})
+                if (sweep_dir / "accuracy.png").is_file():
+                    run.log({"accuracy": wandb.Image(str(sweep_dir / "accuracy.png"))})
+            finally:
+                run.finish()

@@ -14,6 +14,7 @@ from src.data import (
     SentimentDataModule,
     collate,
     complete_splits,
+    encode,
     load_raw_splits,
 )
 from tests.conftest import DATA_DIR
@@ -103,3 +104,19 @@ def test_unreachable_hub_fails_fast_naming_the_setting(monkeypatch) -> None:
 def test_non_positive_max_length_is_refused() -> None:
     with pytest.raises(DataConfigError, match="data.max_length"):
         datamodule(max_length=0)
+
+
+def test_truncation_side_keeps_the_first_or_the_last_words() -> None:
+    dm = datamodule()
+    dm.setup()
+    text = "the plot was dull but the ending was great"
+    full = dm.tokenizer.encode(text).ids
+    (right,), cut = encode(dm.tokenizer, [text], 3, "right")
+    (left,), _ = encode(dm.tokenizer, [text], 3, "left")
+    assert cut == 1
+    assert right.tolist() == full[:3] and left.tolist() == full[-3:]
+
+
+def test_unknown_truncation_side_is_refused() -> None:
+    with pytest.raises(DataConfigError, match="data.truncation_side"):
+        datamodule(truncation_side="middle")

@@ -1,0 +1,140 @@
+"""Real multiruns on a slice of rotten_tomatoes: train once, compress many, summarise."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tests.conftest import QUICK, read_metrics, run_app
+
+COMPRESSED_KEYS = {
+    "method",
+    "target_width",
+    "layer",
+    "seed",
+    "compressed/test_acc",
+    "compressed/val_acc",
+    "compressed/agreement",
+    "compressed/params",
+    "compressed/layer_params",
+    "baseline/params",
+    "baseline/layer_params",
+    "delta_acc",
+    "compressed/logit_rel_error",
+    "compress_seconds",
+}
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory: pytest.TempPathFactory, cache: Path) -> Path:
+    sweep_dir = tmp_path_factory.mktemp("sweep")
+    result = run_app(
+        *QUICK,
+        "compress=weight_sum,ls_refit",
+        "target_width=2,4",
+        f"hydra.sweep.dir={sweep_dir}",
+        f"cache_dir={cache}",
+        multirun=True,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return sweep_dir
+
+
+@pytest.mark.slow
+def test_multirun_trains_the_baseline_once_and_writes_one_row_per_job(sweep: Path) -> None:
+    summary = pd.read_csv(sweep / "summary.csv")
+    assert len(summary) == 4
+    assert summary["baseline/trained_now"].sum() == 1
+    assert summary["baseline/test_acc"].nunique() == 1  # every job compressed the same model
+    assert set(summary["method"]) == {"weight_sum", "ls_refit"}
+    assert set(summary["target_width"]) == {2, 4}
+    assert set(summary.columns) >= COMPRESSED_KEYS
+    table = (sweep / "summary.md").read_text()
+    assert "weight_sum" in table and "ls_refit" in table
+    assert (sweep / "accuracy.png").stat().st_size > 0
+    assert list((sweep / "wandb").glob("offline-run-*")), "no W&B summary run"
+
+
+@pytest.mark.slow
+def test_every_job_leaves_the_analysis_artefacts(sweep: Path) -> None:
+    for job in (p.parent for p in sweep.glob("*/metrics.json")):
+        metrics = read_metrics(job)
+        clusters = json.loads((job / "analysis" / "clusters.json").read_text())
+        similarity = np.load(job / "analysis" / "similarity.npy")
+        assert similarity.shape == (16, 16) and np.isfinite(similarity).all()
+        assert len(clusters["labels"]) == 16
+        assert max(clusters["labels"]) + 1 <= metrics["target_width"]
+        for name in ("word_traces", "similarity", "clusters"):
+            assert (job / "analysis" / f"{name}.png").stat().st_size > 0
+        (offline,) = (job / "wandb").glob("offline-run-*")
+        assert len(list(offline.glob("files/media/images/**/*.png"))) >= 3
+
+
+@pytest.mark.slow
+def test_submitit_local_launcher_runs_a_job(tmp_path: Path, sweep: Path, cache: Path) -> None:
+    result = run_app(
+        *QUICK,
+        "hydra/launcher=submitit_local",
+        "compress=prune",
+        "target_width=2",
+        f"hydra.sweep.dir={tmp_path}",
+        f"cache_dir={cache}",  # the sweep's baseline: no training here
+        "logger=csv",
+        multirun=True,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    (metrics,) = [json.loads(p.read_text()) for p in tmp_path.glob("*/metrics.json")]
+    assert metrics["method"] == "prune" and metrics["baseline/trained_now"] == 0
+    assert metrics["compressed/width"] == 2
+
+
+@pytest.mark.slow
+def test_a_checkpoint_is_analysed_without_retraining(
+    tmp_path: Path, sweep: Path, cache: Path
+) -> None:
+    (checkpoint,) = cache.glob("*/model.ckpt")
+    result = run_app(
+        *QUICK,
+        f"ckpt_path={checkpoint}",
+        "layer=1",
+        "target_width=8",
+        "compress=weight_sum",
+        f"hydra.run.dir={tmp_path}",
+        "logger=csv",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = read_metrics(tmp_path)
+    assert metrics["baseline/trained_now"] == 0 and metrics["layer"] == 1
+    assert np.load(tmp_path / "analysis" / "similarity.npy").shape == (64, 64)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("override", "named"),
+    [
+        ("target_width=16", "target_width=16"),
+        ("target_width=0", "target_width=0"),
+        ("layer=7", "layer=7"),
+        ("layer=3", "output layer"),
+        ("compress=merge_everything", "compress"),
+        ("analysis.measure=cosine", "analysis.measure"),
+        ("analysis.probe_sentences=0", "analysis.probe_sentences"),
+        ('analysis.sentences=["qqzx vvwk"]', "analysis.sentences"),
+    ],
+)
+def test_bad_compression_settings_fail_before_training(
+    override: str, named: str, tmp_path: Path
+) -> None:
+    result = run_app(*QUICK, override, f"hydra.run.dir={tmp_path}", "logger=csv", timeout=60)
+    assert result.returncode != 0
+    assert named in result.stderr
+    assert not (tmp_path / "checkpoints").exists()  # refused before any training
