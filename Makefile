@@ -7,7 +7,7 @@ SHARED_DATA := $(abspath ../shared/data)
 # Offline copies of the corpora, when this checkout sits beside them; otherwise the hub.
 export SENTIMENT_DATA_DIR ?= $(if $(wildcard $(SHARED_DATA)/rotten_tomatoes),$(SHARED_DATA),)
 
-.PHONY: install run sweep test test-fast lint format bench bench-train bench-similarity clean
+.PHONY: install run sweep test test-fast lint format bench bench-train bench-similarity clean compression-sweep
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,7 +18,7 @@ $(BIN)/.installed: pyproject.toml
 install: $(BIN)/.installed
 
 run: install  ## the main job: train the baseline, look inside it, shrink its 16-neuron layer to 4
-	$(BIN)/python -m src.run $(ARGS)
+	$(BIN)/python -m src.run compress=weight_sum target_width=4 $(ARGS)
 
 sweep: install  ## every method x width 1,2,4,8, baseline trained once
 	$(BIN)/python -m src.run -m compress=freeze_retrain,cluster_init,weight_sum target_width=1,2,4,8 $(ARGS)
@@ -47,3 +47,6 @@ bench-similarity: install
 
 clean:
 	rm -rf outputs/20* outputs/multirun .cache wandb
+
+compression-sweep: install  ## every method x widths 1,2,4,8 x seeds 0,1,2 on the 16-neuron layer
+	$(BIN)/python -m src.run +experiment=compression_sweep $(ARGS)

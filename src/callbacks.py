@@ -27,6 +27,7 @@ from src.analysis.probe import (
     sentence_trace,
 )
 from src.analysis.similarity import MEASURES, affinity_from_dissimilarity, degenerate_neurons
+from src.analysis.stats import effective_rank
 from src.compress.base import check_choice
 from src.data import collate
 
@@ -126,6 +127,7 @@ class NeuronAnalysis(L.Callback):
             "labels": analysis.labels.tolist(),
             "sizes": cluster_sizes(analysis.labels),
             "silhouette": analysis.silhouette,
+            "effective_rank": effective_rank(analysis.probe.activations),
             "alive": analysis.alive.nonzero().squeeze(1).tolist(),
             "dead": degenerate.dead,
             "constant": degenerate.constant,
@@ -155,6 +157,7 @@ class NeuronAnalysis(L.Callback):
                     {
                         "analysis/live_neurons": len(summary["alive"]),
                         "analysis/silhouette": analysis.silhouette or float("nan"),
+                        "analysis/effective_rank": summary["effective_rank"],
                     }
                 )
 

