@@ -1,6 +1,7 @@
 # `make run` and `make test` set everything up on a fresh machine (a .venv here).
 PYTHON ?= python3
-TORCH ?= torch==2.13.0  # taken first, so pip keeps it; `make install TORCH=torch` for another build
+# Installed first, so pip keeps it: the local CPU wheel where pip has one; TORCH=... for another.
+TORCH ?= torch==2.13.0
 VENV := .venv
 BIN := $(VENV)/bin
 SHARED_DATA := $(abspath ../shared/data)
@@ -11,7 +12,7 @@ export SENTIMENT_DATA_DIR ?= $(if $(wildcard $(SHARED_DATA)/rotten_tomatoes),$(S
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet "$(TORCH)"
+	$(BIN)/pip install --quiet $(TORCH)
 	$(BIN)/pip install --quiet -e ".[test]"
 	touch $@
 

@@ -12,8 +12,8 @@ compiles or loads its cache), resets the process's peak RSS (VmHWM, via /proc/se
 and reports peak RSS minus RSS at the start of the first call: memory the method itself needed
 on top of the activations it was given (Linux only). Time is the best of up to 3 calls within
 10 s. Slow baselines are first timed on a slice of the pairs and skipped when the extrapolated
-time exceeds the budget. The matmul floor is torch's (MKL sgemm); ours uses NumPy's product,
-which OpenBLAS runs as ssyrk since both operands are the same array.
+time exceeds the budget. The matmul floor is torch's (MKL sgemm); the correlation measure uses the
+same torch product, once per chunk.
 """
 
 from __future__ import annotations

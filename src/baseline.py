@@ -13,6 +13,7 @@ import json
 import logging
 import shutil
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -85,7 +86,11 @@ def fit_baseline(
 ) -> Baseline:
     """Fit, then reload the best checkpoint by validation accuracy."""
     start = time.perf_counter()
-    trainer.fit(model, datamodule=datamodule)
+    with warnings.catch_warnings():
+        # OnExceptionCheckpoint makes fit look for a "last" checkpoint to resume from (there is
+        # one only after a Ctrl-C in the same run folder) and warn about it on every fresh run.
+        warnings.filterwarnings("ignore", message=r".*ckpt_path.*")
+        trainer.fit(model, datamodule=datamodule)
     seconds = time.perf_counter() - start
     best = Path(trainer.checkpoint_callback.best_model_path)
     return Baseline(load_checkpoint(best, "the best checkpoint"), seconds, True, best)

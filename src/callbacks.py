@@ -12,23 +12,25 @@ from pathlib import Path
 import lightning as L
 import matplotlib.pyplot as plt
 import numpy as np
-import torch
 from lightning.pytorch.loggers import WandbLogger
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader
 
 from src.analysis.clustering import cluster_sizes
 from src.analysis.figures import cluster_panels, similarity_heatmap, word_traces
 from src.analysis.layer import CLUSTERINGS, LayerAnalysis, analyse_layer
 from src.analysis.probe import (
     AnalysisConfigError,
+    check_known_words,
     check_target_width,
     probe_layer,
+    probe_sample,
     resolve_layer,
     sentence_trace,
 )
 from src.analysis.similarity import MEASURES, affinity_from_dissimilarity, degenerate_neurons
 from src.analysis.stats import effective_rank
 from src.compress.base import check_choice
+from src.compress.pipeline import layer_pair
 from src.data import collate
 
 log = logging.getLogger(__name__)
@@ -39,8 +41,9 @@ class NeuronAnalysis(L.Callback):
 
     It runs at the end of the first ``trainer.test``: the best checkpoint after a fit, or a model
     from the cache or ``ckpt_path``, all alike. ``result`` then holds what the compression step
-    merges, and ``folder`` the artefacts: ``similarity.npy`` (the affinity that the clustering
-    saw), ``dissimilarity.npy``, ``clusters.json`` and three PNGs, also logged to W&B.
+    merges, and ``folder`` the artefacts: ``similarity.npy`` (the affinity between every two
+    neurons; spectral clustering sees the live neurons' part), ``dissimilarity.npy``,
+    ``clusters.json`` and three PNGs, also logged to W&B.
     """
 
     def __init__(
@@ -75,26 +78,18 @@ class NeuronAnalysis(L.Callback):
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         """Check the example sentences as soon as the tokenizer exists, before any training."""
-        tokenizer = trainer.datamodule.tokenizer
-        unk = tokenizer.token_to_id("[UNK]")
         for sentence in self.sentences:
-            if all(i == unk for i in tokenizer.encode(sentence).ids):
-                raise AnalysisConfigError(
-                    f"analysis.sentences: {sentence!r} has no word the "
-                    "tokenizer knows; choose another sentence"
-                )
+            check_known_words(trainer.datamodule.tokenizer, sentence)
 
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.result is not None:  # only the baseline is analysed
             return
         datamodule = trainer.datamodule
         network = pl_module.network
-        train = datamodule.splits["train"]
-        probe_set = Subset(train, range(min(self.probe_sentences, len(train))))
+        probe_set = probe_sample(datamodule.splits["train"], self.probe_sentences, self.seed)
         loader = DataLoader(probe_set, batch_size=256, collate_fn=collate)
         probe = probe_layer(network, loader, self.layer)
-        linear = network.head[self.layer]
-        weights = torch.cat([linear.weight, linear.bias[:, None]], dim=1).detach()
+        weights = layer_pair(network, self.layer).incoming()
         self.result = analyse_layer(
             probe,
             weights,
@@ -132,6 +127,10 @@ class NeuronAnalysis(L.Callback):
             "dead": degenerate.dead,
             "constant": degenerate.constant,
         }
+        # Left out of the clustering but not dead: tiny next to the layer's peak, or firing on
+        # almost no word. Alive, dead and nearly dead split the layer; constant ones overlap.
+        left_out = set(range(summary["width"])) - set(summary["alive"])
+        summary["nearly_dead"] = sorted(left_out - set(degenerate.dead))
         (self.folder / "clusters.json").write_text(json.dumps(summary, indent=2) + "\n")
         log.info(
             "layer %d: %d live of %d neurons, clusters of sizes %s, silhouette %s",
@@ -156,7 +155,9 @@ class NeuronAnalysis(L.Callback):
                 logger.log_metrics(
                     {
                         "analysis/live_neurons": len(summary["alive"]),
-                        "analysis/silhouette": analysis.silhouette or float("nan"),
+                        "analysis/silhouette": float("nan")
+                        if analysis.silhouette is None
+                        else analysis.silhouette,
                         "analysis/effective_rank": summary["effective_rank"],
                     }
                 )

@@ -114,6 +114,13 @@ def train_tokenizer(texts: list[str], vocab_size: int, min_frequency: int) -> To
     return tokenizer
 
 
+def check_truncation_side(truncation_side: str) -> None:
+    if truncation_side not in ("right", "left"):
+        raise DataConfigError(
+            f'data.truncation_side must be "right" or "left", got {truncation_side!r}'
+        )
+
+
 def encode(
     tokenizer: Tokenizer, texts: list[str], max_length: int, truncation_side: str = "right"
 ) -> tuple[list[Tensor], int]:
@@ -122,10 +129,7 @@ def encode(
     ``truncation_side`` follows Hugging Face: "right" keeps the first words, "left" the last
     ones (where a long review usually gives its verdict, and what a left-to-right LSTM sees last).
     """
-    if truncation_side not in ("right", "left"):
-        raise DataConfigError(
-            f'data.truncation_side must be "right" or "left", got {truncation_side!r}'
-        )
+    check_truncation_side(truncation_side)
     ids, truncated = [], 0
     for e in tokenizer.encode_batch(texts):
         truncated += len(e.ids) > max_length
@@ -164,10 +168,7 @@ class SentimentDataModule(L.LightningDataModule):
         super().__init__()
         if max_length < 1:
             raise DataConfigError(f"data.max_length must be >= 1, got {max_length}")
-        if truncation_side not in ("right", "left"):
-            raise DataConfigError(
-                f'data.truncation_side must be "right" or "left", got {truncation_side!r}'
-            )
+        check_truncation_side(truncation_side)
         self.name, self.hub_name, self.root = name, hub_name, root
         self.vocab_size, self.min_frequency, self.max_length = vocab_size, min_frequency, max_length
         self.batch_size, self.val_fraction, self.limit = batch_size, val_fraction, limit

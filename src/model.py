@@ -98,6 +98,13 @@ class SentimentLSTM(nn.Module):
             outs.append(x)
         return outs
 
+    def layer_input(self, states: Tensor, layer: int) -> Tensor:
+        """What hidden head layer ``layer`` reads, (..., D): the LSTM states or the layer below's
+        activations (computing only the layers below it)."""
+        for below in self.head[:layer]:
+            states = torch.relu(below(states))
+        return states
+
     def forward(self, ids: Tensor, lengths: Tensor) -> Tensor:
         """Logit after every word, (B, T); use :func:`last_word` for the sentence's prediction."""
         return self.head_from(0, self.states(ids, lengths))

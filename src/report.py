@@ -48,10 +48,12 @@ def summary_table(metrics: Metrics, keys: list[str]) -> str:
 
 GROUP_KEYS = ["data", "layer", "method", "target_width"]
 MEAN_KEYS = [
+    "baseline/test_acc",
     "compressed/test_acc",
     "delta_acc",
     "compressed/agreement",
     "compressed/logit_rel_error",
+    "compressed/dead_neurons",
     "compress_seconds",
 ]
 
@@ -77,17 +79,30 @@ def aggregate(jobs: pd.DataFrame) -> pd.DataFrame:
     return stats.reset_index()
 
 
+def mean_std_cells(stats: pd.DataFrame, key: str) -> list[str]:
+    """``mean ± std`` per row of :func:`aggregate`'s output (the mean alone for one seed)."""
+    mean, std = stats[f"{key} mean"], stats[f"{key} std"].fillna(0.0)
+    return [
+        f"{m:.4f} ± {s:.4f}" if n > 1 else f"{m:.4f}"
+        for m, s, n in zip(mean, std, stats["seeds"], strict=True)
+    ]
+
+
 def markdown_table(stats: pd.DataFrame) -> str:
-    """``mean ± std`` cells, the way a results table is read."""
+    """Every aggregated key, one row per data set, layer, method and width."""
     table = stats[GROUP_KEYS + ["seeds"]].copy()
     for key in MEAN_KEYS:
         if f"{key} mean" in stats:
-            mean, std = stats[f"{key} mean"], stats[f"{key} std"].fillna(0.0)
-            table[key] = [
-                f"{m:.4f} ± {s:.4f}" if n > 1 else f"{m:.4f}"
-                for m, s, n in zip(mean, std, stats["seeds"], strict=True)
-            ]
-    return table.to_markdown(index=False)
+            table[key] = mean_std_cells(stats, key)
+    return table.to_markdown(index=False, disable_numparse=True)
+
+
+def width_table(stats: pd.DataFrame, key: str = "compressed/test_acc") -> str:
+    """One ``key`` at a glance: a row per data set, layer and method, a column per width."""
+    cells = stats[GROUP_KEYS].assign(cell=mean_std_cells(stats, key))
+    wide = cells.pivot(index=GROUP_KEYS[:3], columns="target_width", values="cell")
+    wide.columns = [f"width {int(w)}" for w in wide.columns]
+    return wide.reset_index().to_markdown(index=False, disable_numparse=True)
 
 
 def accuracy_figure(jobs: pd.DataFrame) -> Figure:
@@ -110,6 +125,8 @@ def accuracy_figure(jobs: pd.DataFrame) -> Figure:
         base = panel.drop_duplicates("seed")["baseline/test_acc"].mean()
         ax.axhline(base, color="black", linestyle="--", label="baseline")
         ax.set_xscale("log", base=2)
+        widths = sorted(panel["target_width"].unique())
+        ax.set_xticks(widths, [str(int(w)) for w in widths])
         ax.set_xlabel("target width")
         ax.set_ylabel("test accuracy")
         ax.set_title(f"{data}, layer {int(layer)}")
@@ -129,7 +146,10 @@ def summarise_sweep(sweep_dir: str | Path) -> pd.DataFrame:
     stats = aggregate(jobs)
     if stats.empty:
         return jobs
-    (sweep_dir / "summary.md").write_text(markdown_table(stats) + "\n")
+    (sweep_dir / "summary.md").write_text(
+        f"Test accuracy (mean ± std over seeds)\n\n{width_table(stats)}\n\n"
+        f"Every measure\n\n{markdown_table(stats)}\n"
+    )
     figure = accuracy_figure(jobs.dropna(subset=["target_width"]))
     figure.savefig(sweep_dir / "accuracy.png", dpi=110)
     plt.close(figure)
@@ -164,3 +184,11 @@ class SweepSummary(Callback):
                     run.log({"accuracy": wandb.Image(str(sweep_dir / "accuracy.png"))})
             finally:
                 run.finish()
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Summarise a multirun folder again.")
+    parser.add_argument("sweep_dir", help="a multirun folder (hydra.sweep.dir) of finished jobs")
+    summarise_sweep(parser.parse_args().sweep_dir)

@@ -31,6 +31,15 @@ def test_per_word_outputs_and_activations_have_the_right_shapes() -> None:
     assert all((a >= 0).all() for a in acts)
 
 
+def test_layer_input_is_what_each_layer_reads() -> None:
+    net = network()
+    states = net.states(torch.randint(2, 50, (2, 5)), torch.tensor([5, 3]))
+    acts = net.activations(states)
+    assert torch.equal(net.layer_input(states, 0), states)
+    for layer in (1, 2):
+        torch.testing.assert_close(net.layer_input(states, layer), acts[layer - 1])
+
+
 def test_prediction_is_the_output_at_the_last_real_word() -> None:
     net = network()
     ids = torch.randint(2, 50, (3, 6))

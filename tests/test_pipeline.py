@@ -8,6 +8,7 @@ from torch.utils.data import DataLoader
 
 from src.analysis.layer import analyse_layer
 from src.analysis.probe import probe_layer
+from src.compress.base import LayerPair
 from src.compress.pipeline import (
     CompressionConfigError,
     Features,
@@ -119,6 +120,34 @@ def test_metrics_of_an_unchanged_layer_are_perfect() -> None:
     assert metrics["compressed/agreement"] == 1.0
     assert metrics["compressed/logit_rel_error"] == 0.0
     assert metrics["compressed/test_acc"] == metrics["baseline/recomputed_test_acc"]
+
+
+def test_dead_neurons_counts_kept_neurons_that_never_fire() -> None:
+    net = network()
+    features = last_word_features(net, sentences(), 2)
+    pair = layer_pair(net, 2)
+    alive = int((pair.hidden(features.inputs) > 0).any(dim=0).sum())
+    killed = LayerPair(
+        pair.w_in,
+        pair.b_in.clone().index_fill_(0, torch.tensor([0, 3]), -1e6),
+        pair.w_out,
+        pair.b_out,
+    )
+    metrics = compression_metrics(net, 2, killed, {"test": features})
+    assert metrics["compressed/dead_neurons"] >= 2
+    assert metrics["compressed/dead_neurons"] == pair.width - int(
+        (killed.hidden(features.inputs) > 0).any(dim=0).sum()
+    )
+    assert compression_metrics(net, 2, pair, {"test": features})["compressed/dead_neurons"] == (
+        pair.width - alive
+    )
+
+
+def test_retraining_a_lower_layer_leaves_no_gradient_in_the_baseline() -> None:
+    net = network()
+    cfg = compose_config("compress=cluster_init", "compress.epochs=1")
+    compress_layer(cfg.compress, net, analysed(net, 1, 4), 4, sentences(64), seed=0)
+    assert all(p.grad is None for p in net.parameters())
 
 
 def test_retraining_changes_only_the_pair_and_lowers_the_training_loss() -> None:

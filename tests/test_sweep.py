@@ -72,6 +72,8 @@ def test_every_job_leaves_the_analysis_artefacts(sweep: Path) -> None:
         similarity = np.load(job / "analysis" / "similarity.npy")
         assert similarity.shape == (16, 16) and np.isfinite(similarity).all()
         assert len(clusters["labels"]) == 16
+        groups = ("alive", "dead", "nearly_dead")
+        assert sorted(sum((clusters[g] for g in groups), [])) == list(range(16))
         assert max(clusters["labels"]) + 1 <= metrics["target_width"]
         for name in ("word_traces", "similarity", "clusters"):
             assert (job / "analysis" / f"{name}.png").stat().st_size > 0
@@ -125,7 +127,7 @@ def test_a_checkpoint_is_analysed_without_retraining(
         ('analysis.sentences=["qqzx vvwk"]', "analysis.sentences"),
     ],
 )
-def test_bad_compression_settings_fail_before_training(
+def test_bad_width_or_sentences_fail_before_training(
     override: str, named: str, tmp_path: Path
 ) -> None:
     result = run_app(*QUICK, override, f"hydra.run.dir={tmp_path}", "logger=csv", timeout=60)

@@ -27,7 +27,7 @@ def word_traces(traces: list[Trace], layer: int) -> Figure:
 
 
 def similarity_heatmap(dissimilarity: Tensor, labels: Tensor) -> Figure:
-    """The dissimilarity with neurons grouped by cluster (dead neurons, label -1, first)."""
+    """The dissimilarity with neurons grouped by cluster (dead neurons, label -1, last)."""
     order = cluster_order(labels)
     fig, ax = plt.subplots(figsize=(5, 4.5))
     image = ax.imshow(dissimilarity[order][:, order].numpy(), cmap="viridis")
@@ -44,8 +44,8 @@ def cluster_panels(trace: Trace, labels: Tensor) -> Figure:
     """One panel per cluster with its neurons' activations on one sentence."""
     sentence, words, acts, _ = trace
     clusters = sorted(set(labels.tolist()) - {-1})
-    cols = min(4, len(clusters))
-    rows = -(-len(clusters) // cols)
+    cols = max(1, min(4, len(clusters)))  # one empty panel when no neuron is alive
+    rows = max(1, -(-len(clusters) // cols))
     fig, axes = plt.subplots(rows, cols, figsize=(3.5 * cols, 2.8 * rows), squeeze=False)
     for ax in axes.flat[len(clusters) :]:
         ax.axis("off")

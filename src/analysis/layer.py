@@ -72,9 +72,10 @@ def analyse_layer(
 ) -> LayerAnalysis:
     """``weights``: the layer's incoming weights with the bias appended, (N, D + 1)."""
     acts = probe.activations
-    dissimilarity = dissimilarity_matrix(lambda: acts.split(chunk_size), measure, chunk_size)
+    dissimilarity = dissimilarity_matrix(
+        lambda: acts.split(chunk_size), measure, chunk_size
+    ).float()
     alive = alive_neurons(acts)
-    labels = cluster_alive(dissimilarity.float(), weights, alive, n_clusters, clustering, seed)
-    live = labels >= 0
-    score = silhouette(dissimilarity[live][:, live], labels[live]) if live.sum() > 2 else None
-    return LayerAnalysis(layer, probe, dissimilarity.float(), alive, labels, score)
+    labels = cluster_alive(dissimilarity, weights, alive, n_clusters, clustering, seed)
+    score = silhouette(dissimilarity, labels)  # over the clustered (live) neurons
+    return LayerAnalysis(layer, probe, dissimilarity, alive, labels, score)

@@ -6,9 +6,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
-from tokenizers import Tokenizer
+from tokenizers import Encoding, Tokenizer
 from torch import Tensor
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from src.model import SentimentLSTM, last_word
 
@@ -42,6 +42,16 @@ def check_target_width(target_width: int, width: int, layer: int) -> None:
         )
 
 
+def probe_sample(sentences: Dataset, size: int, seed: int) -> Subset:
+    """A seeded random sample of ``size`` sentences (all of them when there are fewer).
+
+    Not the first ones: corpora on disk are often sorted by label (rotten_tomatoes puts its
+    positives first), and a one-class probe set would skew every measure taken on it.
+    """
+    order = torch.randperm(len(sentences), generator=torch.Generator().manual_seed(seed))
+    return Subset(sentences, order[:size].tolist())
+
+
 @torch.no_grad()
 def layer_io(
     network: SentimentLSTM, loader: DataLoader, layer: int
@@ -51,7 +61,7 @@ def layer_io(
     for batch in loader:
         states = network.states(batch["ids"], batch["lengths"])  # (B, T, H)
         mask = torch.arange(states.shape[1])[None, :] < batch["lengths"][:, None]  # (B, T)
-        x = states if layer == 0 else network.activations(states)[layer - 1]
+        x = network.layer_input(states, layer)
         yield x[mask], torch.relu(network.head[layer](x[mask]))
 
 
@@ -70,17 +80,23 @@ def probe_layer(network: SentimentLSTM, loader: DataLoader, layer: int) -> Probe
     return Probe(torch.cat(inputs), torch.cat(outputs))
 
 
-@torch.no_grad()
-def sentence_trace(
-    network: SentimentLSTM, tokenizer: Tokenizer, sentence: str, layer: int
-) -> tuple[list[str], Tensor, float]:
-    """Words, the layer's activations after each word (T, N), and P(positive) for one sentence."""
+def check_known_words(tokenizer: Tokenizer, sentence: str) -> Encoding:
+    """The sentence's encoding, refused when no word of it is in the vocabulary."""
     encoding = tokenizer.encode(sentence)
     unk = tokenizer.token_to_id("[UNK]")
     if not encoding.ids or all(i == unk for i in encoding.ids):
         raise AnalysisConfigError(
             f"analysis.sentences: {sentence!r} has no word the tokenizer knows; choose another"
         )
+    return encoding
+
+
+@torch.no_grad()
+def sentence_trace(
+    network: SentimentLSTM, tokenizer: Tokenizer, sentence: str, layer: int
+) -> tuple[list[str], Tensor, float]:
+    """Words, the layer's activations after each word (T, N), and P(positive) for one sentence."""
+    encoding = check_known_words(tokenizer, sentence)
     network.eval()
     ids = torch.tensor([encoding.ids])
     lengths = torch.tensor([len(encoding.ids)])

@@ -57,6 +57,11 @@ class LayerPair:
     def forward(self, x: Tensor) -> Tensor:
         return self.next_preactivation(self.hidden(x))
 
+    def incoming(self) -> Tensor:
+        """Each neuron's incoming weights with its bias appended, (N, D + 1): what data-free
+        methods compare neurons by."""
+        return torch.column_stack([self.w_in, self.b_in])
+
     def select(self, keep: Tensor) -> LayerPair:
         """Keep only the neurons at ``keep`` (indices), dropping the others' outgoing weights."""
         return LayerPair(self.w_in[keep], self.b_in[keep], self.w_out[:, keep], self.b_out)
@@ -154,3 +159,16 @@ def choose_representatives(
             pick = int(means[members].argmax())
         chosen.append(members[pick])
     return torch.stack(chosen) if chosen else torch.empty(0, dtype=torch.long)
+
+
+def cluster_representatives(
+    activations: Tensor,
+    labels: Tensor | None,
+    target_width: int,
+    how: str,
+    generator: torch.Generator | None,
+) -> Tensor:
+    """The representatives of a method that keeps one neuron per cluster of ``labels``."""
+    return choose_representatives(
+        activations, require_clusters(labels, target_width), how, generator
+    )

@@ -13,13 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from src.compress.base import (
-    REPRESENTATIVES,
-    LayerPair,
-    check_choice,
-    choose_representatives,
-    require_clusters,
-)
+from src.compress.base import REPRESENTATIVES, LayerPair, check_choice, cluster_representatives
 
 
 def refit_next_layer(
@@ -68,6 +62,7 @@ class LeastSquaresRefit:
         target_width: int,
         generator: torch.Generator,
     ) -> LayerPair:
-        labels = require_clusters(labels, target_width)
-        reps = choose_representatives(activations, labels, self.representative, generator)
+        reps = cluster_representatives(
+            activations, labels, target_width, self.representative, generator
+        )
         return refit_next_layer(pair, activations, reps, self.ridge)

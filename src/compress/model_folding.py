@@ -64,7 +64,7 @@ class ModelFolding:
         target_width: int,
         generator: torch.Generator,
     ) -> LayerPair:
-        features = torch.column_stack([pair.w_in, pair.b_in]).double().numpy()
+        features = pair.incoming().double().numpy()
         seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
         k = min(target_width, pair.width)
         clusters = KMeans(n_clusters=k, n_init=10, random_state=seed).fit_predict(features)

@@ -81,7 +81,7 @@ class NeuronMerging:
         target_width: int,
         generator: torch.Generator,
     ) -> LayerPair:
-        features = torch.column_stack([pair.w_in, pair.b_in]).double()
+        features = pair.incoming().double()
         scores = keep_scores(features, self.keep)
         keep = scores.argsort(descending=True, stable=True)[:target_width].sort().values
         z = scaling_matrix(features, keep, self.threshold)

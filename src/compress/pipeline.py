@@ -73,7 +73,7 @@ def last_word_features(network: SentimentLSTM, loader: DataLoader, layer: int) -
     inputs, labels = [], []
     for batch in loader:
         x = last_word(network.states(batch["ids"], batch["lengths"]), batch["lengths"])  # (B, H)
-        inputs.append(x if layer == 0 else network.activations(x)[layer - 1])
+        inputs.append(network.layer_input(x, layer))
         labels.append(batch["labels"])
     return Features(torch.cat(inputs), torch.cat(labels))
 
@@ -112,10 +112,11 @@ def compress_layer(
         pair = repair_statistics(original, pair, probe.inputs)
     if cfg.get("epochs", 0) > 0:
         train = last_word_features(network, train_loader, layer)
+        frozen = copy.deepcopy(network).requires_grad_(False)  # the layers above the pair
         with torch.enable_grad():
             pair = train_pair(
                 pair,
-                lambda p, x: head_logits(network, layer, p, x),
+                lambda p, x: head_logits(frozen, layer, p, x),
                 train,
                 cfg.epochs,
                 cfg.lr,
@@ -155,6 +156,9 @@ def compression_metrics(
             metrics["compressed/mcnemar_p"] = mcnemar_p(correct, baseline_correct)
             metrics["baseline/recomputed_test_acc"] = baseline_correct.float().mean().item()
             metrics["compressed/agreement"] = ((after > 0) == (before > 0)).float().mean().item()
+            # Kept neurons that never fire at a test sentence's last word: a fresh layer can die.
+            fired = compressed.hidden(features.inputs) > 0
+            metrics["compressed/dead_neurons"] = int((~fired.any(dim=0)).sum())
             metrics["compressed/logit_rel_error"] = (
                 (after - before).norm() / before.norm().clamp_min(1e-12)
             ).item()

@@ -27,7 +27,7 @@ from src.compress.base import LayerPair
 
 def _directions(pair: LayerPair) -> Tensor:
     """Unit-length incoming weights with the bias appended, (width, D + 1), float64."""
-    f = torch.column_stack([pair.w_in, pair.b_in]).double()
+    f = pair.incoming().double()
     return f / f.norm(dim=1, keepdim=True).clamp_min(torch.finfo(f.dtype).eps)
 
 

@@ -9,18 +9,13 @@ epochs only run the head: seconds instead of an LSTM epoch.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
-from src.compress.base import (
-    REPRESENTATIVES,
-    LayerPair,
-    check_choice,
-    choose_representatives,
-    require_clusters,
-)
+from src.compress.base import REPRESENTATIVES, LayerPair, check_choice, cluster_representatives
 
 
 @dataclass(frozen=True)
@@ -69,9 +64,10 @@ class ClusterInit:
         target_width: int,
         generator: torch.Generator,
     ) -> LayerPair:
-        labels = require_clusters(labels, target_width)
         return pair.select(
-            choose_representatives(activations, labels, self.representative, generator)
+            cluster_representatives(
+                activations, labels, target_width, self.representative, generator
+            )
         )
 
 
@@ -85,7 +81,7 @@ class Features:
 
 def train_pair(
     pair: LayerPair,
-    logits: callable,
+    logits: Callable[[LayerPair, Tensor], Tensor],
     train: Features,
     epochs: int,
     lr: float,

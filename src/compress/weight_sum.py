@@ -12,13 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from src.compress.base import (
-    REPRESENTATIVES,
-    LayerPair,
-    check_choice,
-    choose_representatives,
-    require_clusters,
-)
+from src.compress.base import REPRESENTATIVES, LayerPair, check_choice, cluster_representatives
 
 SCALES = ("ls", "none", "affine")
 
@@ -96,6 +90,7 @@ class WeightSum:
         target_width: int,
         generator: torch.Generator,
     ) -> LayerPair:
-        labels = require_clusters(labels, target_width)
-        reps = choose_representatives(activations, labels, self.representative, generator)
+        reps = cluster_representatives(
+            activations, labels, target_width, self.representative, generator
+        )
         return merge_by_weight_sum(pair, activations, labels, reps, self.scale)
