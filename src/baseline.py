@@ -143,6 +143,12 @@ def obtain_baseline(
     """
     if cfg.ckpt_path:
         baseline = Baseline(load_checkpoint(cfg.ckpt_path), 0.0, False, Path(cfg.ckpt_path))
+        widths = list(baseline.model.hparams["head_widths"])
+        if widths != list(cfg.model.head_widths):
+            raise CheckpointError(
+                f"ckpt_path={cfg.ckpt_path} has head widths {widths}: set "
+                f"model.head_widths={widths} (the analysis checks layer and target_width on them)"
+            )
     elif cfg.cache_dir:
         cache, key = BaselineCache(cfg.cache_dir), cache_key(cfg)
         with cache.lock(key):

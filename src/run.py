@@ -61,7 +61,7 @@ def main(cfg: DictConfig) -> dict:
         metrics |= baseline_metrics(baseline, datamodule, trainer)
         if cfg.compress.name != "none":
             metrics |= compress_and_evaluate(
-                cfg, baseline.model.network, find_analysis(callbacks), datamodule
+                cfg, baseline.model, find_analysis(callbacks), datamodule
             )
         write_metrics(output_dir, metrics)
         for logger in loggers:

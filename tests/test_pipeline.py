@@ -8,6 +8,7 @@ from torch.utils.data import DataLoader
 
 from src.analysis.layer import analyse_layer
 from src.analysis.probe import probe_layer
+from src.baseline import load_checkpoint
 from src.compress.base import LayerPair
 from src.compress.pipeline import (
     CompressionConfigError,
@@ -18,10 +19,11 @@ from src.compress.pipeline import (
     head_logits,
     last_word_features,
     layer_pair,
+    save_compressed,
     with_pair,
 )
 from src.data import collate
-from src.model import SentimentLSTM, last_word
+from src.model import SentimentClassifier, SentimentLSTM, last_word
 from tests.conftest import compose_config
 from tests.test_config import choices
 
@@ -47,9 +49,22 @@ def sentences(n: int = 40, seed: int = 1) -> DataLoader:
 
 
 def analysed(net: SentimentLSTM, layer: int, k: int):
-    linear = net.head[layer]
-    weights = torch.cat([linear.weight, linear.bias[:, None]], 1).detach()
+    weights = layer_pair(net, layer).incoming()
     return analyse_layer(probe_layer(net, sentences(), layer), weights, layer, k, seed=0)
+
+
+def test_the_saved_compressed_model_loads_and_predicts_what_was_measured(tmp_path) -> None:
+    model = SentimentClassifier(50, 8, {"hidden_size": 16}, WIDTHS, dropout=0.0).eval()
+    model.tokenizer_json = "{}"
+    pair = layer_pair(model.network, 1).select(torch.tensor([0, 3, 5]))
+    path = save_compressed(model, 1, pair, tmp_path / "compressed.ckpt")
+    loaded = load_checkpoint(path)
+    assert loaded.hparams["head_widths"] == [24, 3, 8]
+    assert loaded.tokenizer_json == "{}"
+    batch = next(iter(sentences()))
+    features = last_word_features(model.network, sentences(), 1)
+    expected = head_logits(model.network, 1, pair, features.inputs[:16])
+    torch.testing.assert_close(loaded.eval()(batch["ids"], batch["lengths"]), expected)
 
 
 def test_head_logits_with_the_original_pair_are_the_networks_own_prediction() -> None:

@@ -77,6 +77,7 @@ def test_every_job_leaves_the_analysis_artefacts(sweep: Path) -> None:
         assert max(clusters["labels"]) + 1 <= metrics["target_width"]
         for name in ("word_traces", "similarity", "clusters"):
             assert (job / "analysis" / f"{name}.png").stat().st_size > 0
+        assert (job / "compressed.ckpt").stat().st_size > 0
         (offline,) = (job / "wandb").glob("offline-run-*")
         assert len(list(offline.glob("files/media/images/**/*.png"))) >= 3
 
@@ -117,6 +118,22 @@ def test_a_checkpoint_is_analysed_without_retraining(
     metrics = read_metrics(tmp_path)
     assert metrics["baseline/trained_now"] == 0 and metrics["layer"] == 1
     assert np.load(tmp_path / "analysis" / "similarity.npy").shape == (64, 64)
+
+    # The shrunk model is a checkpoint like any other: it loads, tests as measured, is analysed.
+    compressed, again = tmp_path / "compressed.ckpt", tmp_path / "again"
+    refused = run_app(f"ckpt_path={compressed}", f"hydra.run.dir={again}", "logger=csv")
+    assert refused.returncode != 0 and "model.head_widths=[256, 8, 16]" in refused.stderr
+    reloaded = run_app(
+        *QUICK,
+        f"ckpt_path={compressed}",
+        "model.head_widths=[256,8,16]",
+        "target_width=4",
+        f"hydra.run.dir={again}",
+        "logger=csv",
+    )
+    assert reloaded.returncode == 0, reloaded.stderr[-3000:]
+    tested = read_metrics(again)["baseline/test_acc"]
+    assert tested == pytest.approx(metrics["compressed/test_acc"], abs=2e-3)
 
 
 @pytest.mark.slow

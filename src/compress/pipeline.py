@@ -13,7 +13,9 @@ import copy
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
+import lightning as L
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -26,7 +28,7 @@ from src.compress.base import LayerPair, MergeMethod
 from src.compress.repair import repair_statistics
 from src.compress.retrain import Features, train_pair
 from src.data import SentimentDataModule
-from src.model import SentimentLSTM, last_word
+from src.model import SentimentClassifier, SentimentLSTM, last_word
 
 # Settings of the compression step itself; the other keys of ``compress`` build the method.
 STEP_KEYS = ("name", "epochs", "lr", "repair")
@@ -173,14 +175,36 @@ def compression_metrics(
     return metrics
 
 
+def save_compressed(
+    model: SentimentClassifier, layer: int, pair: LayerPair, path: str | Path
+) -> Path:
+    """A checkpoint of the shrunk model that loads like any other (``ckpt_path=...``): the same
+    hyperparameters but for the new width of ``layer``, and the same tokenizer."""
+    hparams = dict(model.hparams)
+    hparams["head_widths"] = [
+        pair.width if i == layer else w for i, w in enumerate(hparams["head_widths"])
+    ]
+    shrunk = SentimentClassifier(**hparams)
+    shrunk.network.load_state_dict(with_pair(model.network, layer, pair).state_dict())
+    checkpoint = {
+        "state_dict": shrunk.state_dict(),
+        "hyper_parameters": hparams,
+        "pytorch-lightning_version": L.__version__,
+        "tokenizer": model.tokenizer_json,
+    }
+    torch.save(checkpoint, path)
+    return Path(path)
+
+
 def compress_and_evaluate(
     cfg: DictConfig,
-    network: SentimentLSTM,
+    model: SentimentClassifier,
     analysis: LayerAnalysis | None,
     datamodule: SentimentDataModule,
 ) -> dict[str, float | int | str]:
-    """The run's compression step: the ``compress`` group applied to ``analysis``' layer, and the
-    ``compressed/...`` keys of metrics.json."""
+    """The run's compression step: the ``compress`` group applied to ``analysis``' layer, the
+    ``compressed/...`` keys of metrics.json, and ``compressed.ckpt`` (``save_compressed``)."""
+    network = model.network
     if analysis is None:
         raise CompressionConfigError(
             f"compress={cfg.compress.name} merges what the neuron analysis found, but it did not "
@@ -194,6 +218,9 @@ def compress_and_evaluate(
         for split in ("validation", "test")
     }
     metrics = compression_metrics(network, analysis.layer, compression.pair, splits)
+    if cfg.save_compressed:
+        path = Path(cfg.output_dir) / "compressed.ckpt"
+        save_compressed(model, analysis.layer, compression.pair, path)
     baseline_test = metrics.pop("baseline/recomputed_test_acc")
     return {
         "layer": analysis.layer,
