@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
@@ -12,11 +13,16 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+import torch  # noqa: E402
 import wandb  # noqa: E402
 from hydra.experimental.callback import Callback  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
+
+from src.analysis.stats import linear_cka, matched_correlation  # noqa: E402
+from src.compress.pipeline import ACTIVATIONS_FILE  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -135,8 +141,61 @@ def accuracy_figure(jobs: pd.DataFrame) -> Figure:
     return fig
 
 
+SIBLING_KEYS = ["data", "layer", "target_width", "seed"]
+
+
+def sibling_similarity(jobs: pd.DataFrame, sweep_dir: str | Path) -> pd.DataFrame:
+    """Linear CKA and best-matched correlation between the shrunk layers of every two jobs that
+    share data, layer, width and seed, on their test features (``compressed_activations.npy``).
+
+    Jobs are named by method, or by their folder where a sweep ran one method several ways.
+    """
+    rows = []
+    compressed = jobs.dropna(subset=["target_width"])
+    for key, group in compressed.groupby(SIBLING_KEYS):
+        unique = group["method"].is_unique
+        features = {
+            method if unique else job: torch.from_numpy(np.load(path))
+            for job, method in zip(group["job"], group["method"], strict=True)
+            if (path := Path(sweep_dir) / job / ACTIVATIONS_FILE).is_file()
+        }
+        for a, b in itertools.combinations(sorted(features), 2):
+            x, y = features[a], features[b]
+            rows.append(
+                dict(zip(SIBLING_KEYS, key, strict=True))
+                | {"a": a, "b": b, "cka": linear_cka(x, y), "matched_r": matched_correlation(x, y)}
+            )
+    return pd.DataFrame(rows)
+
+
+def cka_figure(pairs: pd.DataFrame) -> Figure:
+    """Mean CKA over seeds between every two methods, one heatmap per data set, layer and width."""
+    mean = pairs.groupby([*SIBLING_KEYS[:3], "a", "b"])["cka"].mean().reset_index()
+    panels = sorted(mean.groupby(SIBLING_KEYS[:3]).groups)
+    cols = min(4, len(panels))
+    rows = -(-len(panels) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 4 * rows), squeeze=False)
+    for ax in axes.flat[len(panels) :]:
+        ax.axis("off")
+    for ax, (data, layer, width) in zip(axes.flat, panels, strict=False):
+        panel = mean[
+            (mean["data"] == data) & (mean["layer"] == layer) & (mean["target_width"] == width)
+        ]
+        names = sorted(set(panel["a"]) | set(panel["b"]))
+        grid = pd.DataFrame(1.0, index=names, columns=names)
+        for a, b, cka in zip(panel["a"], panel["b"], panel["cka"], strict=True):
+            grid.loc[a, b] = grid.loc[b, a] = cka
+        image = ax.imshow(grid.to_numpy(), vmin=0, vmax=1, cmap="viridis")
+        ax.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=7)
+        ax.set_yticks(range(len(names)), names, fontsize=7)
+        ax.set_title(f"{data}, layer {int(layer)}, width {int(width)}", fontsize=9)
+    fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.8, label="linear CKA")
+    return fig
+
+
 def summarise_sweep(sweep_dir: str | Path) -> pd.DataFrame:
-    """Write summary.csv (every job), summary.md and accuracy.png into ``sweep_dir``."""
+    """Write summary.csv (every job), summary.md and accuracy.png into ``sweep_dir``, and
+    cka.csv and cka.png where jobs left their shrunk layers' features."""
     sweep_dir = Path(sweep_dir)
     jobs = gather_metrics(sweep_dir)
     if jobs.empty:
@@ -153,6 +212,12 @@ def summarise_sweep(sweep_dir: str | Path) -> pd.DataFrame:
     figure = accuracy_figure(jobs.dropna(subset=["target_width"]))
     figure.savefig(sweep_dir / "accuracy.png", dpi=110)
     plt.close(figure)
+    pairs = sibling_similarity(jobs, sweep_dir)
+    if not pairs.empty:
+        pairs.to_csv(sweep_dir / "cka.csv", index=False)
+        figure = cka_figure(pairs)
+        figure.savefig(sweep_dir / "cka.png", dpi=110)
+        plt.close(figure)
     return jobs
 
 
@@ -180,8 +245,11 @@ class SweepSummary(Callback):
             )
             try:
                 run.log({"summary": wandb.Table(dataframe=jobs.astype(str))})
-                if (sweep_dir / "accuracy.png").is_file():
-                    run.log({"accuracy": wandb.Image(str(sweep_dir / "accuracy.png"))})
+                if (sweep_dir / "cka.csv").is_file():
+                    run.log({"cka": wandb.Table(dataframe=pd.read_csv(sweep_dir / "cka.csv"))})
+                for name in ("accuracy", "cka"):
+                    if (sweep_dir / f"{name}.png").is_file():
+                        run.log({name: wandb.Image(str(sweep_dir / f"{name}.png"))})
             finally:
                 run.finish()
 

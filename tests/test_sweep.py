@@ -61,6 +61,9 @@ def test_multirun_trains_the_baseline_once_and_writes_one_row_per_job(sweep: Pat
     table = (sweep / "summary.md").read_text()
     assert "weight_sum" in table and "ls_refit" in table
     assert (sweep / "accuracy.png").stat().st_size > 0
+    # Both methods keep the same representatives' incoming weights: identical features, CKA 1.
+    pairs = pd.read_csv(sweep / "cka.csv")
+    assert len(pairs) == 2 and pairs["cka"].to_numpy() == pytest.approx(1.0, abs=1e-6)
     assert list((sweep / "wandb").glob("offline-run-*")), "no W&B summary run"
 
 

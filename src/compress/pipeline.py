@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -32,6 +33,7 @@ from src.model import SentimentClassifier, SentimentLSTM, last_word
 
 # Settings of the compression step itself; the other keys of ``compress`` build the method.
 STEP_KEYS = ("name", "epochs", "lr", "repair")
+ACTIVATIONS_FILE = "compressed_activations.npy"  # (test sentences, width), post-ReLU
 
 
 class CompressionConfigError(ValueError):
@@ -218,6 +220,10 @@ def compress_and_evaluate(
         for split in ("validation", "test")
     }
     metrics = compression_metrics(network, analysis.layer, compression.pair, splits)
+    # The shrunk layer's features at each test sentence's last word: the sweep summary compares
+    # siblings (same data, seed, layer and width) by CKA on them.
+    features = compression.pair.hidden(splits["test"].inputs)
+    np.save(Path(cfg.output_dir) / ACTIVATIONS_FILE, features.numpy().astype(np.float32))
     if cfg.save_compressed:
         path = Path(cfg.output_dir) / "compressed.ckpt"
         save_compressed(model, analysis.layer, compression.pair, path)
