@@ -164,7 +164,7 @@ def test_published_methods_sweep_writes_one_row_per_method(
     result = run_app(
         *QUICK,
         f"compress={','.join(methods)}",
-        "compress.repair=true",
+        "++compress.repair=true",  # ++: the multirun's outer config has compress=none
         "target_width=4",
         f"hydra.sweep.dir={tmp_path}",
         f"cache_dir={cache}",
