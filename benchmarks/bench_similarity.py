@@ -90,8 +90,12 @@ def timed(fn: Callable, *args) -> float:
 
 def extrapolate(fn: Callable, x: torch.Tensor, part: int, whole: int) -> float:
     """Estimated time of fn(x): the fixed cost of fn(x, 0), plus fn(x, part)'s rest scaled up."""
-    fixed = timed(fn, x, 0)
-    return fixed + (timed(fn, x, part) - fixed) * whole / part
+    timed(fn, x, 0)  # the first call pays for page faults: an inflated fixed cost made the
+    fixed = timed(fn, x, 0)  # estimate negative, and a run of hours was started
+    per_unit = (timed(fn, x, part) - fixed) / part
+    if per_unit <= 0:  # timing noise: take the whole part as variable cost
+        per_unit = timed(fn, x, part) / part
+    return fixed + per_unit * whole
 
 
 def _pairs(n: int) -> tuple[int, int]:
