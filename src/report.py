@@ -21,6 +21,7 @@ from hydra.experimental.callback import Callback  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
+from src.analysis.figures import panel_grid  # noqa: E402
 from src.analysis.stats import linear_cka, matched_correlation  # noqa: E402
 from src.compress.pipeline import ACTIVATIONS_FILE  # noqa: E402
 
@@ -171,16 +172,9 @@ def sibling_similarity(jobs: pd.DataFrame, sweep_dir: str | Path) -> pd.DataFram
 def cka_figure(pairs: pd.DataFrame) -> Figure:
     """Mean CKA over seeds between every two methods, one heatmap per data set, layer and width."""
     mean = pairs.groupby([*SIBLING_KEYS[:3], "a", "b"])["cka"].mean().reset_index()
-    panels = sorted(mean.groupby(SIBLING_KEYS[:3]).groups)
-    cols = min(4, len(panels))
-    rows = -(-len(panels) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 4 * rows), squeeze=False)
-    for ax in axes.flat[len(panels) :]:
-        ax.axis("off")
-    for ax, (data, layer, width) in zip(axes.flat, panels, strict=False):
-        panel = mean[
-            (mean["data"] == data) & (mean["layer"] == layer) & (mean["target_width"] == width)
-        ]
+    panels = mean.groupby(SIBLING_KEYS[:3])
+    fig, axes = panel_grid(len(panels), 4.2, 4)
+    for ax, ((data, layer, width), panel) in zip(axes, panels, strict=False):
         names = sorted(set(panel["a"]) | set(panel["b"]))
         grid = pd.DataFrame(1.0, index=names, columns=names)
         for a, b, cka in zip(panel["a"], panel["b"], panel["cka"], strict=True):
@@ -189,7 +183,7 @@ def cka_figure(pairs: pd.DataFrame) -> Figure:
         ax.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=7)
         ax.set_yticks(range(len(names)), names, fontsize=7)
         ax.set_title(f"{data}, layer {int(layer)}, width {int(width)}", fontsize=9)
-    fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.8, label="linear CKA")
+    fig.colorbar(image, ax=axes, shrink=0.8, label="linear CKA")
     return fig
 
 

@@ -6,6 +6,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only; never a window
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from torch import Tensor  # noqa: E402
 
@@ -40,16 +41,23 @@ def similarity_heatmap(dissimilarity: Tensor, labels: Tensor) -> Figure:
     return fig
 
 
+def panel_grid(panels: int, width: float, height: float) -> tuple[Figure, list[Axes]]:
+    """Up to 4 panels a row, each ``width`` x ``height`` inches; the spare ones hidden, and one
+    empty panel when there is nothing to draw."""
+    cols = max(1, min(4, panels))
+    rows = max(1, -(-panels // cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(width * cols, height * rows), squeeze=False)
+    for ax in axes.flat[panels:]:
+        ax.axis("off")
+    return fig, list(axes.flat)
+
+
 def cluster_panels(trace: Trace, labels: Tensor) -> Figure:
     """One panel per cluster with its neurons' activations on one sentence."""
     sentence, words, acts, _ = trace
     clusters = sorted(set(labels.tolist()) - {-1})
-    cols = max(1, min(4, len(clusters)))  # one empty panel when no neuron is alive
-    rows = max(1, -(-len(clusters) // cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(3.5 * cols, 2.8 * rows), squeeze=False)
-    for ax in axes.flat[len(clusters) :]:
-        ax.axis("off")
-    for ax, cluster in zip(axes.flat, clusters, strict=False):
+    fig, axes = panel_grid(len(clusters), 3.5, 2.8)
+    for ax, cluster in zip(axes, clusters, strict=False):
         members = (labels == cluster).nonzero().squeeze(1).tolist()
         for neuron in members:
             ax.plot(acts[:, neuron].numpy(), marker=".", label=str(neuron))
