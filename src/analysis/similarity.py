@@ -13,8 +13,9 @@ Two measures are offered (``analysis.measure``):
     uses |a - b| = a + b - 2 min(a, b): the row sums are O(words * N) and only sum_w min(a, b)
     is pairwise, two SIMD operations (min, add) per pair and word in a numba kernel.
 ``correlation``
-    1 - |Pearson r|, streamed through per-chunk centred cross products (one matrix product per
-    chunk) merged in float64, which keeps the cost at about one (words x N)^T (words x N) product.
+    1 - |Pearson r|, streamed through centred cross products (one float32 product per chunk of
+    words, merged in float64): about one (words x N)^T (words x N) product, plus one centring
+    pass over the words, which only shows when N is so small that the product is memory-bound.
 """
 
 from __future__ import annotations
@@ -70,13 +71,17 @@ class DegenerateNeurons:
     constant: list[int]
 
 
-def _as_rows(batch: Tensor, n: int | None) -> np.ndarray:
-    """A batch as a (words, N) float32 array, checking it has the source's width."""
+def _as_float32(batch: Tensor, n: int | None) -> Tensor:
+    """A batch as a (words, N) float32 CPU tensor, checking it has the source's width."""
     if batch.ndim != 2 or (n is not None and batch.shape[1] != n):
         raise ValueError(
             f"activation batches must be (words, {n or 'N'}), got {tuple(batch.shape)}"
         )
-    return batch.detach().to("cpu", torch.float32).numpy()
+    return batch.detach().to("cpu", torch.float32)
+
+
+def _as_rows(batch: Tensor, n: int | None) -> np.ndarray:
+    return _as_float32(batch, n).numpy()
 
 
 def _word_chunks(batches: Batches, chunk_size: int) -> Iterator[np.ndarray]:
@@ -219,30 +224,49 @@ def shape_dissimilarity(
 def correlation_dissimilarity(batches: Batches, chunk_size: int = 8192) -> Tensor:
     """1 - |Pearson r| between neurons (float64, symmetric, zero diagonal, never NaN).
 
-    Streams sum(x - k) and (x - k)^T (x - k) with k the first chunk's mean (the shifted-data
-    algorithm): one float32 product per chunk (torch's BLAS, as fast as the matmul), added in
-    float64, and no cancellation from large means. Constant and dead neurons have no variance:
-    their r is defined as 0 with every other neuron (dissimilarity 1).
+    The shifted-data algorithm: with k the first word's activations, it streams sum(x - k) and
+    (x - k)^T (x - k), so a large mean costs no precision. Batches are centred straight into one
+    reused (chunk_size, N) buffer, which is the only copy of the words; each full buffer is one
+    float32 product by torch's BLAS (the matmul floor's own kernel), added into float64. A
+    constant or dead neuron centres to exact zeros, so its variance is exactly 0: its r is
+    defined as 0 with every other neuron (dissimilarity 1).
     """
-    count, shift, bounds, sums, products = 0, None, None, 0.0, 0.0
-    for chunk in _word_chunks(batches, chunk_size):
-        bounds = _widen(bounds, chunk)
-        shift = chunk.mean(axis=0) if shift is None else shift
-        chunk -= shift  # chunks are fresh copies
-        sums = sums + chunk.sum(axis=0, dtype=np.float64)
-        rows = torch.from_numpy(chunk)  # torch's BLAS: the same product as the matmul floor
-        products = products + (rows.T @ rows).numpy().astype(np.float64)
-        count += len(chunk)
-    if bounds is None:
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    count, filled, shift = 0, 0, None
+
+    def flush() -> None:
+        centred = buffer[:filled]
+        products.add_(torch.mm(centred.T, centred, out=product32))
+        sums.add_(centred.sum(dim=0))
+
+    for raw in batches():
+        rows = _as_float32(raw, None if shift is None else len(shift))
+        if shift is None and len(rows):
+            shift, n = rows[0].clone(), rows.shape[1]
+            buffer, product32 = torch.empty(chunk_size, n), torch.empty(n, n)
+            products = torch.zeros(n, n, dtype=torch.float64)
+            sums = torch.zeros(n, dtype=torch.float64)
+        start = 0
+        while start < len(rows):
+            take = min(chunk_size - filled, len(rows) - start)
+            torch.sub(rows[start : start + take], shift, out=buffer[filled : filled + take])
+            filled, start = filled + take, start + take
+            if filled == chunk_size:
+                flush()
+                filled = 0
+        count += len(rows)
+    if shift is None:
         raise ValueError("the activation source yielded no words")
+    if filled:
+        flush()
     mean = sums / count
-    scatter = products - count * np.outer(mean, mean)
-    var = scatter.diagonal()
-    flat = (bounds[0] == bounds[1]) | (var <= 0)
-    inv_std = np.where(flat, 0.0, 1.0 / np.sqrt(np.where(flat, 1.0, var)))
-    corr = np.clip(scatter * inv_std[:, None] * inv_std[None, :], -1.0, 1.0)
-    np.fill_diagonal(corr, 1.0)
-    return torch.from_numpy(1.0 - np.abs(corr))
+    scatter = products.addr_(mean, mean, alpha=-count)  # in place: one (N, N) float64 array
+    var = scatter.diagonal().clone()
+    flat = var <= 0
+    inv_std = torch.where(flat, 0.0, var.clamp_min(torch.finfo(var.dtype).tiny).rsqrt())
+    corr = scatter.mul_(inv_std[:, None]).mul_(inv_std[None, :]).abs_().clamp_(max=1.0)
+    return corr.fill_diagonal_(1.0).neg_().add_(1.0)
 
 
 def dissimilarity_matrix(
