@@ -8,7 +8,7 @@ SHARED_DATA := $(abspath ../shared/data)
 # Offline copies of the corpora, when this checkout sits beside them; otherwise the hub.
 export SENTIMENT_DATA_DIR ?= $(if $(wildcard $(SHARED_DATA)/rotten_tomatoes),$(SHARED_DATA),)
 
-.PHONY: install run sweep test test-fast lint format bench bench-train bench-similarity clean compression-sweep
+.PHONY: install run sweep test test-fast lint format bench bench-train bench-similarity clean compression-sweep claims
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -51,3 +51,6 @@ clean:
 
 compression-sweep: install  ## every method x widths 1,2,4,8 x seeds 0,1,2 on the 16-neuron layer
 	$(BIN)/python -m src.run +experiment=compression_sweep $(ARGS)
+
+claims: install  ## the claims study: 3 corpora x 3 seeds x every method x widths on 3 layers
+	$(BIN)/python -m src.study $(ARGS)

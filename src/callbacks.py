@@ -13,7 +13,6 @@ import lightning as L
 import matplotlib.pyplot as plt
 import numpy as np
 from lightning.pytorch.loggers import WandbLogger
-from torch.utils.data import DataLoader
 
 from src.analysis.clustering import cluster_sizes
 from src.analysis.figures import cluster_panels, similarity_heatmap, word_traces
@@ -23,7 +22,7 @@ from src.analysis.probe import (
     check_known_words,
     check_target_width,
     probe_layer,
-    probe_sample,
+    probe_loader,
     resolve_layer,
     sentence_trace,
 )
@@ -31,7 +30,6 @@ from src.analysis.similarity import MEASURES, affinity_from_dissimilarity, degen
 from src.analysis.stats import effective_rank
 from src.compress.base import check_choice
 from src.compress.pipeline import layer_pair
-from src.data import collate
 
 log = logging.getLogger(__name__)
 
@@ -86,8 +84,7 @@ class NeuronAnalysis(L.Callback):
             return
         datamodule = trainer.datamodule
         network = pl_module.network
-        probe_set = probe_sample(datamodule.splits["train"], self.probe_sentences, self.seed)
-        loader = DataLoader(probe_set, batch_size=256, collate_fn=collate)
+        loader = probe_loader(datamodule.splits["train"], self.probe_sentences, self.seed)
         probe = probe_layer(network, loader, self.layer)
         weights = layer_pair(network, self.layer).incoming()
         self.result = analyse_layer(

@@ -116,8 +116,8 @@ def accuracy_figure(jobs: pd.DataFrame) -> Figure:
     """Test accuracy against target width, one line per method (mean, spread over seeds), one
     panel per data set and layer, the baseline as a dashed line."""
     panels = sorted(jobs.groupby(["data", "layer"]).groups)
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
-    for ax, (data, layer) in zip(axes[0], panels, strict=True):
+    fig, axes = panel_grid(len(panels), 5.5, 4, per_row=jobs["layer"].nunique())
+    for ax, (data, layer) in zip(axes, panels, strict=False):
         panel = jobs[(jobs["data"] == data) & (jobs["layer"] == layer)]
         for method, rows in panel.groupby("method"):
             acc = rows.groupby("target_width")["compressed/test_acc"].agg(["mean", "std"])
@@ -143,6 +143,7 @@ def accuracy_figure(jobs: pd.DataFrame) -> Figure:
 
 
 SIBLING_KEYS = ["data", "layer", "target_width", "seed"]
+SWEEP_FIGURES = ("accuracy.png", "cka.png")
 
 
 def sibling_similarity(jobs: pd.DataFrame, sweep_dir: str | Path) -> pd.DataFrame:
@@ -215,6 +216,33 @@ def summarise_sweep(sweep_dir: str | Path) -> pd.DataFrame:
     return jobs
 
 
+def log_summary_run(
+    folder: Path,
+    settings: DictConfig,
+    name: str,
+    job_type: str,
+    tables: Mapping[str, pd.DataFrame],
+    images: list[Path],
+) -> None:
+    """One W&B run (``settings``: the logger.wandb config) holding a study's or sweep's tables
+    and figures, stored under ``folder``: the report-style page of the results."""
+    run = wandb.init(
+        project=settings.project,
+        group=settings.group,
+        job_type=job_type,
+        name=name,
+        dir=str(folder),
+        mode=settings.mode,
+    )
+    try:
+        for key, frame in tables.items():
+            run.log({key: wandb.Table(dataframe=frame.astype(str))})
+        for path in images:
+            run.log({path.stem: wandb.Image(str(path))})
+    finally:
+        run.finish()
+
+
 class SweepSummary(Callback):
     """Hydra callback: at the end of a multirun, summarise it and log a W&B summary run."""
 
@@ -228,24 +256,17 @@ class SweepSummary(Callback):
             return
         print(f"sweep summary: {sweep_dir / 'summary.csv'}, {sweep_dir / 'summary.md'}")
         if self.wandb and "wandb" in config.get("logger", {}):
-            settings = config.logger.wandb
-            run = wandb.init(
-                project=settings.project,
-                group=settings.group,
-                job_type="summary",
+            tables = {"summary": jobs}
+            if (sweep_dir / "cka.csv").is_file():
+                tables["cka"] = pd.read_csv(sweep_dir / "cka.csv")
+            log_summary_run(
+                sweep_dir,
+                config.logger.wandb,
                 name=f"summary {sweep_dir.name}",
-                dir=str(sweep_dir),
-                mode=settings.mode,
+                job_type="summary",
+                tables=tables,
+                images=[p for p in map(sweep_dir.joinpath, SWEEP_FIGURES) if p.is_file()],
             )
-            try:
-                run.log({"summary": wandb.Table(dataframe=jobs.astype(str))})
-                if (sweep_dir / "cka.csv").is_file():
-                    run.log({"cka": wandb.Table(dataframe=pd.read_csv(sweep_dir / "cka.csv"))})
-                for name in ("accuracy", "cka"):
-                    if (sweep_dir / f"{name}.png").is_file():
-                        run.log({name: wandb.Image(str(sweep_dir / f"{name}.png"))})
-            finally:
-                run.finish()
 
 
 if __name__ == "__main__":

@@ -64,3 +64,16 @@ def run_app(
 
 def read_metrics(folder: Path) -> dict:
     return json.loads((folder / "metrics.json").read_text())
+
+
+def wandb_summary(run_dir: Path) -> dict:
+    """Read the one offline W&B run under ``run_dir`` back with the W&B CLI itself."""
+    (offline,) = (run_dir / "wandb").glob("offline-run-*")
+    cli = Path(sys.executable).with_name("wandb")
+    out = subprocess.run(
+        [str(cli), "leet", "inspect", "--summary", "--json", str(offline)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return json.loads(out.stdout)

@@ -5,13 +5,20 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import APP_ENV, QUICK, ROOT, app_command, read_metrics, run_app
+from tests.conftest import (
+    APP_ENV,
+    QUICK,
+    ROOT,
+    app_command,
+    read_metrics,
+    run_app,
+    wandb_summary,
+)
 
 BASELINE_KEYS = {
     "baseline/val_acc",
@@ -21,19 +28,6 @@ BASELINE_KEYS = {
     "baseline/params",
     "baseline/train_seconds",
 }
-
-
-def wandb_summary(run_dir: Path) -> dict:
-    """Read an offline W&B run back with the W&B CLI itself."""
-    (offline,) = (run_dir / "wandb").glob("offline-run-*")
-    cli = Path(sys.executable).with_name("wandb")
-    out = subprocess.run(
-        [str(cli), "leet", "inspect", "--summary", "--json", str(offline)],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return json.loads(out.stdout)
 
 
 @pytest.fixture(scope="module")

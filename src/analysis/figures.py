@@ -41,10 +41,12 @@ def similarity_heatmap(dissimilarity: Tensor, labels: Tensor) -> Figure:
     return fig
 
 
-def panel_grid(panels: int, width: float, height: float) -> tuple[Figure, list[Axes]]:
-    """Up to 4 panels a row, each ``width`` x ``height`` inches; the spare ones hidden, and one
-    empty panel when there is nothing to draw."""
-    cols = max(1, min(4, panels))
+def panel_grid(
+    panels: int, width: float, height: float, per_row: int = 4
+) -> tuple[Figure, list[Axes]]:
+    """Up to ``per_row`` panels a row, each ``width`` x ``height`` inches; the spare ones hidden,
+    and one empty panel when there is nothing to draw."""
+    cols = max(1, min(per_row, panels))
     rows = max(1, -(-panels // cols))
     fig, axes = plt.subplots(rows, cols, figsize=(width * cols, height * rows), squeeze=False)
     for ax in axes.flat[panels:]:

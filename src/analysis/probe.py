@@ -10,6 +10,7 @@ from tokenizers import Encoding, Tokenizer
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from src.data import collate
 from src.model import SentimentLSTM, last_word
 
 
@@ -50,6 +51,11 @@ def probe_sample(sentences: Dataset, size: int, seed: int) -> Subset:
     """
     order = torch.randperm(len(sentences), generator=torch.Generator().manual_seed(seed))
     return Subset(sentences, order[:size].tolist())
+
+
+def probe_loader(sentences: Dataset, size: int, seed: int) -> DataLoader:
+    """Batches of :func:`probe_sample`, ready for :func:`probe_layer`."""
+    return DataLoader(probe_sample(sentences, size, seed), batch_size=256, collate_fn=collate)
 
 
 @torch.no_grad()

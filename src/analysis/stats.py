@@ -61,11 +61,17 @@ def mcnemar_p(correct_a: Tensor, correct_b: Tensor) -> float:
 def paired_bootstrap_interval(
     correct_a: Tensor, correct_b: Tensor, resamples: int = 2000, level: float = 0.95, seed: int = 0
 ) -> tuple[float, float]:
-    """Percentile interval of accuracy(A) - accuracy(B), resampling sentences with replacement."""
+    """Percentile interval of accuracy(A) - accuracy(B), resampling sentences with replacement.
+
+    A sentence's difference is -1, 0 or +1, so a resample is fully described by how many of
+    each it draws: one multinomial draw per resample, whatever the number of sentences.
+    """
     rng = np.random.default_rng(seed)
-    diff = (correct_a.double() - correct_b.double()).numpy()
-    picks = rng.integers(0, len(diff), size=(resamples, len(diff)))
-    means = diff[picks].mean(axis=1)
+    diff = correct_a.long() - correct_b.long()
+    n = len(diff)
+    counts = np.array([int((diff == -1).sum()), int((diff == 1).sum())])
+    draws = rng.multinomial(n, [*(counts / n), 1 - counts.sum() / n], size=resamples)
+    means = (draws[:, 1] - draws[:, 0]) / n
     tail = (1 - level) / 2
     low, high = np.quantile(means, [tail, 1 - tail])
     return float(low), float(high)

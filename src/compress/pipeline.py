@@ -71,15 +71,27 @@ def with_pair(network: SentimentLSTM, layer: int, pair: LayerPair) -> SentimentL
 
 
 @torch.no_grad()
+def last_word_states(network: SentimentLSTM, loader: DataLoader) -> Features:
+    """The LSTM's state at each sentence's last real word (dropout off): every head layer's
+    input follows from it (:func:`layer_features`), so one pass serves every layer."""
+    network.eval()
+    states, labels = [], []
+    for batch in loader:
+        states.append(last_word(network.states(batch["ids"], batch["lengths"]), batch["lengths"]))
+        labels.append(batch["labels"])
+    return Features(torch.cat(states), torch.cat(labels))
+
+
+@torch.no_grad()
+def layer_features(network: SentimentLSTM, states: Features, layer: int) -> Features:
+    """The input of head layer ``layer`` from the last-word states."""
+    network.eval()
+    return Features(network.layer_input(states.inputs, layer), states.labels)
+
+
 def last_word_features(network: SentimentLSTM, loader: DataLoader, layer: int) -> Features:
     """The input of head layer ``layer`` at each sentence's last real word (dropout off)."""
-    network.eval()
-    inputs, labels = [], []
-    for batch in loader:
-        x = last_word(network.states(batch["ids"], batch["lengths"]), batch["lengths"])  # (B, H)
-        inputs.append(network.layer_input(x, layer))
-        labels.append(batch["labels"])
-    return Features(torch.cat(inputs), torch.cat(labels))
+    return layer_features(network, last_word_states(network, loader), layer)
 
 
 def head_logits(network: SentimentLSTM, layer: int, pair: LayerPair, x: Tensor) -> Tensor:
@@ -101,11 +113,13 @@ def compress_layer(
     network: SentimentLSTM,
     analysis: LayerAnalysis,
     target_width: int,
-    train_loader: DataLoader,
+    train: DataLoader | Features,
     seed: int,
+    batch_size: int | None = None,
 ) -> Compression:
-    """Run the ``compress`` group's method on ``analysis.layer``; ``train_loader`` feeds the
-    training epochs (``compress.epochs``), if any."""
+    """Run the ``compress`` group's method on ``analysis.layer``. ``train`` feeds the training
+    epochs (``compress.epochs``), if any: the training sentences, or their features at the
+    layer's input when the caller has them already, with ``batch_size`` (else the loader's)."""
     method = build_method(cfg)
     generator = torch.Generator().manual_seed(seed)
     layer, original = analysis.layer, layer_pair(network, analysis.layer)
@@ -115,7 +129,11 @@ def compress_layer(
     if cfg.get("repair", False):
         pair = repair_statistics(original, pair, probe.inputs)
     if cfg.get("epochs", 0) > 0:
-        train = last_word_features(network, train_loader, layer)
+        if isinstance(train, DataLoader):
+            batch_size = batch_size or train.batch_size
+            train = last_word_features(network, train, layer)
+        if batch_size is None:
+            raise ValueError("compress_layer: training on features needs their batch_size")
         frozen = copy.deepcopy(network).requires_grad_(False)  # the layers above the pair
         with torch.enable_grad():
             pair = train_pair(
@@ -124,7 +142,7 @@ def compress_layer(
                 train,
                 cfg.epochs,
                 cfg.lr,
-                train_loader.batch_size,
+                batch_size,
                 generator,
             )
     return Compression(pair, time.perf_counter() - start)

@@ -1,0 +1,222 @@
+"""The source's seven claims, checked against the study's tables with statistics over seeds.
+
+Pure pandas: :mod:`src.study` measures, this module judges. Each claim is judged per seed, then
+per corpus (holds when every seed agrees, does not hold when none does, depends otherwise), then
+overall (the same rule over corpora). The thresholds below are the reading of the source's words
+("about", "very similar"); they are printed with the table so that nobody has to guess them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+SOURCE_BASELINE = 0.7969  # the source's test accuracy on its movie reviews
+ABOUT = 0.015  # "about 79.7 %": at least 1.5 points below it, or anything above
+SOURCE_COST = 0.007  # weight-sum 16 -> 4: 79.69 % -> 79 %
+COST_SLACK = 0.005  # "about 0.7 points": a cost of at most 1.2 points
+NEAR_BASELINE = 0.01  # "about the baseline": within one point
+ALPHA = 0.05  # a paired difference counts when McNemar's p is below this
+VERY_SIMILAR = 0.8  # linear CKA from which two layers' features count as very similar
+
+THRESHOLDS = (
+    f"baseline about {SOURCE_BASELINE:.1%}: at least {SOURCE_BASELINE - ABOUT:.1%}; "
+    f"weight-sum cost about {SOURCE_COST * 100:.1f} points: at most "
+    f"{(SOURCE_COST + COST_SLACK) * 100:.1f}; about the baseline: within "
+    f"{NEAR_BASELINE * 100:.0f} point; a gain or loss: paired McNemar p < {ALPHA}; "
+    f"very similar: linear CKA >= {VERY_SIMILAR}; more neurons than needed: a merge without "
+    "training stays within one point of the baseline at half the width or less"
+)
+VERDICTS = {True: "holds", False: "does not hold", None: "depends"}
+
+
+@dataclass
+class StudyTables:
+    """What the study measured; column names follow metrics.json (``data``, ``seed``, ...)."""
+
+    baselines: pd.DataFrame  # data, seed: baseline/test_acc, ...
+    layers: pd.DataFrame  # data, seed, layer: width, dead, effective_rank
+    runs: pd.DataFrame  # data, seed, layer, method, target_width: compressed/test_acc, ...
+    comparisons: pd.DataFrame  # data, seed, layer, target_width, a, b: diff, ci_low, ci_high, p
+    similarity: pd.DataFrame  # data, seed, layer, target_width, a, b: cka, matched_r
+
+
+@dataclass
+class Finding:
+    """One claim on one corpus: the figure, and whether it held for each seed."""
+
+    figure: str
+    per_seed: list[bool]
+
+    @property
+    def verdict(self) -> bool | None:
+        return agreement(self.per_seed)
+
+
+def agreement(results: list[bool]) -> bool | None:
+    """True when all hold, False when none does, None (depends) otherwise."""
+    if all(results):
+        return True
+    return False if not any(results) else None
+
+
+def mean_std(values: pd.Series, scale: float = 1.0, digits: int = 2, sign: bool = False) -> str:
+    """``mean ± std`` (the mean alone for one value)."""
+    values = values.astype(float) * scale
+    mean = f"{values.mean():{'+' if sign else ''}.{digits}f}"
+    return f"{mean} ± {values.std():.{digits}f}" if len(values) > 1 else mean
+
+
+class NotMeasured(LookupError):
+    """The study left out what a claim needs (a method, layer or width)."""
+
+
+def _pick(frame: pd.DataFrame, **where: object) -> pd.DataFrame:
+    """The rows matching ``where``, by seed; none is :class:`NotMeasured`, never a verdict."""
+    mask = np.ones(len(frame), dtype=bool)
+    for key, value in where.items():
+        if key not in frame:
+            raise NotMeasured(key)
+        mask &= frame[key] == value
+    if not mask.any():
+        raise NotMeasured(where)
+    return frame[mask].sort_values("seed")
+
+
+def baseline_accuracy(t: StudyTables, data: str, layer: int, width: int) -> Finding:
+    acc = _pick(t.baselines, data=data)["baseline/test_acc"]
+    return Finding(f"{mean_std(acc, 100)} %", [a >= SOURCE_BASELINE - ABOUT for a in acc])
+
+
+def _method(t: StudyTables, data: str, layer: int, width: int, method: str) -> pd.DataFrame:
+    return _pick(t.runs, data=data, layer=layer, target_width=width, method=method)
+
+
+def weight_sum_cost(t: StudyTables, data: str, layer: int, width: int) -> Finding:
+    rows = _method(t, data, layer, width, "weight_sum")
+    cost = -rows["delta_acc"]
+    figure = (
+        f"cost {mean_std(cost, 100)} pts, agreement {mean_std(rows['compressed/agreement'], 100)} %"
+    )
+    return Finding(figure, [c <= SOURCE_COST + COST_SLACK for c in cost])
+
+
+def retrain_recovers(t: StudyTables, data: str, layer: int, width: int) -> Finding:
+    rows = _method(t, data, layer, width, "freeze_retrain")
+    delta = rows["delta_acc"]
+    figure = f"{mean_std(delta, 100, sign=True)} pts"
+    return Finding(figure, [d >= -NEAR_BASELINE for d in delta])
+
+
+def _paired(t: StudyTables, data: str, layer: int, width: int, a: str, b: str) -> pd.DataFrame:
+    return _pick(t.comparisons, data=data, layer=layer, target_width=width, a=a, b=b)
+
+
+def _paired_figure(rows: pd.DataFrame, significant: pd.Series) -> str:
+    return (
+        f"{mean_std(rows['diff'], 100, sign=True)} pts, p < {ALPHA} in "
+        f"{int(significant.sum())}/{len(rows)} seeds"
+    )
+
+
+def no_gain_from_cluster_init(t: StudyTables, data: str, layer: int, width: int) -> Finding:
+    rows = _paired(t, data, layer, width, "cluster_init", "freeze_retrain")
+    gain = (rows["diff"] > 0) & (rows["p"] < ALPHA)
+    return Finding(_paired_figure(rows, rows["p"] < ALPHA), (~gain).tolist())
+
+
+def weight_sum_beats_retrain(t: StudyTables, data: str, layer: int, width: int) -> Finding:
+    rows = _paired(t, data, layer, width, "weight_sum", "freeze_retrain")
+    better = (rows["diff"] > 0) & (rows["p"] < ALPHA)
+    return Finding(_paired_figure(rows, rows["p"] < ALPHA), better.tolist())
+
+
+def retrained_like_weight_sum(t: StudyTables, data: str, layer: int, width: int) -> Finding:
+    rows = _pick(
+        t.similarity, data=data, layer=layer, target_width=width, a="freeze_retrain", b="weight_sum"
+    )
+    figure = f"CKA {mean_std(rows['cka'])}, matched r {mean_std(rows['matched_r'])}"
+    return Finding(figure, [c >= VERY_SIMILAR for c in rows["cka"]])
+
+
+def smallest_faithful_width(runs: pd.DataFrame, baseline_acc: float) -> float:
+    """The smallest width at which some merge without training stays within a point of the
+    baseline (the layer's own width when none does)."""
+    close = runs[runs["compressed/test_acc"] >= baseline_acc - NEAR_BASELINE]
+    return float(close["target_width"].min()) if len(close) else float("nan")
+
+
+def layer_is_redundant(t: StudyTables, data: str, layer: int, width: int) -> Finding:
+    shape = _pick(t.layers, data=data, layer=layer)
+    full = int(shape["width"].iloc[0])
+    untrained = t.runs[(t.runs["data"] == data) & (t.runs["layer"] == layer)]
+    untrained = untrained[untrained["compress/epochs"] == 0]
+    baseline = t.baselines[t.baselines["data"] == data].set_index("seed")["baseline/test_acc"]
+    faithful = []
+    for seed in shape["seed"]:
+        found = smallest_faithful_width(untrained[untrained["seed"] == seed], baseline[seed])
+        faithful.append(full if np.isnan(found) else found)
+    faithful = pd.Series(faithful, dtype=float)
+    figure = (
+        f"dead {mean_std(shape['dead'], digits=1)} of {full}, effective rank "
+        f"{mean_std(shape['effective_rank'], digits=1)}, within a point down to width "
+        f"{mean_std(faithful, digits=1)}"
+    )
+    return Finding(figure, [w <= full / 2 for w in faithful])
+
+
+Check = Callable[[StudyTables, str, int, int], Finding]
+CLAIMS: list[tuple[str, Check]] = [
+    ("The baseline LSTM reaches about 79.7 % test accuracy", baseline_accuracy),
+    ("Weight-summing 16 -> 4 neurons, no training, costs about 0.7 points", weight_sum_cost),
+    ("One epoch of freeze-retrain to 4 neurons gets back to about the baseline", retrain_recovers),
+    ("Cluster-init gives no gain over freeze-retrain", no_gain_from_cluster_init),
+    ("Weight-sum does better than the retrained layer", weight_sum_beats_retrain),
+    ("The retrained layer's features are very similar to the weight-summed layer's",
+     retrained_like_weight_sum),
+    ("The layer has more neurons than it needs", layer_is_redundant),
+]  # fmt: skip
+
+
+def reason(findings: dict[str, Finding]) -> str:
+    """A few words: on which corpora it held, did not, or split the seeds."""
+    by_verdict: dict[str, list[str]] = {}
+    for data, finding in findings.items():
+        by_verdict.setdefault(VERDICTS[finding.verdict], []).append(data)
+    labels = {"holds": "holds", "does not hold": "does not hold", "depends": "seeds disagree"}
+    return "; ".join(
+        f"{labels[verdict]} on {', '.join(by_verdict[verdict])}"
+        for verdict in labels
+        if verdict in by_verdict
+    )
+
+
+def check_claims(tables: StudyTables, layer: int, width: int) -> pd.DataFrame:
+    """One row per claim: our figure per corpus (mean ± std over seeds), a verdict, a reason.
+
+    ``layer`` and ``width`` are where the source made its claims: the 16-neuron layer, 4 kept.
+    """
+    corpora = list(dict.fromkeys(tables.baselines["data"]))
+    rows = []
+    for number, (claim, check) in enumerate(CLAIMS, start=1):
+        findings: dict[str, Finding] = {}
+        for data in corpora:
+            try:
+                findings[data] = check(tables, data, layer, width)
+            except NotMeasured:
+                continue
+        row = {"claim": number, "statement": claim}
+        for data in corpora:
+            finding = findings.get(data)
+            row[data] = (
+                f"{finding.figure} ({VERDICTS[finding.verdict]})" if finding else "not measured"
+            )
+        verdicts = [f.verdict for f in findings.values()]
+        overall = None if None in verdicts else agreement(verdicts)
+        row["verdict"] = VERDICTS[overall] if findings else "not measured"
+        row["why"] = reason(findings) if findings else "left out of the study"
+        rows.append(row)
+    return pd.DataFrame(rows)
