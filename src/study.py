@@ -33,7 +33,7 @@ from hydra.errors import MissingConfigException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from src.analysis.layer import analyse_layer
+from src.analysis.layer import LayerAnalysis, analyse_layer
 from src.analysis.probe import (
     AnalysisConfigError,
     check_target_width,
@@ -52,6 +52,7 @@ from src.analysis.stats import (
 from src.baseline import obtain_baseline
 from src.claims import THRESHOLDS, StudyTables, check_claims, mean_std
 from src.compress.pipeline import (
+    Features,
     compress_layer,
     compression_metrics,
     head_logits,
@@ -155,6 +156,10 @@ def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return (logits > 0).float() == labels
 
 
+def baseline_accuracy(network: SentimentLSTM, states: Features) -> float:
+    return accuracy(network.head_from(0, states.inputs), states.labels).float().mean().item()
+
+
 def study_baseline(
     cfg: DictConfig, run: DictConfig, methods: dict[str, DictConfig], rows: Rows
 ) -> None:
@@ -162,77 +167,72 @@ def study_baseline(
     data, seed = run.data.name, run.seed
     network, datamodule, train_seconds = trained_baseline(run)
     states = {split: last_word_states(network, datamodule.loader(split)) for split in SPLITS}
-    labels = states["test"].labels
-    baseline_correct = accuracy(network.head_from(0, states["test"].inputs), labels)
-    val = states["validation"]
+    test_acc = baseline_accuracy(network, states["test"])
     rows.baselines.append(
-        {
-            "data": data,
-            "seed": seed,
-            "baseline/test_acc": baseline_correct.float().mean().item(),
-            "baseline/val_acc": accuracy(network.head_from(0, val.inputs), val.labels)
-            .float()
-            .mean()
-            .item(),
-            "baseline/train_seconds": train_seconds,
-        }
+        {"data": data, "seed": seed, "baseline/test_acc": test_acc}
+        | {"baseline/val_acc": baseline_accuracy(network, states["validation"])}
+        | {"baseline/train_seconds": train_seconds}
     )
-    log.info(
-        "%s seed %d: baseline test accuracy %.4f",
-        data,
-        seed,
-        rows.baselines[-1]["baseline/test_acc"],
-    )
+    log.info("%s seed %d: baseline test accuracy %.4f", data, seed, test_acc)
     for layer, widths in layer_grid(cfg, list(run.model.head_widths)).items():
         loader = probe_loader(datamodule.splits["train"], run.analysis.probe_sentences, seed)
         probe = probe_layer(network, loader, layer)
         features = {split: layer_features(network, states[split], layer) for split in SPLITS}
         rows.layers.append(
-            {
-                "data": data,
-                "seed": seed,
-                "layer": layer,
-                "width": probe.activations.shape[1],
-                "dead": len(degenerate_neurons(lambda p=probe: [p.activations]).dead),
-                "effective_rank": effective_rank(probe.activations),
-            }
+            {"data": data, "seed": seed, "layer": layer, "width": probe.activations.shape[1]}
+            | {"dead": len(degenerate_neurons(lambda p=probe: [p.activations]).dead)}
+            | {"effective_rank": effective_rank(probe.activations)}
         )
+        weights = layer_pair(network, layer).incoming()
         for width in widths:
             analysis = analyse_layer(
-                probe,
-                layer_pair(network, layer).incoming(),
-                layer,
-                width,
-                run.analysis.measure,
-                run.analysis.clustering,
-                seed,
+                probe, weights, layer, width, run.analysis.measure, run.analysis.clustering, seed
             )
             key = {"data": data, "seed": seed, "layer": layer, "target_width": width}
-            hidden, correct = {}, {}
-            for name, method in methods.items():
-                compression = compress_layer(
-                    method, network, analysis, width, features["train"], seed, run.data.batch_size
-                )
-                pair = compression.pair
-                metrics = compression_metrics(
-                    network, layer, pair, {s: features[s] for s in ("validation", "test")}
-                )
-                metrics.pop("baseline/recomputed_test_acc")
-                rows.runs.append(
-                    key
-                    | {"method": name, "compress/epochs": method.get("epochs", 0)}
-                    | {"baseline/test_acc": rows.baselines[-1]["baseline/test_acc"], **metrics}
-                    | {
-                        "delta_acc": metrics["compressed/test_acc"]
-                        - rows.baselines[-1]["baseline/test_acc"],
-                        "compress_seconds": compression.seconds,
-                    }
-                )
-                inputs = features["test"].inputs
-                correct[name] = accuracy(head_logits(network, layer, pair, inputs), labels)
-                hidden[name] = pair.hidden(inputs)
-            compare(cfg, key, correct, hidden, rows)
-    log.info("%s seed %d: %d compressions measured", data, seed, len(rows.runs))
+            shrink_every_way(cfg, run, network, analysis, methods, features, key, test_acc, rows)
+        log.info(
+            "%s seed %d layer %d: %d widths x %d methods",
+            data,
+            seed,
+            layer,
+            len(widths),
+            len(methods),
+        )
+
+
+def shrink_every_way(
+    cfg: DictConfig,
+    run: DictConfig,
+    network: SentimentLSTM,
+    analysis: LayerAnalysis,
+    methods: dict[str, DictConfig],
+    features: dict[str, Features],
+    key: dict,
+    baseline_test_acc: float,
+    rows: Rows,
+) -> None:
+    """Every method on one layer and width: a row each, then the siblings compared."""
+    width, inputs, labels = key["target_width"], features["test"].inputs, features["test"].labels
+    hidden, correct = {}, {}
+    for name, method in methods.items():
+        compression = compress_layer(
+            method, network, analysis, width, features["train"], run.seed, run.data.batch_size
+        )
+        pair = compression.pair
+        metrics = compression_metrics(
+            network, analysis.layer, pair, {s: features[s] for s in ("validation", "test")}
+        )
+        metrics.pop("baseline/recomputed_test_acc")  # the same as baseline_test_acc
+        rows.runs.append(
+            key
+            | {"method": name, "compress/epochs": method.get("epochs", 0)}
+            | {"baseline/test_acc": baseline_test_acc, **metrics}
+            | {"delta_acc": metrics["compressed/test_acc"] - baseline_test_acc}
+            | {"compress_seconds": compression.seconds}
+        )
+        correct[name] = accuracy(head_logits(network, analysis.layer, pair, inputs), labels)
+        hidden[name] = pair.hidden(inputs)
+    compare(cfg, key, correct, hidden, rows)
 
 
 def compare(
