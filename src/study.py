@@ -92,7 +92,8 @@ def run_configs(cfg: DictConfig) -> dict[tuple[str, int], DictConfig]:
     if not cfg.corpora or not cfg.seeds:
         raise StudyConfigError("corpora and seeds must each name at least one")
     configs = {}
-    for data, seed in itertools.product(cfg.corpora, cfg.seeds):
+    pairs = [(d, s) for d in cfg.corpora for s in cfg.seeds_by_corpus.get(d, cfg.seeds)]
+    for data, seed in pairs:
         folder = Path(cfg.output_dir) / "baselines" / f"{data}-seed{seed}"
         own = cfg.corpus_overrides.get(data, [])
         overrides = [f"data={data}", *own, *cfg.overrides]
