@@ -92,7 +92,7 @@ def run_configs(cfg: DictConfig) -> dict[tuple[str, int], DictConfig]:
     if not cfg.corpora or not cfg.seeds:
         raise StudyConfigError("corpora and seeds must each name at least one")
     configs = {}
-    pairs = [(d, s) for d in cfg.corpora for s in cfg.seeds_by_corpus.get(d, cfg.seeds)]
+    pairs = [(d, s) for d in cfg.corpora for s in cfg.seeds_by_corpus.get(d) or cfg.seeds]
     for data, seed in pairs:
         folder = Path(cfg.output_dir) / "baselines" / f"{data}-seed{seed}"
         own = cfg.corpus_overrides.get(data, [])
