@@ -66,7 +66,8 @@ def agreement(results: list[bool]) -> bool | None:
 def mean_std(values: pd.Series, scale: float = 1.0, digits: int = 2, sign: bool = False) -> str:
     """``mean ± std`` (the mean alone for one value)."""
     values = values.astype(float) * scale
-    mean = f"{values.mean():{'+' if sign else ''}.{digits}f}"
+    average = values.mean() if round(values.mean(), digits) else 0.0  # no "-0.00"
+    mean = f"{average:{'+' if sign else ''}.{digits}f}"
     return f"{mean} ± {values.std():.{digits}f}" if len(values) > 1 else mean
 
 
@@ -144,7 +145,8 @@ def retrained_like_weight_sum(t: StudyTables, data: str, layer: int, width: int)
 
 def smallest_faithful_width(runs: pd.DataFrame, baseline_acc: float) -> float:
     """The smallest width at which some merge without training stays within a point of the
-    baseline (the layer's own width when none does)."""
+    baseline (NaN when none does). The best method per width is picked after the fact: an
+    optimistic reading of how few neurons the layer needs."""
     close = runs[runs["compressed/test_acc"] >= baseline_acc - NEAR_BASELINE]
     return float(close["target_width"].min()) if len(close) else float("nan")
 
@@ -220,3 +222,14 @@ def check_claims(tables: StudyTables, layer: int, width: int) -> pd.DataFrame:
         row["why"] = reason(findings) if findings else "left out of the study"
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+if __name__ == "__main__":
+    import argparse
+    from pathlib import Path
+
+    from src.study import judge
+
+    parser = argparse.ArgumentParser(description="Judge a finished study's claims again.")
+    parser.add_argument("folder", help="a study's output_dir (results/claims by default)")
+    print(judge(Path(parser.parse_args().folder))[0].to_markdown(index=False))

@@ -107,7 +107,7 @@ def markdown_table(stats: pd.DataFrame) -> str:
 def width_table(stats: pd.DataFrame, key: str = "compressed/test_acc") -> str:
     """One ``key`` at a glance: a row per data set, layer and method, a column per width."""
     cells = stats[GROUP_KEYS].assign(cell=mean_std_cells(stats, key))
-    wide = cells.pivot(index=GROUP_KEYS[:3], columns="target_width", values="cell")
+    wide = cells.pivot(index=GROUP_KEYS[:3], columns="target_width", values="cell").fillna("")
     wide.columns = [f"width {int(w)}" for w in wide.columns]
     return wide.reset_index().to_markdown(index=False, disable_numparse=True)
 

@@ -67,6 +67,7 @@ from src.report import accuracy_figure, aggregate, cka_figure, log_summary_run, 
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "validation", "test")
+TABLES = ("baselines", "layers", "runs", "comparisons", "similarity")  # StudyTables' fields
 
 
 class StudyConfigError(ValueError):
@@ -94,7 +95,7 @@ def run_configs(cfg: DictConfig) -> dict[tuple[str, int], DictConfig]:
     configs = {}
     pairs = [(d, s) for d in cfg.corpora for s in cfg.seeds_by_corpus.get(d) or cfg.seeds]
     for data, seed in pairs:
-        folder = Path(cfg.output_dir) / "baselines" / f"{data}-seed{seed}"
+        folder = Path(cfg.runs_dir) / f"{data}-seed{seed}"
         own = cfg.corpus_overrides.get(data, [])
         overrides = [f"data={data}", *own, *cfg.overrides]
         configs[data, seed] = compose(
@@ -261,25 +262,26 @@ def compare(
         )
 
 
+def read_tables(folder: Path) -> StudyTables:
+    """The tables a finished study wrote (:func:`write_tables`)."""
+    return StudyTables(*(pd.read_csv(folder / f"{name}.csv") for name in TABLES))
+
+
 def write_tables(folder: Path, tables: StudyTables) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     for name, frame in vars(tables).items():
         frame.to_csv(folder / f"{name}.csv", index=False)
 
 
-def write_results(
-    folder: Path,
-    tables: StudyTables,
-    claims: pd.DataFrame,
-    layer: int,
-    seconds: float,
-    command: str,
-) -> list[Path]:
-    """claims.md (the table, with the thresholds and the accuracy at a glance), a CSV per
-    table, accuracy.png (every layer) and cka.png (the claims' layer); returns the figures."""
-    write_tables(folder, tables)
+def judge(folder: Path) -> tuple[pd.DataFrame, list[Path]]:
+    """Judge the claims on a finished study's tables and write claims.md (the table, with the
+    thresholds and the accuracy at a glance), claims.csv, accuracy.png (every layer) and
+    cka.png (the claims' layer). ``python -m src.claims FOLDER`` runs it again."""
+    tables = read_tables(folder)
+    record = json.loads((folder / "study.json").read_text())
+    layer, width = record["claims"]["layer"], record["claims"]["width"]
+    claims = check_claims(tables, layer, width)
     claims.to_csv(folder / "claims.csv", index=False)
-    stats = aggregate(tables.runs)
     baselines = tables.baselines.groupby("data", sort=False).agg(
         seeds=("seed", "nunique"),
         test_acc=("baseline/test_acc", lambda s: mean_std(s, 100)),
@@ -289,8 +291,9 @@ def write_results(
     (folder / "claims.md").write_text(
         f"{claims.to_markdown(index=False)}\n\nThresholds: {THRESHOLDS}.\n\n"
         f"Baselines (accuracy in %, mean ± std over seeds)\n\n{baselines.to_markdown()}\n\n"
-        f"Test accuracy after shrinking (mean ± std over seeds)\n\n{width_table(stats)}\n\n"
-        f"Measured in {seconds / 60:.1f} min with `{command}`.\n"
+        "Test accuracy after shrinking (mean ± std over seeds)\n\n"
+        f"{width_table(aggregate(tables.runs))}\n\n"
+        f"Measured in {record['seconds'] / 60:.1f} min with `{record['command']}`.\n"
     )
     similarity = tables.similarity[tables.similarity["layer"] == layer]
     figures = {"accuracy": accuracy_figure(tables.runs), "cka": cka_figure(similarity)}
@@ -299,7 +302,7 @@ def write_results(
         paths.append(folder / f"{name}.png")
         figure.savefig(paths[-1], dpi=100)
         plt.close(figure)
-    return paths
+    return claims, paths
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="study")
@@ -319,19 +322,17 @@ def main(cfg: DictConfig) -> pd.DataFrame:
     tables = rows.frames()
     last = list(runs.values())[-1]
     layer = resolve_layer(cfg.claims.layer, list(last.model.head_widths))
-    claims = check_claims(tables, layer, cfg.claims.width)
-    seconds = time.perf_counter() - start
-    command = shlex.join(["python", "-m", "src.study", *HydraConfig.get().overrides.task])
-    figures = write_results(folder, tables, claims, layer, seconds, command)
-    (folder / "study.json").write_text(
-        json.dumps(
-            {"seconds": seconds, "command": command, "config": OmegaConf.to_container(cfg)},
-            indent=2,
-        )
-        + "\n"
-    )
+    record = {
+        "seconds": time.perf_counter() - start,
+        "command": shlex.join(["python", "-m", "src.study", *HydraConfig.get().overrides.task]),
+        "claims": {"layer": layer, "width": cfg.claims.width},
+        "config": OmegaConf.to_container(cfg),
+    }
+    write_tables(folder, tables)
+    (folder / "study.json").write_text(json.dumps(record, indent=2) + "\n")
+    claims, figures = judge(folder)
     print(claims.to_markdown(index=False))
-    print(f"study: {folder / 'claims.md'} ({seconds / 60:.1f} min)")
+    print(f"study: {folder / 'claims.md'} ({record['seconds'] / 60:.1f} min)")
     if cfg.wandb and "wandb" in last.logger:
         log_summary_run(
             folder,

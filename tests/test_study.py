@@ -34,6 +34,7 @@ def quick_study(output: Path, cache: Path, *overrides: str) -> subprocess.Comple
         "seeds=[0]",
         f"overrides=[{run_overrides}]",
         f"output_dir={output}",
+        f"runs_dir={output / 'runs'}",
         *overrides,
     )
 
@@ -82,6 +83,7 @@ def test_the_study_measures_every_method_width_and_pair(study: Path) -> None:
     assert len(similarity) == 2 and similarity["cka"].between(0, 1 + 1e-9).all()
     layers = pd.read_csv(study / "layers.csv")
     assert layers["width"].tolist() == [16] and 0 <= layers["dead"].item() <= 16
+    assert list((study / "runs").glob("rotten_tomatoes-seed0/csv/metrics.csv"))  # runs_dir
     for figure in ("accuracy.png", "cka.png"):
         assert (study / figure).stat().st_size > 0
 
@@ -108,3 +110,20 @@ def test_bad_study_settings_fail_before_training(
     assert result.returncode != 0
     assert message in result.stderr
     assert not (tmp_path / "cache").exists()  # nothing was trained
+
+
+@pytest.mark.slow
+def test_claims_are_judged_again_from_the_tables(study: Path) -> None:
+    before = (study / "claims.csv").read_text()
+    (study / "claims.csv").unlink()
+    result = subprocess.run(
+        [sys.executable, "-m", "src.claims", str(study)],
+        cwd=ROOT,
+        env=APP_ENV,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (study / "claims.csv").read_text() == before
+    assert "statement" in result.stdout
