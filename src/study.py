@@ -137,6 +137,8 @@ def method_configs(cfg: DictConfig) -> dict[str, DictConfig]:
             raise StudyConfigError(
                 f"methods: {method} is not in conf/compress/; choose from {', '.join(choices)}"
             ) from error
+        if "_target_" not in configs[method]:
+            raise StudyConfigError(f"methods: {method} shrinks nothing; name a method")
     return configs
 
 

@@ -99,6 +99,7 @@ def test_the_study_leaves_a_wandb_summary_run(study: Path) -> None:
     ("override", "message"),
     [
         ("methods=[weight_sum,no_such_method]", "methods: no_such_method is not in conf/compress"),
+        ("methods=[none]", "methods: none shrinks nothing"),
         ("layers=[{layer: 2, widths: [16]}]", "layers: target_width=16"),
         ("layers=[{layer: 7, widths: [2]}]", "layers: layer=7"),
     ],
