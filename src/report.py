@@ -161,13 +161,20 @@ def sibling_similarity(jobs: pd.DataFrame, sweep_dir: str | Path) -> pd.DataFram
             for job, method in zip(group["job"], group["method"], strict=True)
             if (path := Path(sweep_dir) / job / ACTIVATIONS_FILE).is_file()
         }
-        for a, b in itertools.combinations(sorted(features), 2):
-            x, y = features[a], features[b]
-            rows.append(
-                dict(zip(SIBLING_KEYS, key, strict=True))
-                | {"a": a, "b": b, "cka": linear_cka(x, y), "matched_r": matched_correlation(x, y)}
-            )
+        key_columns = dict(zip(SIBLING_KEYS, key, strict=True))
+        rows += [key_columns | pair for pair in pairwise_similarity(features)]
     return pd.DataFrame(rows)
+
+
+def pairwise_similarity(features: Mapping[str, torch.Tensor]) -> list[dict]:
+    """Linear CKA and best-matched correlation between every two named layers' features
+    (rows: the same test sentences), one dict per pair: a, b, cka, matched_r."""
+    return [
+        {"a": a, "b": b}
+        | {"cka": linear_cka(features[a], features[b])}
+        | {"matched_r": matched_correlation(features[a], features[b])}
+        for a, b in itertools.combinations(sorted(features), 2)
+    ]
 
 
 def cka_figure(pairs: pd.DataFrame) -> Figure:

@@ -12,13 +12,12 @@ states are computed once per split, and every method, layer and width is measure
 
 from __future__ import annotations
 
-import itertools
 import json
 import logging
 import shlex
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import hydra
@@ -44,8 +43,6 @@ from src.analysis.probe import (
 from src.analysis.similarity import degenerate_neurons
 from src.analysis.stats import (
     effective_rank,
-    linear_cka,
-    matched_correlation,
     mcnemar_p,
     paired_bootstrap_interval,
 )
@@ -62,12 +59,19 @@ from src.compress.pipeline import (
 )
 from src.data import SentimentDataModule
 from src.model import SentimentLSTM, check_shape
-from src.report import accuracy_figure, aggregate, cka_figure, log_summary_run, width_table
+from src.report import (
+    accuracy_figure,
+    aggregate,
+    cka_figure,
+    log_summary_run,
+    pairwise_similarity,
+    width_table,
+)
 
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "validation", "test")
-TABLES = ("baselines", "layers", "runs", "comparisons", "similarity")  # StudyTables' fields
+TABLES = tuple(field.name for field in fields(StudyTables))
 
 
 class StudyConfigError(ValueError):
@@ -257,11 +261,7 @@ def compare(
                 | {"a": a, "b": b, "diff": diff, "ci_low": low, "ci_high": high}
                 | {"p": mcnemar_p(correct[a], correct[b])}
             )
-    for a, b in itertools.combinations(sorted(hidden), 2):
-        x, y = hidden[a], hidden[b]
-        rows.similarity.append(
-            key | {"a": a, "b": b, "cka": linear_cka(x, y), "matched_r": matched_correlation(x, y)}
-        )
+    rows.similarity += [key | pair for pair in pairwise_similarity(hidden)]
 
 
 def read_tables(folder: Path) -> StudyTables:
@@ -312,7 +312,7 @@ def main(cfg: DictConfig) -> pd.DataFrame:
     start = time.perf_counter()
     runs, methods = run_configs(cfg), method_configs(cfg)  # bad settings fail here, in seconds
     folder = Path(cfg.output_dir)
-    rows = Rows([], [], [], [], [])
+    rows = Rows(*([] for _ in TABLES))
     try:
         for run in runs.values():
             study_baseline(cfg, run, methods, rows)
