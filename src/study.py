@@ -32,7 +32,7 @@ from hydra.errors import MissingConfigException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from src.analysis.layer import LayerAnalysis, analyse_layer
+from src.analysis.layer import LayerAnalysis, cluster_layer, probe_dissimilarity
 from src.analysis.probe import (
     AnalysisConfigError,
     check_target_width,
@@ -192,9 +192,10 @@ def study_baseline(
             | {"effective_rank": effective_rank(probe.activations)}
         )
         weights = layer_pair(network, layer).incoming()
+        dissimilarity = probe_dissimilarity(probe, run.analysis.measure)
         for width in widths:
-            analysis = analyse_layer(
-                probe, weights, layer, width, run.analysis.measure, run.analysis.clustering, seed
+            analysis = cluster_layer(
+                probe, dissimilarity, weights, layer, width, run.analysis.clustering, seed
             )
             key = {"data": data, "seed": seed, "layer": layer, "target_width": width}
             shrink_every_way(cfg, run, network, analysis, methods, features, key, test_acc, rows)

@@ -60,6 +60,28 @@ def cluster_alive(
     return labels
 
 
+def probe_dissimilarity(probe: Probe, measure: str = "shape", chunk_size: int = 8192) -> Tensor:
+    """(N, N) dissimilarity of every neuron on the probe words, float32."""
+    acts = probe.activations
+    return dissimilarity_matrix(lambda: acts.split(chunk_size), measure, chunk_size).float()
+
+
+def cluster_layer(
+    probe: Probe,
+    dissimilarity: Tensor,
+    weights: Tensor,
+    layer: int,
+    n_clusters: int,
+    clustering: str = "spectral",
+    seed: int = 0,
+) -> LayerAnalysis:
+    """Cluster a layer whose dissimilarity is known: one dissimilarity serves every width."""
+    alive = alive_neurons(probe.activations)
+    labels = cluster_alive(dissimilarity, weights, alive, n_clusters, clustering, seed)
+    score = silhouette(dissimilarity, labels)  # over the clustered (live) neurons
+    return LayerAnalysis(layer, probe, dissimilarity, alive, labels, score)
+
+
 def analyse_layer(
     probe: Probe,
     weights: Tensor,
@@ -71,11 +93,5 @@ def analyse_layer(
     chunk_size: int = 8192,
 ) -> LayerAnalysis:
     """``weights``: the layer's incoming weights with the bias appended, (N, D + 1)."""
-    acts = probe.activations
-    dissimilarity = dissimilarity_matrix(
-        lambda: acts.split(chunk_size), measure, chunk_size
-    ).float()
-    alive = alive_neurons(acts)
-    labels = cluster_alive(dissimilarity, weights, alive, n_clusters, clustering, seed)
-    score = silhouette(dissimilarity, labels)  # over the clustered (live) neurons
-    return LayerAnalysis(layer, probe, dissimilarity, alive, labels, score)
+    dissimilarity = probe_dissimilarity(probe, measure, chunk_size)
+    return cluster_layer(probe, dissimilarity, weights, layer, n_clusters, clustering, seed)
