@@ -82,15 +82,19 @@ class Baseline:
 
 
 def fit_baseline(
-    model: SentimentClassifier, datamodule: L.LightningDataModule, trainer: L.Trainer
+    model: SentimentClassifier,
+    datamodule: L.LightningDataModule,
+    trainer: L.Trainer,
+    resume: str | Path | None = None,
 ) -> Baseline:
-    """Fit, then reload the best checkpoint by validation accuracy."""
+    """Fit (continuing from the ``resume`` checkpoint if given), then reload the best checkpoint
+    by validation accuracy."""
     start = time.perf_counter()
     with warnings.catch_warnings():
         # OnExceptionCheckpoint makes fit look for a "last" checkpoint to resume from (there is
         # one only after a Ctrl-C in the same run folder) and warn about it on every fresh run.
         warnings.filterwarnings("ignore", message=r".*ckpt_path.*")
-        trainer.fit(model, datamodule=datamodule)
+        trainer.fit(model, datamodule=datamodule, ckpt_path=resume)
     seconds = time.perf_counter() - start
     best = Path(trainer.checkpoint_callback.best_model_path)
     return Baseline(load_checkpoint(best, "the best checkpoint"), seconds, True, best)
@@ -141,6 +145,7 @@ def obtain_baseline(
 
     The datamodule ends up set up with the baseline's own tokenizer.
     """
+    check_resume(cfg)
     if cfg.ckpt_path:
         baseline = Baseline(load_checkpoint(cfg.ckpt_path), 0.0, False, Path(cfg.ckpt_path))
         widths = list(baseline.model.hparams["head_widths"])
@@ -166,13 +171,32 @@ def obtain_baseline(
     return baseline
 
 
+def check_resume(cfg: DictConfig) -> None:
+    """Refuse a ``resume`` that cannot be honoured before any data is read."""
+    resume = cfg.get("resume")
+    if not resume:
+        return
+    if cfg.ckpt_path:
+        raise CheckpointError(
+            f"resume={resume} continues a training, ckpt_path={cfg.ckpt_path} skips training: "
+            "set only one of them"
+        )
+    if not Path(resume).is_file():
+        raise CheckpointError(
+            f"resume={resume} is not a file: give an interrupted run's "
+            "<run>/checkpoints/interrupted.ckpt (or last.ckpt)"
+        )
+
+
 def train_baseline(
     cfg: DictConfig, datamodule: SentimentDataModule, trainer: L.Trainer
 ) -> Baseline:
     datamodule.setup()
     model = instantiate(cfg.model, vocab_size=datamodule.tokenizer.get_vocab_size())
     model.tokenizer_json = datamodule.tokenizer.to_str()
-    return fit_baseline(model, datamodule, trainer)
+    if cfg.get("resume"):
+        log.info("continuing the training from resume=%s", cfg.resume)
+    return fit_baseline(model, datamodule, trainer, cfg.get("resume"))
 
 
 def baseline_metrics(

@@ -8,6 +8,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from tests.conftest import (
@@ -70,6 +71,7 @@ def test_same_seed_same_accuracy(trained_run: Path, tmp_path: Path) -> None:
         ("data.root=/nonexistent", "data.root"),
         ("model.head_widths=[]", "model.head_widths"),
         ("model.lstm.hidden_size=0", "model.lstm.hidden_size"),
+        ("resume=/nonexistent/interrupted.ckpt", "resume="),
     ],
 )
 def test_bad_settings_fail_fast_with_the_setting_named(
@@ -81,11 +83,16 @@ def test_bad_settings_fail_fast_with_the_setting_named(
 
 
 @pytest.mark.slow
-def test_ctrl_c_keeps_the_last_checkpoint_and_closes_the_wandb_run(tmp_path: Path) -> None:
-    checkpoints = tmp_path / "checkpoints"
+def test_ctrl_c_keeps_the_last_checkpoint_closes_the_wandb_run_and_can_resume(
+    tmp_path: Path,
+) -> None:
+    checkpoints = tmp_path / "interrupted" / "checkpoints"
     app = subprocess.Popen(
         app_command(
-            *QUICK, "trainer.max_epochs=100", f"hydra.run.dir={tmp_path}", "cache_dir=null"
+            *QUICK,
+            "trainer.max_epochs=100",
+            f"hydra.run.dir={checkpoints.parent}",
+            "cache_dir=null",
         ),
         cwd=ROOT,
         env=APP_ENV,
@@ -103,6 +110,20 @@ def test_ctrl_c_keeps_the_last_checkpoint_and_closes_the_wandb_run(tmp_path: Pat
     assert app.returncode != 0
     assert (checkpoints / "interrupted.ckpt").is_file(), stderr[-3000:]
     assert (checkpoints / "last.ckpt").is_file()
-    assert not (tmp_path / "metrics.json").exists()  # nothing reported as if it had finished
-    state = wandb_summary(tmp_path)
+    assert not (checkpoints.parent / "metrics.json").exists()  # nothing reported as finished
+    state = wandb_summary(checkpoints.parent)
     assert "train/loss" in json.dumps(state)  # the run was closed with what it had logged
+
+    resumed = tmp_path / "resumed"
+    result = run_app(
+        *QUICK,
+        "trainer.max_epochs=3",
+        f"resume={checkpoints / 'interrupted.ckpt'}",
+        f"hydra.run.dir={resumed}",
+        "cache_dir=null",
+        "logger=csv",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    log = pd.read_csv(resumed / "csv" / "metrics.csv")
+    trained = log.loc[log["train/loss"].notna(), "epoch"]
+    assert trained.min() >= 1 and trained.max() == 2  # went on from the interrupted epoch
