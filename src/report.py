@@ -230,9 +230,11 @@ def log_summary_run(
     job_type: str,
     tables: Mapping[str, pd.DataFrame],
     images: list[Path],
+    config: Mapping[str, object] | None = None,
 ) -> None:
     """One W&B run (``settings``: the logger.wandb config) holding a study's or sweep's tables
-    and figures, stored under ``folder``: the report-style page of the results."""
+    and figures, stored under ``folder``: the report-style page of the results. ``config`` (the
+    command and settings that produced them) makes the page say how to regenerate it."""
     run = wandb.init(
         project=settings.project,
         group=settings.group,
@@ -240,6 +242,7 @@ def log_summary_run(
         name=name,
         dir=str(folder),
         mode=settings.mode,
+        config=dict(config or {}),
     )
     try:
         for key, frame in tables.items():

@@ -340,10 +340,11 @@ def main(cfg: DictConfig) -> pd.DataFrame:
         log_summary_run(
             folder,
             last.logger.wandb,
-            name=f"claims {folder.name}",
+            name=f"study {folder.name}",
             job_type="claims",
             tables={"claims": claims, "runs": tables.runs, "baselines": tables.baselines},
             images=figures,
+            config=record,
         )
     return claims
 

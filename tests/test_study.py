@@ -90,9 +90,12 @@ def test_the_study_measures_every_method_width_and_pair(study: Path) -> None:
 
 @pytest.mark.slow
 def test_the_study_leaves_a_wandb_summary_run(study: Path) -> None:
-    summary = wandb_summary(study)["summary"]
+    run = wandb_summary(study)
+    summary = run["summary"]
     assert {"claims", "runs", "baselines", "accuracy", "cka"} <= set(summary)
     assert summary["claims"]["nrows"] == len(CLAIMS)
+    assert run["config"]["command"].startswith("python -m src.study")  # how to regenerate it
+    assert run["config"]["seconds"] > 0
 
 
 @pytest.mark.parametrize(
