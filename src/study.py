@@ -43,8 +43,8 @@ from src.analysis.probe import (
 from src.analysis.similarity import degenerate_neurons
 from src.analysis.stats import (
     effective_rank,
+    mcnemar_exact_interval,
     mcnemar_p,
-    paired_bootstrap_interval,
 )
 from src.baseline import obtain_baseline
 from src.claims import THRESHOLDS, StudyTables, check_claims, mean_std
@@ -255,7 +255,7 @@ def compare(
     the pairs in ``comparisons``, and CKA between every two shrunk layers."""
     for a, b in cfg.comparisons:
         if a in correct and b in correct:
-            low, high = paired_bootstrap_interval(correct[a], correct[b])
+            low, high = mcnemar_exact_interval(correct[a], correct[b])
             diff = (correct[a].float().mean() - correct[b].float().mean()).item()
             rows.comparisons.append(
                 key

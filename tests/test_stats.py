@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -9,8 +10,8 @@ from src.analysis.stats import (
     effective_rank,
     linear_cka,
     matched_correlation,
+    mcnemar_exact_interval,
     mcnemar_p,
-    paired_bootstrap_interval,
 )
 
 
@@ -55,10 +56,57 @@ def test_mcnemar_sees_a_clear_difference() -> None:
     assert mcnemar_p(a, b) < 1e-6
 
 
-def test_bootstrap_interval_contains_the_true_difference() -> None:
+def paired(b: int, c: int, n: int = 1000) -> tuple[torch.Tensor, torch.Tensor]:
+    """Correctness of A and B on n sentences: b right only for A, c only for B, the rest both."""
+    a = torch.ones(n, dtype=torch.bool)
+    other = a.clone()
+    other[:b] = False
+    a[b : b + c] = False
+    return a, other
+
+
+def test_interval_contains_the_true_difference_and_excludes_zero_for_a_clear_one() -> None:
     gen = torch.Generator().manual_seed(3)
     a = torch.rand(2000, generator=gen) < 0.80
     b = torch.rand(2000, generator=gen) < 0.75
-    low, high = paired_bootstrap_interval(a, b)
+    low, high = mcnemar_exact_interval(a, b)
     assert low < 0.05 < high
     assert low > 0  # 5 points on 2000 sentences is not noise
+    diff = (a.float().mean() - b.float().mean()).item()
+    assert low <= diff <= high
+
+
+def test_five_flips_one_way_are_not_significant_and_the_interval_says_so() -> None:
+    # the percentile bootstrap gave [0.0009, 0.0094] here, excluding 0, while p = 0.0625
+    a, b = paired(5, 0)
+    assert mcnemar_p(a, b) == pytest.approx(0.0625)
+    low, high = mcnemar_exact_interval(a, b)
+    assert low < 0 < high
+    assert high == pytest.approx(5 / 1000)  # all discordant sentences go A's way at most
+    low_b, high_b = mcnemar_exact_interval(b, a)  # swapping A and B mirrors it
+    assert (low_b, high_b) == pytest.approx((-high, -low))
+
+
+def test_no_discordant_sentence_gives_the_point_zero() -> None:
+    assert mcnemar_exact_interval(*paired(0, 0)) == (0.0, 0.0)
+
+
+@pytest.mark.parametrize("level", [0.95, 0.99])
+def test_interval_excludes_zero_exactly_when_the_exact_test_rejects(level: float) -> None:
+    for b in range(0, 41):
+        for c in range(0, 41, 3):
+            a_correct, b_correct = paired(b, c, n=200)
+            low, high = mcnemar_exact_interval(a_correct, b_correct, level=level)
+            rejects = mcnemar_p(a_correct, b_correct) < 1 - level
+            assert (not low <= 0 <= high) == rejects, (b, c)
+            assert low <= (b - c) / 200 <= high
+
+
+def test_interval_at_many_counts_agrees_with_the_binomial_tails() -> None:
+    # every discordant sentence one way: the lower end is d (2 pi_low - 1) / n with
+    # pi_low = (alpha / 2) ** (1 / d), the Clopper-Pearson bound for d successes out of d
+    for d in (1, 3, 10, 40):
+        low, high = mcnemar_exact_interval(*paired(d, 0, n=500))
+        assert high == pytest.approx(d / 500)
+        assert low == pytest.approx(d * (2 * 0.025 ** (1 / d) - 1) / 500)
+    assert np.isfinite(mcnemar_exact_interval(*paired(500, 0, n=500))).all()

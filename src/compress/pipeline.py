@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from src.analysis.layer import LayerAnalysis
-from src.analysis.stats import mcnemar_p, paired_bootstrap_interval
+from src.analysis.stats import mcnemar_exact_interval, mcnemar_p
 from src.compress.base import LayerPair, MergeMethod
 from src.compress.repair import repair_statistics
 from src.compress.retrain import Features, train_pair
@@ -172,8 +172,8 @@ def compression_metrics(
         metrics[f"compressed/{short}_acc"] = correct.float().mean().item()
         if split == "test":
             baseline_correct = (before > 0).float() == features.labels
-            low, high = paired_bootstrap_interval(correct, baseline_correct)
-            metrics["compressed/delta_acc_ci_low"] = low  # 95 % paired bootstrap interval
+            low, high = mcnemar_exact_interval(correct, baseline_correct)
+            metrics["compressed/delta_acc_ci_low"] = low  # 95 % exact (McNemar) interval
             metrics["compressed/delta_acc_ci_high"] = high
             metrics["compressed/mcnemar_p"] = mcnemar_p(correct, baseline_correct)
             metrics["baseline/recomputed_test_acc"] = baseline_correct.float().mean().item()
