@@ -1,7 +1,9 @@
 """Movie-review corpora as a LightningDataModule: local Parquet copies or the Hugging Face hub.
 
 Text is tokenised by a WordLevel model from Hugging Face ``tokenizers`` trained on the train split
-only, and batches are padded to their own longest sentence.
+only, and batches are padded to their own longest sentence. With length bucketing
+(``data.bucket_pool``) a batch holds sentences of similar length, so little of it is padding: the
+LSTM's cost is batch x longest sentence.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import lightning as L
@@ -17,7 +20,7 @@ from datasets import Dataset, DatasetDict, load_dataset
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
 from torch import Tensor
 from torch.nn.utils.rnn import pad_sequence
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Sampler
 
 log = logging.getLogger(__name__)
 
@@ -148,6 +151,43 @@ def collate(batch: list[tuple[Tensor, int]]) -> dict[str, Tensor]:
     }
 
 
+class LengthBatchSampler(Sampler[list[int]]):
+    """Batches of sentences of similar length (length bucketing).
+
+    Shuffled (training): each epoch the sentences are shuffled, cut into pools of ``pool`` batches,
+    each pool is sorted by length and cut into batches, and the batches are shuffled; so batches
+    stay random in content and order while padding almost vanishes. Not shuffled (evaluation):
+    every sentence sorted by length, the batches in that order, the same every time.
+    The shuffle draws its seed from torch's global generator, as a shuffled DataLoader does, so a
+    seeded run repeats.
+    """
+
+    def __init__(
+        self, lengths: Sequence[int], batch_size: int, pool: int, shuffle: bool = True
+    ) -> None:
+        self.lengths = torch.as_tensor(lengths)
+        self.batch_size, self.pool, self.shuffle = batch_size, pool, shuffle
+
+    def __len__(self) -> int:
+        return -(-len(self.lengths) // self.batch_size)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        if not self.shuffle:
+            order = torch.argsort(self.lengths, stable=True)
+            yield from (batch.tolist() for batch in order.split(self.batch_size))
+            return
+        seed = int(torch.empty((), dtype=torch.int64).random_())
+        generator = torch.Generator().manual_seed(seed)
+        batches = []
+        for pool in torch.randperm(len(self.lengths), generator=generator).split(
+            self.batch_size * self.pool
+        ):
+            by_length = pool[torch.argsort(self.lengths[pool], stable=True)]
+            batches += by_length.split(self.batch_size)
+        for index in torch.randperm(len(batches), generator=generator):
+            yield batches[index].tolist()
+
+
 class SentimentDataModule(L.LightningDataModule):
     """Reviews with a 0/1 label, tokenised once in ``setup`` and batched with dynamic padding."""
 
@@ -160,7 +200,8 @@ class SentimentDataModule(L.LightningDataModule):
         min_frequency: int = 2,
         max_length: int = 64,
         truncation_side: str = "right",
-        batch_size: int = 64,
+        batch_size: int = 32,
+        bucket_pool: int | None = 100,
         val_fraction: float = 0.1,
         limit: int | None = None,
         num_workers: int = 0,
@@ -169,6 +210,14 @@ class SentimentDataModule(L.LightningDataModule):
         if max_length < 1:
             raise DataConfigError(f"data.max_length must be >= 1, got {max_length}")
         check_truncation_side(truncation_side)
+        if batch_size < 1:
+            raise DataConfigError(f"data.batch_size must be >= 1, got {batch_size}")
+        if bucket_pool is not None and bucket_pool < 1:
+            raise DataConfigError(
+                f"data.bucket_pool={bucket_pool}: length bucketing sorts pools of this many "
+                "batches; use at least 1, or null to turn it off"
+            )
+        self.bucket_pool = bucket_pool
         self.name, self.hub_name, self.root = name, hub_name, root
         self.vocab_size, self.min_frequency, self.max_length = vocab_size, min_frequency, max_length
         self.batch_size, self.val_fraction, self.limit = batch_size, val_fraction, limit
@@ -214,13 +263,16 @@ class SentimentDataModule(L.LightningDataModule):
         )
 
     def loader(self, split: str, shuffle: bool = False) -> DataLoader:
-        return DataLoader(
-            self.splits[split],
-            batch_size=self.batch_size,
-            shuffle=shuffle,
-            collate_fn=collate,
-            num_workers=self.num_workers,
-        )
+        """Batches of ``split``. With length bucketing on, an unshuffled loader yields its batches
+        in order of length, not in the split's order (labels travel with their sentences)."""
+        sentences = self.splits[split]
+        if self.bucket_pool is None:
+            batching = {"batch_size": self.batch_size, "shuffle": shuffle}
+        else:
+            lengths = [len(ids) for ids, _ in sentences]
+            sampler = LengthBatchSampler(lengths, self.batch_size, self.bucket_pool, shuffle)
+            batching = {"batch_sampler": sampler}
+        return DataLoader(sentences, collate_fn=collate, num_workers=self.num_workers, **batching)
 
     def train_dataloader(self) -> DataLoader:
         return self.loader("train", shuffle=True)

@@ -1,8 +1,13 @@
 """The source's sentiment network and the LightningModule that trains it.
 
 Embedding -> LSTM -> Linear 256 -> Linear 64 -> Linear 16 -> Linear 1, ReLU between the hidden
-linear layers. The head is applied to the LSTM state at *every* word, so each hidden neuron has an
-activation per word; the sentence's prediction is the output at its last real word.
+linear layers. The head can run on the LSTM state at *every* word, so each hidden neuron has an
+activation per word (what the analysis looks at); the sentence's prediction is the output at its
+last real word, and that is all that training, validation and testing compute.
+
+The LSTM runs on the padded batch, not on packed sequences. It is unidirectional and padding sits on
+the right, so a real word's state never sees padding and is the state a packed batch would give;
+packing only buys a slower kernel on the CPU (tests/test_model.py checks logits and gradients).
 """
 
 from __future__ import annotations
@@ -14,7 +19,6 @@ from functools import partial
 import lightning as L
 import torch
 from torch import Tensor, nn
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from torchmetrics import MetricCollection
 from torchmetrics.classification import BinaryAccuracy, BinaryAUROC, BinaryF1Score
 
@@ -74,15 +78,27 @@ class SentimentLSTM(nn.Module):
     def hidden_widths(self) -> list[int]:
         return [layer.out_features for layer in self.head[:-1]]
 
+    def _lstm_outputs(self, ids: Tensor) -> Tensor:
+        """The LSTM's output after every position of the padded batch, (B, T, H), before dropout;
+        positions past a sentence's end hold states that read padding, never used as such."""
+        out, _ = self.lstm(self.dropout(self.embedding(ids)))  # embedded: (B, T, E)
+        return out
+
     def states(self, ids: Tensor, lengths: Tensor) -> Tensor:
-        """LSTM state after every word, (B, T, H); zeros at padding, which never feeds back."""
-        embedded = self.dropout(self.embedding(ids))  # (B, T, E)
-        packed = pack_padded_sequence(
-            embedded, lengths.cpu(), batch_first=True, enforce_sorted=False
+        """LSTM state after every word, (B, T, H); zeros at padding."""
+        out = self._lstm_outputs(ids)
+        real = (
+            torch.arange(ids.shape[1], device=ids.device)[None, :] < lengths.to(ids.device)[:, None]
         )
-        out, _ = self.lstm(packed)
-        out, _ = pad_packed_sequence(out, batch_first=True, total_length=ids.shape[1])
-        return self.dropout(out)  # (B, T, H)
+        return self.dropout(out) * real[..., None]
+
+    def last_states(self, ids: Tensor, lengths: Tensor) -> Tensor:
+        """LSTM state at each sentence's last real word, (B, H): all the prediction reads."""
+        return self.dropout(last_word(self._lstm_outputs(ids), lengths))
+
+    def sentence_logits(self, ids: Tensor, lengths: Tensor) -> Tensor:
+        """One logit per sentence, (B,), computing the head at the last word only."""
+        return self.head_from(0, self.last_states(ids, lengths))
 
     def head_from(self, start: int, x: Tensor) -> Tensor:
         """Run the head from layer ``start`` on its input ``x`` (..., D) to the logit (...)."""
@@ -150,7 +166,7 @@ class SentimentClassifier(L.LightningModule):
 
     def forward(self, ids: Tensor, lengths: Tensor) -> Tensor:
         """Sentence logits, (B,)."""
-        return last_word(self.network(ids, lengths), lengths)
+        return self.network.sentence_logits(ids, lengths)
 
     def _common_step(self, batch: dict[str, Tensor], stage: str) -> Tensor:
         logits = self(batch["ids"], batch["lengths"])

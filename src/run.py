@@ -21,6 +21,7 @@ from src.callbacks import find_analysis
 from src.compress.pipeline import compress_and_evaluate
 from src.model import check_shape
 from src.report import summary_table, write_metrics
+from src.threads import use_job_threads
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,7 @@ SUMMARY_KEYS = [
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> dict:
     check_shape(cfg.model.head_widths, cfg.model.lstm.hidden_size, cfg.model.embedding_dim)
+    threads = use_job_threads(cfg.threads)
     L.seed_everything(cfg.seed, workers=True)
     output_dir = Path(cfg.output_dir)
     datamodule = instantiate(cfg.data)
@@ -58,6 +60,7 @@ def main(cfg: DictConfig) -> dict:
         baseline = obtain_baseline(cfg, datamodule, trainer)
         datamodule.tokenizer.save(str(output_dir / "tokenizer.json"))
         metrics = {"data": cfg.data.name, "seed": cfg.seed, "method": cfg.compress.name}
+        metrics["threads"] = threads
         metrics |= baseline_metrics(baseline, datamodule, trainer)
         if cfg.compress.name != "none":
             metrics |= compress_and_evaluate(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 import pytest
+import torch
 from datasets import Dataset, DatasetDict
 from tokenizers import Tokenizer
 
@@ -120,3 +121,52 @@ def test_truncation_side_keeps_the_first_or_the_last_words() -> None:
 def test_unknown_truncation_side_is_refused() -> None:
     with pytest.raises(DataConfigError, match="data.truncation_side"):
         datamodule(truncation_side="middle")
+
+
+def test_bucketed_batches_cover_every_sentence_once_with_little_padding() -> None:
+    dm = datamodule(limit=2000, batch_size=32, bucket_pool=20)
+    dm.setup()
+    lengths = {i: len(ids) for i, (ids, _) in enumerate(dm.splits["train"])}
+    sampler = dm.train_dataloader().batch_sampler
+    batches = list(sampler)
+    assert sorted(i for batch in batches for i in batch) == sorted(lengths)
+    assert len(batches) == len(sampler)
+
+    def padding(batches: list[list[int]]) -> float:
+        cells = sum(len(b) * max(lengths[i] for i in b) for b in batches)
+        return 1 - sum(lengths.values()) / cells
+
+    plain = [b.tolist() for b in torch.randperm(len(lengths)).split(32)]
+    assert padding(batches) < padding(plain) / 4
+
+
+def test_bucketed_batches_reshuffle_every_epoch_and_repeat_with_the_seed() -> None:
+    dm = datamodule(limit=500, bucket_pool=4)
+    dm.setup()
+    torch.manual_seed(0)
+    loader = dm.train_dataloader()
+    first, second = list(loader.batch_sampler), list(loader.batch_sampler)
+    assert first != second
+    torch.manual_seed(0)
+    assert list(dm.train_dataloader().batch_sampler) == first
+
+
+def test_unshuffled_bucketed_batches_come_in_order_of_length_with_their_labels() -> None:
+    dm = datamodule(limit=300, bucket_pool=10)
+    dm.setup()
+    batches = list(dm.loader("test"))
+    maxima = [int(b["lengths"].max()) for b in batches]
+    assert maxima == sorted(maxima)
+    pairs = sorted((tuple(ids.tolist()), label) for ids, label in dm.splits["test"])
+    seen = sorted(
+        (tuple(ids[:n].tolist()), int(label))
+        for b in batches
+        for ids, n, label in zip(b["ids"], b["lengths"], b["labels"], strict=True)
+    )
+    assert seen == pairs
+
+
+@pytest.mark.parametrize(("setting", "value"), [("bucket_pool", 0), ("batch_size", -1)])
+def test_impossible_batching_is_refused_naming_the_setting(setting: str, value: int) -> None:
+    with pytest.raises(DataConfigError, match=f"data.{setting}"):
+        datamodule(**{setting: value})

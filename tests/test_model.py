@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from benchmarks.bench_train import packed_every_word_logits
 from src.model import ModelConfigError, SentimentClassifier, SentimentLSTM, last_word
 
 
@@ -59,6 +60,37 @@ def test_padding_does_not_change_a_sentence_prediction() -> None:
     lengths = torch.tensor([3, 12])
     together = last_word(net(batch, lengths), lengths)
     torch.testing.assert_close(together[0], alone[0], atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("num_layers", [1, 2])
+def test_padded_last_word_training_form_equals_the_packed_every_word_form(num_layers: int) -> None:
+    """Training reads the LSTM on the padded batch and runs the head at the last word only; the
+    logits and every gradient equal the packed, every-word form's, on sentences of mixed lengths."""
+    net = network(num_layers=num_layers, hidden_size=16)
+    ids = torch.randint(2, 50, (6, 11))
+    lengths = torch.tensor([11, 1, 7, 3, 11, 5])
+    ids[torch.arange(11)[None, :] >= lengths[:, None]] = 0  # right padding, as collate does
+    results = []
+    for form in (SentimentLSTM.sentence_logits, packed_every_word_logits):
+        net.zero_grad()
+        logits = form(net, ids, lengths)
+        (logits * torch.linspace(-1, 1, 6)).sum().backward()
+        results.append((logits.detach(), {n: p.grad.clone() for n, p in net.named_parameters()}))
+    (padded, padded_grads), (packed, packed_grads) = results
+    torch.testing.assert_close(padded, packed, atol=1e-5, rtol=1e-5)
+    assert padded_grads.keys() == packed_grads.keys()
+    for name, grad in padded_grads.items():
+        torch.testing.assert_close(grad, packed_grads[name], atol=1e-5, rtol=1e-5, msg=name)
+    assert padded_grads["lstm.weight_hh_l0"].abs().sum() > 0  # the comparison is not vacuous
+
+
+def test_per_word_states_are_zero_at_padding_and_match_the_last_word_states() -> None:
+    net = network()
+    ids = torch.randint(2, 50, (3, 6))
+    lengths = torch.tensor([6, 2, 4])
+    states = net.states(ids, lengths)
+    assert (states[1, 2:] == 0).all() and (states[2, 4:] == 0).all()
+    torch.testing.assert_close(last_word(states, lengths), net.last_states(ids, lengths))
 
 
 @pytest.mark.parametrize(
