@@ -5,12 +5,12 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import lightning as L
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.errors import MissingConfigException
 from hydra.utils import instantiate
 
+from src.compress.pipeline import STEP_KEYS, build_method
 from tests.conftest import CONF_DIR, compose_config, run_app
 
 
@@ -25,10 +25,18 @@ def test_data_configs_instantiate(data: str) -> None:
 
 
 @pytest.mark.parametrize("compress", choices("compress"))
-def test_compress_configs_compose(compress: str) -> None:
+def test_compress_configs_build_their_method_with_the_documented_defaults(compress: str) -> None:
+    """Each yaml's settings reach the method, and they are the method's own defaults: a run from
+    the command line and a call from Python shrink the same way."""
     cfg = compose_config(f"compress={compress}")
     assert cfg.compress.name == compress
-    assert cfg.target_width >= 1
+    if compress == "none":
+        assert "_target_" not in cfg.compress
+        return
+    method = build_method(cfg.compress)
+    settings = {k: v for k, v in cfg.compress.items() if k not in (*STEP_KEYS, "_target_")}
+    assert {k: getattr(method, k) for k in settings} == settings
+    assert method == type(method)()
 
 
 @pytest.mark.parametrize("experiment", choices("experiment"))
@@ -45,7 +53,12 @@ def test_model_trainer_callbacks_and_loggers_instantiate(logger: str, tmp_path) 
     callbacks = [instantiate(c) for c in cfg.callbacks.values()]
     loggers = [instantiate(c) for c in cfg.logger.values()]
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
-    assert isinstance(trainer, L.Trainer)
+    assert all(any(c is t for t in trainer.callbacks) for c in callbacks)
+    assert [type(x).__name__ for x in trainer.loggers] == {
+        "csv": ["CSVLogger"],
+        "wandb": ["WandbLogger", "CSVLogger"],
+    }[logger]
+    assert trainer.max_epochs == cfg.trainer.max_epochs
 
 
 def test_overrides_reach_the_composed_config() -> None:
@@ -72,7 +85,8 @@ def test_unknown_data_set_names_the_group() -> None:
         ("target_width=0", "target_width=0"),
         ("layer=7", "layer=7"),
         ("layer=3", "output layer"),
-        ("layer=-4", "output layer"),
+        ("layer=-4", "layer=-4 is out of range; choose a hidden layer: one of 0, 1, 2, -1, -2, -3"),
+        ("layer=head.x", "layer=head.x is not a layer index"),
         ("analysis.measure=cosine", "analysis.measure"),
         ("analysis.clustering=dbscan", "analysis.clustering"),
         ("analysis.probe_sentences=0", "analysis.probe_sentences"),

@@ -21,17 +21,18 @@ class AnalysisConfigError(ValueError):
 def resolve_layer(layer: int | str, hidden_widths: list[int]) -> int:
     """A hidden layer's 0-based index: an index, negative from the end, or "head.i"."""
     n = len(hidden_widths)
-    index = int(layer.removeprefix("head.")) if isinstance(layer, str) else int(layer)
-    if index == n or index == -1 - n:
-        raise AnalysisConfigError(
-            f"layer={layer} is the output layer; choose a hidden layer 0..{n - 1} (or -1..-{n}) "
-            f"of widths {hidden_widths}"
-        )
+    valid = ", ".join(str(i) for i in [*range(n), *range(-1, -n - 1, -1)])
+    choose = (
+        f"choose a hidden layer: one of {valid} (or head.0..head.{n - 1}), widths {hidden_widths}"
+    )
+    try:
+        index = int(layer.removeprefix("head.")) if isinstance(layer, str) else int(layer)
+    except ValueError:
+        raise AnalysisConfigError(f"layer={layer} is not a layer index; {choose}") from None
+    if index == n:  # head.n is the output Linear: the head has n + 1 layers
+        raise AnalysisConfigError(f"layer={layer} is the output layer; {choose}")
     if not -n <= index < n:
-        raise AnalysisConfigError(
-            f"layer={layer} does not exist: the hidden layers are 0..{n - 1} (or -1..-{n}), "
-            f"widths {hidden_widths}"
-        )
+        raise AnalysisConfigError(f"layer={layer} is out of range; {choose}")
     return index % n
 
 
