@@ -13,12 +13,16 @@ from __future__ import annotations
 import base64
 import html
 import json
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 STATUSES = ("alive", "nearly dead", "dead")
 
@@ -209,7 +213,11 @@ def _payload(data: ViewerData, top_k: int, window: int, bins: int, fire_threshol
             "low": _round(np.array(column.min()), peak_abs[i]),
             "mean": _round(np.array(column.mean(dtype=np.float64)), peak_abs[i]),
             "fires": round(float((column > 0).mean()), 4),
-            "hist": {"lo": float(edges[0]), "hi": float(edges[-1]), "c": counts_i.tolist()},
+            "hist": {
+                "lo": _round(edges[0], peak_abs[i]),
+                "hi": _round(edges[-1], peak_abs[i]),
+                "c": counts_i.tolist(),
+            },
             "top": [entry(s, i, False) for s in top],
             "words": [
                 [str(vocab[v]), int(round(100 * scores[v, i]))]
@@ -286,12 +294,14 @@ def render_viewer(
     payload = _payload(data, top_k, window, bins, fire_threshold)
     # "<" escaped, so no word of a sentence can close the script block early.
     blob = json.dumps(payload, separators=(",", ":"), ensure_ascii=False).replace("<", "\\u003c")
-    return (
-        _PAGE.replace("__TITLE__", html.escape(f"Neuron viewer: {data.site}"))
-        .replace("__CSS__", _CSS)
-        .replace("__JS__", _JS)
-        .replace("__DATA__", blob)
-    )
+    parts = {
+        "TITLE": html.escape(f"Neuron viewer: {data.site}"),
+        "CSS": _CSS,
+        "JS": _JS,
+        "DATA": blob,
+    }
+    # One pass, so a site or word spelled like a placeholder is never substituted again.
+    return re.sub(r"__(TITLE|CSS|JS|DATA)__", lambda m: parts[m.group(1)], _PAGE)
 
 
 def write_viewer(data: ViewerData, path: str | Path, **options: Any) -> Path:
@@ -300,6 +310,61 @@ def write_viewer(data: ViewerData, path: str | Path, **options: Any) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(render_viewer(data, **options), encoding="utf-8")
     return path
+
+
+_POS, _NEG = np.array([214, 96, 77]) / 255, np.array([67, 147, 195]) / 255  # as the page's
+_PATCH = "round,pad=0.25"
+
+
+def topk_figure(data: ViewerData, neuron: int, top_k: int = 5, window: int = 20) -> Figure:
+    """One neuron's top-k probe sentences with each word's patch coloured by its activation.
+
+    The static figure papers ask for, in the page's colours; save it as PDF for vector text.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    words, flat, starts, _ = _check(data)
+    if not 0 <= neuron < flat.shape[1]:
+        raise ValueError(f"neuron={neuron} does not exist: the site has {flat.shape[1]} neurons")
+    column = flat[:, neuron]
+    scale = float(max(column.max(), -column.min())) or 1.0
+    top = np.argsort(-np.maximum.reduceat(column, starts), kind="stable")[:top_k]
+    fig = Figure(dpi=100)
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    ax = fig.add_axes((0, 0, 1, 1))
+    ax.axis("off")
+    width, line, x0 = 900, 26, 76  # pixels, as the axes' data units below
+    title = ax.text(8, 16, f"{data.site}, neuron {neuron}: top {len(top)} probe sentences "
+                    f"(colour: activation / {scale:.3g})", fontsize=10, va="center")  # fmt: skip
+    right, y = title.get_window_extent(renderer).width + 16, 44
+    for rank, s in enumerate(top, 1):
+        acts = column[starts[s] : starts[s] + len(words[s])]
+        at = int(acts.argmax())
+        first = max(0, min(at - window // 2, len(acts) - window))
+        ax.text(8, y, f"#{rank}  {acts.max():.2f}", fontsize=9, va="center", color="#656d76")
+        shown = range(first, min(first + window, len(acts)))
+        tokens = [("\u2026", None)] * (first > 0) + [(words[s][k], acts[k]) for k in shown]
+        tokens += [("\u2026", None)] * (shown.stop < len(acts))
+        x = x0
+        for word, a in tokens:
+            text = ax.text(x, y, word, fontsize=10, va="center", ha="left")
+            if a is not None:
+                t = min(1.0, abs(a) / scale)
+                colour = 1 - t * 0.85 * (1 - (_NEG if a < 0 else _POS))  # over white
+                text.set_bbox({"facecolor": colour, "edgecolor": "none", "boxstyle": _PATCH})
+            w = text.get_window_extent(renderer).width
+            if x + w > width - 8 and x > x0:  # wrap
+                x, y = x0, y + line
+                text.set_position((x, y))
+            x += w + 9
+            right = max(right, x)
+        y += line + 6
+    width = min(width, right + 4)
+    fig.set_size_inches(width / 100, (y - 10) / 100)
+    ax.set_xlim(0, width)
+    ax.set_ylim(y - 10, 0)
+    return fig
 
 
 def wandb_html(path: str | Path) -> Any:

@@ -17,7 +17,15 @@ import numpy as np
 import pytest
 import torch
 
-from src.viewer import Example, ViewerData, neuron_status, render_viewer, wandb_html, write_viewer
+from src.viewer import (
+    Example,
+    ViewerData,
+    neuron_status,
+    render_viewer,
+    topk_figure,
+    wandb_html,
+    write_viewer,
+)
 
 SENTENCES = [
     "i love this movie",
@@ -143,6 +151,23 @@ def test_long_sentence_is_cut_around_its_peak() -> None:
     assert entry["w"][entry["a"].index(max(entry["a"]))] == "w70"
 
 
+def test_static_figure_colours_the_top_sentences_words(tmp_path: Path) -> None:
+    data = make_data()
+    fig = topk_figure(data, neuron=0, top_k=3)
+    texts = fig.axes[0].texts
+    patched = {t.get_text(): t.get_bbox_patch() for t in texts if t.get_bbox_patch()}
+    drawn = [t.get_text() for t in texts]
+    peaks = [float(a[:, 0].max()) for a in data.activations]
+    best = SENTENCES[int(np.argmax(peaks))].split()
+    assert drawn[2 : 2 + len(best)] == best  # after the title and the first rank label
+    shade = {w: float(np.mean(p.get_facecolor()[:3])) for w, p in patched.items()}
+    assert min(shade, key=shade.get) == "love"  # the darkest patch is neuron 0's favourite
+    fig.savefig(tmp_path / "top3.png")
+    assert (tmp_path / "top3.png").stat().st_size > 5_000
+    with pytest.raises(ValueError, match="neuron=16 does not exist"):
+        topk_figure(data, neuron=16)
+
+
 def test_page_is_self_contained(tmp_path: Path) -> None:
     path = write_viewer(make_data(), tmp_path / "run" / "viewer.html")
     page = path.read_text(encoding="utf-8")
@@ -159,9 +184,12 @@ def test_sentence_words_cannot_break_out_of_the_page() -> None:
     data = make_data()
     data.sentences = [list(s) for s in data.sentences]
     data.sentences[0][0] = "</script><b>"
+    data.site = "__DATA__</title>"  # spelled like a placeholder of the page's template
     page = render_viewer(data)
     assert page.count("</script>") == 2  # the data block's and the code's, nothing else
-    assert embedded(page)["neurons"][0]["top"] is not None
+    assert page.count("</title>") == 1
+    assert embedded(page)["site"] == "__DATA__</title>"
+    assert "</script><b>" in embedded(page)["index"]
 
 
 @pytest.mark.parametrize(
