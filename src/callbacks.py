@@ -86,10 +86,11 @@ class NeuronAnalysis(L.Callback):
         network = pl_module.network
         loader = probe_loader(datamodule.splits["train"], self.probe_sentences, self.seed)
         probe = probe_layer(network, loader, self.layer)
-        weights = layer_pair(network, self.layer).incoming()
+        pair = layer_pair(network, self.layer)
         self.result = analyse_layer(
             probe,
-            weights,
+            pair.incoming(),
+            pair.w_out,
             self.layer,
             self.target_width,
             self.measure,
@@ -109,6 +110,7 @@ class NeuronAnalysis(L.Callback):
         np.save(self.folder / "similarity.npy", affinity.numpy())
         np.save(self.folder / "dissimilarity.npy", analysis.dissimilarity.numpy())
         degenerate = degenerate_neurons(lambda: [analysis.probe.activations])
+        status = analysis.status
         summary = {
             "layer": analysis.layer,
             "width": len(analysis.labels),
@@ -120,14 +122,13 @@ class NeuronAnalysis(L.Callback):
             "sizes": cluster_sizes(analysis.labels),
             "silhouette": analysis.silhouette,
             "effective_rank": effective_rank(analysis.probe.activations),
-            "alive": analysis.alive.nonzero().squeeze(1).tolist(),
-            "dead": degenerate.dead,
+            # One definition (src.analysis.neurons): alive, dead and nearly dead split the
+            # layer; the last two were left out of the clustering. Constant ones overlap them.
+            "alive": status.indices(status.alive),
+            "dead": status.indices(status.dead),
+            "nearly_dead": status.indices(status.nearly_dead),
             "constant": degenerate.constant,
         }
-        # Left out of the clustering but not dead: tiny next to the layer's peak, or firing on
-        # almost no word. Alive, dead and nearly dead split the layer; constant ones overlap.
-        left_out = set(range(summary["width"])) - set(summary["alive"])
-        summary["nearly_dead"] = sorted(left_out - set(degenerate.dead))
         (self.folder / "clusters.json").write_text(json.dumps(summary, indent=2) + "\n")
         log.info(
             "layer %d: %d live of %d neurons, clusters of sizes %s, silhouette %s",

@@ -33,6 +33,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from src.analysis.layer import LayerAnalysis, cluster_layer, probe_dissimilarity
+from src.analysis.neurons import neuron_status
 from src.analysis.probe import (
     AnalysisConfigError,
     check_target_width,
@@ -40,7 +41,6 @@ from src.analysis.probe import (
     probe_loader,
     resolve_layer,
 )
-from src.analysis.similarity import degenerate_neurons
 from src.analysis.stats import (
     effective_rank,
     mcnemar_exact_interval,
@@ -186,16 +186,25 @@ def study_baseline(
         loader = probe_loader(datamodule.splits["train"], run.analysis.probe_sentences, seed)
         probe = probe_layer(network, loader, layer)
         features = {split: layer_features(network, states[split], layer) for split in SPLITS}
+        pair = layer_pair(network, layer)
+        status = neuron_status(probe.activations, pair.w_out)  # as the clustering sees them
         rows.layers.append(
             {"data": data, "seed": seed, "layer": layer, "width": probe.activations.shape[1]}
-            | {"dead": len(degenerate_neurons(lambda p=probe: [p.activations]).dead)}
+            | {"dead": int(status.dead.sum()), "nearly_dead": int(status.nearly_dead.sum())}
             | {"effective_rank": effective_rank(probe.activations)}
         )
-        weights = layer_pair(network, layer).incoming()
+        weights = pair.incoming()
         dissimilarity = probe_dissimilarity(probe, run.analysis.measure)
         for width in widths:
             analysis = cluster_layer(
-                probe, dissimilarity, weights, layer, width, run.analysis.clustering, seed
+                probe,
+                dissimilarity,
+                weights,
+                pair.w_out,
+                layer,
+                width,
+                run.analysis.clustering,
+                seed,
             )
             key = {"data": data, "seed": seed, "layer": layer, "target_width": width}
             shrink_every_way(cfg, run, network, analysis, methods, features, key, test_acc, rows)

@@ -14,9 +14,9 @@ from src.analysis.clustering import (
     silhouette,
     spectral_clusters,
 )
+from src.analysis.neurons import NeuronStatus, neuron_status
 from src.analysis.probe import Probe
 from src.analysis.similarity import affinity_from_dissimilarity, dissimilarity_matrix
-from src.compress.base import alive_neurons, check_choice
 
 CLUSTERINGS = ("spectral", "agglomerative", "kmeans")
 
@@ -26,9 +26,22 @@ class LayerAnalysis:
     layer: int
     probe: Probe
     dissimilarity: Tensor  # (N, N), every neuron
-    alive: Tensor  # (N,) bool: neurons that carry signal on the probe words
-    labels: Tensor  # (N,) long, cluster 0..k-1, -1 for neurons left out as dead
+    status: NeuronStatus  # dead, nearly dead and alive neurons (src.analysis.neurons)
+    labels: Tensor  # (N,) long, cluster 0..k-1, -1 for the dead and nearly dead left out
     silhouette: float | None
+
+    @property
+    def alive(self) -> Tensor:
+        """(N,) bool: the neurons that were clustered."""
+        return self.status.alive
+
+
+def check_clustering(clustering: str) -> None:
+    """Fail early, naming the setting (the analysis package does not import src.compress)."""
+    if clustering not in CLUSTERINGS:
+        raise ValueError(
+            f"unknown analysis.clustering={clustering!r}; choose one of {', '.join(CLUSTERINGS)}"
+        )
 
 
 def cluster_alive(
@@ -39,8 +52,9 @@ def cluster_alive(
     clustering: str,
     seed: int,
 ) -> Tensor:
-    """Cluster the live neurons only; the dead get -1 and never take a kept neuron's place."""
-    check_choice(clustering, CLUSTERINGS, "analysis.clustering")
+    """Cluster the live neurons only; the dead and nearly dead get -1 and never take a kept
+    neuron's place."""
+    check_clustering(clustering)
     labels = torch.full((len(alive),), -1, dtype=torch.long)
     live = alive.nonzero().squeeze(1)
     if len(live) <= n_clusters:
@@ -70,21 +84,27 @@ def cluster_layer(
     probe: Probe,
     dissimilarity: Tensor,
     weights: Tensor,
+    outgoing: Tensor,
     layer: int,
     n_clusters: int,
     clustering: str = "spectral",
     seed: int = 0,
 ) -> LayerAnalysis:
-    """Cluster a layer whose dissimilarity is known: one dissimilarity serves every width."""
-    alive = alive_neurons(probe.activations)
-    labels = cluster_alive(dissimilarity, weights, alive, n_clusters, clustering, seed)
+    """Cluster a layer whose dissimilarity is known: one dissimilarity serves every width.
+
+    ``outgoing``: the next layer's weights (M, N), which decide with the activations which
+    neurons are alive (:func:`~src.analysis.neurons.neuron_status`).
+    """
+    status = neuron_status(probe.activations, outgoing)
+    labels = cluster_alive(dissimilarity, weights, status.alive, n_clusters, clustering, seed)
     score = silhouette(dissimilarity, labels)  # over the clustered (live) neurons
-    return LayerAnalysis(layer, probe, dissimilarity, alive, labels, score)
+    return LayerAnalysis(layer, probe, dissimilarity, status, labels, score)
 
 
 def analyse_layer(
     probe: Probe,
     weights: Tensor,
+    outgoing: Tensor,
     layer: int,
     n_clusters: int,
     measure: str = "shape",
@@ -92,6 +112,9 @@ def analyse_layer(
     seed: int = 0,
     chunk_size: int = 8192,
 ) -> LayerAnalysis:
-    """``weights``: the layer's incoming weights with the bias appended, (N, D + 1)."""
+    """``weights``: the layer's incoming weights with the bias appended, (N, D + 1);
+    ``outgoing``: the next layer's weights, (M, N)."""
     dissimilarity = probe_dissimilarity(probe, measure, chunk_size)
-    return cluster_layer(probe, dissimilarity, weights, layer, n_clusters, clustering, seed)
+    return cluster_layer(
+        probe, dissimilarity, weights, outgoing, layer, n_clusters, clustering, seed
+    )

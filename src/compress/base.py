@@ -71,9 +71,10 @@ class MergeMethod(Protocol):
     """A way to shrink a layer without training.
 
     ``activations``: post-ReLU outputs of the layer over the probe words, (words, N).
-    ``labels``: a cluster id per neuron (N,) from the configured clustering, -1 for neurons that
-    were found dead and left out of the clustering; ``None`` for methods that pick neurons
-    themselves. Returns a pair of width ``target_width`` (or less when fewer neurons are alive).
+    ``labels``: a cluster id per neuron (N,) from the configured clustering, -1 for neurons found
+    dead or nearly dead (:mod:`src.analysis.neurons`) and left out of the clustering; ``None``
+    for methods that pick neurons themselves. Returns a pair of width ``target_width`` (or less
+    when fewer neurons are alive).
     """
 
     def __call__(
@@ -84,24 +85,6 @@ class MergeMethod(Protocol):
         target_width: int,
         generator: torch.Generator,
     ) -> LayerPair: ...
-
-
-def alive_neurons(
-    activations: Tensor, rel_tol: float = 1e-2, min_active_fraction: float = 1e-3
-) -> Tensor:
-    """Boolean mask (N,) of neurons that carry signal on the probe words.
-
-    A neuron is dead when it never fires, and *nearly* dead when its largest activation is tiny
-    next to the layer's largest or it fires on almost no words. Nearly dead neurons must go too:
-    normalising their traces for magnitude turns noise into a trace unlike any other, which makes
-    a singleton cluster and wastes one of the kept neurons.
-    """
-    peak = activations.amax(dim=0)  # (N,)
-    active_fraction = (activations > 0).float().mean(dim=0)
-    layer_peak = peak.max()
-    if layer_peak <= 0:
-        return torch.zeros_like(peak, dtype=torch.bool)
-    return (peak > rel_tol * layer_peak) & (active_fraction >= min_active_fraction)
 
 
 REPRESENTATIVES = ("random", "medoid", "max_activation")

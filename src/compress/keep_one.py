@@ -7,7 +7,7 @@ with their outgoing weights and nothing compensates for them, which makes it the
 the weight-sum step of the project's own merge buys.
 
 Adaptation: the paper cuts the dendrogram at a distance threshold; here it is cut at the target
-width. Neurons dead on the probe words (:func:`~src.compress.base.alive_neurons`) are left out
+width. Dead and nearly dead neurons (:func:`~src.analysis.neurons.neuron_status`) are left out
 first: they carry nothing, and their traces, uncorrelated with anything, would each take a cluster.
 """
 
@@ -19,13 +19,8 @@ import torch
 from sklearn.cluster import AgglomerativeClustering
 from torch import Tensor
 
-from src.compress.base import (
-    REPRESENTATIVES,
-    LayerPair,
-    alive_neurons,
-    check_choice,
-    choose_representatives,
-)
+from src.analysis.neurons import neuron_status
+from src.compress.base import REPRESENTATIVES, LayerPair, check_choice, choose_representatives
 
 
 def correlation_clusters(activations: Tensor, k: int) -> Tensor:
@@ -63,7 +58,7 @@ class KeepOne:
         target_width: int,
         generator: torch.Generator,
     ) -> LayerPair:
-        alive = alive_neurons(activations).nonzero().squeeze(1)
+        alive = neuron_status(activations, pair.w_out).alive.nonzero().squeeze(1)
         clusters = correlation_clusters(activations[:, alive], target_width)
         reps = choose_representatives(
             activations[:, alive], clusters, self.representative, generator

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from src.compress.base import LayerPair, alive_neurons, check_choice
+from src.analysis.neurons import neuron_status
+from src.compress.base import LayerPair, check_choice
 
 CRITERIA = ("activation", "weight_norm")
 
@@ -34,8 +35,8 @@ def neuron_strength(pair: LayerPair, activations: Tensor, criterion: str) -> Ten
 class Prune:
     """:class:`~src.compress.base.MergeMethod` keeping the ``target_width`` strongest neurons.
 
-    Ignores the labels. Dead neurons (see :func:`~src.compress.base.alive_neurons`) rank below
-    every live one, so they are kept only when too few neurons are alive to reach the width.
+    Ignores the labels. Dead and nearly dead neurons (:func:`~src.analysis.neurons.neuron_status`)
+    rank below every live one, so they are kept only when too few are alive to reach the width.
     """
 
     criterion: str = "activation"
@@ -53,6 +54,6 @@ class Prune:
     ) -> LayerPair:
         strength = neuron_strength(pair, activations, self.criterion)
         order = strength.argsort(descending=True, stable=True)
-        dead = ~alive_neurons(activations)
+        dead = ~neuron_status(activations, pair.w_out).alive
         order = order[dead[order].int().argsort(stable=True)]  # live first, each by strength
         return pair.select(order[:target_width].sort().values)

@@ -1,0 +1,72 @@
+"""Which neurons of a layer are dead, nearly dead or alive: the one definition every part uses.
+
+The clustering, the methods that pick neurons (prune, keep_one), the statistics repair,
+``clusters.json`` and the study's ``layers.csv`` all read it from :func:`neuron_status`.
+
+A neuron matters by what it adds to the next layer, ``h_i * w_out[:, i]``, not by its activation
+alone: scaling a neuron's incoming weights and bias by c > 0 and its outgoing weights by 1 / c
+leaves the network's function unchanged (ReLU is positively homogeneous), so a definition must
+not change either. Judging by the activation's peak against the layer's (an earlier rule) dropped
+an exact multiple of a live neuron at 0.5 % scale together with its large outgoing weights.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import Tensor
+
+MIN_ACTIVE_FRACTION = 1e-3  # fires on under 0.1 % of the probe words: nearly dead
+MIN_RELATIVE_CONTRIBUTION = 1e-2  # under 1 % of the layer's largest contribution: nearly dead
+
+
+@dataclass(frozen=True)
+class NeuronStatus:
+    """Boolean masks (N,): ``dead`` and ``nearly_dead`` are disjoint; ``alive`` is the rest."""
+
+    dead: Tensor
+    nearly_dead: Tensor
+    contribution: Tensor  # (N,) float64, largest activation x ||outgoing weights||
+    active_fraction: Tensor  # (N,) float64, share of the probe words it fires on
+
+    @property
+    def alive(self) -> Tensor:
+        return ~(self.dead | self.nearly_dead)
+
+    @staticmethod
+    def indices(mask: Tensor) -> list[int]:
+        """The neurons a mask marks, as the list ``clusters.json`` writes."""
+        return mask.nonzero().flatten().tolist()
+
+
+def neuron_status(
+    activations: Tensor,
+    w_out: Tensor,
+    min_active_fraction: float = MIN_ACTIVE_FRACTION,
+    min_relative_contribution: float = MIN_RELATIVE_CONTRIBUTION,
+) -> NeuronStatus:
+    """Every neuron's status from its post-ReLU ``activations`` on the probe words (words, N)
+    and the next layer's weights ``w_out`` (M, N).
+
+    *Dead*: never fires on the probe words. *Nearly dead*: fires on under
+    ``min_active_fraction`` of them, or its largest contribution to the next layer (activation
+    times the norm of its outgoing weight column) is under ``min_relative_contribution`` of the
+    layer's largest. *Alive*: the rest. Nearly dead neurons are left out of the clustering with
+    the dead: normalising their traces for magnitude turns noise into a trace unlike any other,
+    which would make a singleton cluster and waste one of the kept neurons.
+    """
+    if activations.ndim != 2 or w_out.ndim != 2 or activations.shape[1] != w_out.shape[1]:
+        raise ValueError(
+            f"activations must be (words, {activations.shape[-1]}) and w_out "
+            f"(M, {activations.shape[-1]}): got {tuple(activations.shape)} and "
+            f"{tuple(w_out.shape)}"
+        )
+    h = activations.detach().double()
+    fires = h > 0
+    active_fraction = fires.double().mean(dim=0)
+    peak = h.amax(dim=0).clamp_min(0.0) if len(h) else h.new_zeros(h.shape[1])
+    contribution = peak * w_out.detach().double().norm(dim=0)
+    dead = ~fires.any(dim=0)
+    weak = contribution < min_relative_contribution * contribution.max()
+    nearly_dead = ~dead & ((active_fraction < min_active_fraction) | weak)
+    return NeuronStatus(dead, nearly_dead, contribution, active_fraction)
