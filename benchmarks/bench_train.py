@@ -226,7 +226,7 @@ def report(rows: list[dict]) -> None:
     print(
         f"\n{torch.get_num_threads()} threads, {machine_cores()} cores, torch {torch.__version__}"
     )
-    print("| corpus | form | words/s | x reference | x its own alone |")
+    print("| corpus | form | words/s | x reference | time against alone |")
     print("| --- | --- | --- | --- | --- |")
     for row in rows:
         same = [r for r in rows if r["data"] == row["data"]]
@@ -234,7 +234,7 @@ def report(rows: list[dict]) -> None:
         if row["form"].endswith("side by side"):
             base = rate["reference, 2 side by side"]
             alone = rate[row["form"].removesuffix(", 2 side by side")] / row["words/s"]
-            own = f"{alone:.2f}x slower"
+            own = f"{alone:.2f}x"
         else:
             base, own = rate["reference"], ""
         print(
