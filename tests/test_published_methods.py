@@ -11,6 +11,7 @@ from src.compress.keep_one import KeepOne
 from src.compress.model_folding import ModelFolding, fold
 from src.compress.neuron_merging import NeuronMerging, scaling_matrix
 from src.compress.repair import assign_groups, repair_statistics
+from src.compress.weight_sum import merge_by_weight_sum
 
 D, M = 5, 3
 
@@ -159,3 +160,49 @@ def test_repair_leaves_an_exact_merge_alone() -> None:
     repaired = repair_statistics(pair, merged, x)
     assert_close(repaired.w_in, merged.w_in, atol=1e-5)
     assert_close(repaired.b_in, merged.b_in, atol=1e-5)
+
+
+def twin_and_silent_pair(silent_bias: float) -> LayerPair:
+    """Neuron 3 is twice neuron 0; neuron 4 has real incoming and outgoing weights, but its bias
+    ``silent_bias`` keeps it (nearly) silent on the probe words."""
+    base = random_pair(5)
+    w_in, b_in = base.w_in.clone(), base.b_in.clone()
+    b_in[:3] = b_in[:3].abs() + 0.5  # 0..2 fire on most words
+    w_in[3], b_in[3] = 2 * w_in[0], 2 * b_in[0]
+    w_in[4], b_in[4] = 3 * w_in[1], silent_bias
+    return LayerPair(w_in, b_in, base.w_out, base.b_out)
+
+
+def test_repair_keeps_an_exact_merge_exact_beside_a_dead_neuron() -> None:
+    """A neuron that never fires reaches the next layer with nothing, so it has no share in any
+    kept neuron's target; with one, repair turned an exact merge into an error of about 8."""
+    pair, x = twin_and_silent_pair(silent_bias=-100.0), inputs()
+    h = pair.hidden(x)
+    assert (h[:, 4] == 0).all() and (h[:, :4] > 0).float().mean() > 0.5
+    labels = torch.tensor([0, 1, 2, 0, -1])
+    merged = merge_by_weight_sum(pair, h, labels, torch.tensor([0, 1, 2]))
+    fresh = inputs(500, seed=2)
+    assert_close(merged.forward(fresh), pair.forward(fresh), atol=1e-5)
+    repaired = repair_statistics(pair, merged, x)
+    assert_close(repaired.forward(fresh), pair.forward(fresh), atol=1e-5)
+
+
+def test_repair_gives_no_share_to_a_nearly_dead_neuron() -> None:
+    """Firing on under 0.1 % of the words, its pre-activation is almost all below zero and
+    never reaches the next layer: as a share it would drag the target's mean and std."""
+    pair, x = twin_and_silent_pair(silent_bias=-24.6), inputs(4000)
+    h = pair.hidden(x)
+    fires = (h[:, 4] > 0).float().mean()
+    assert 0 < fires < 1e-3
+    labels = torch.tensor([0, 1, 2, 0, -1])
+    merged = merge_by_weight_sum(pair, h, labels, torch.tensor([0, 1, 2]))
+    repaired = repair_statistics(pair, merged, x)
+    assert_close(repaired.w_in, merged.w_in, atol=1e-5)
+    assert_close(repaired.b_in, merged.b_in, atol=1e-5)
+
+
+def test_repair_leaves_a_kept_neuron_that_stands_for_no_live_one_alone() -> None:
+    pair, x = twin_and_silent_pair(silent_bias=-100.0), inputs()
+    kept = pair.select(torch.tensor([0, 1, 2, 4]))  # the silent neuron 4 kept as it is
+    repaired = repair_statistics(pair, kept, x, groups=torch.tensor([0, 1, 2, 0, 3]))
+    assert torch.equal(repaired.w_in[3], kept.w_in[3]) and repaired.b_in[3] == kept.b_in[3]

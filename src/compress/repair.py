@@ -15,6 +15,12 @@ the same combination of the members' pre-activations, ``sum_m s_m z_m``. For a w
 (``w'_k = sum_m w_m``) of identical members this is their common trace; for Neuron Merging's exact
 case (``z_j = c z_i``, ``w'_i = w_i + c w_j``) it is ``z_i`` itself, so repair leaves exact merges
 alone. Pre-activations rather than activations, because that is where a rescale can be folded.
+
+Only live neurons (:func:`~src.analysis.neurons.neuron_status`) get a share. A neuron that never
+fires on the probe words, or almost never, sends (next to) nothing to the next layer, yet its
+pre-activation, mostly below zero, would drag the target's mean and std, and repair would spoil
+an exact merge that merely has a dead neuron beside it. A kept neuron that stands for no live
+neuron is left as it is.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from src.analysis.neurons import neuron_status
 from src.compress.base import LayerPair
 
 
@@ -49,7 +56,8 @@ def repair_statistics(
     (words, D), to its group's target (module docstring).
 
     ``groups`` (N,): the kept neuron each original neuron stands in for, -1 for none; defaults to
-    :func:`assign_groups`. A kept neuron whose pre-activation is constant is only shifted.
+    :func:`assign_groups`. Dead and nearly dead neurons stand for nothing. A kept neuron whose
+    pre-activation is constant is only shifted.
     """
     groups = assign_groups(original, merged) if groups is None else groups
     f64 = torch.float64
@@ -59,11 +67,14 @@ def repair_statistics(
     w_kept = merged.w_out.double()
     out_norm2 = w_kept.square().sum(dim=0).clamp_min(torch.finfo(f64).eps)
     shares = (w_kept.T @ original.w_out.double()) / out_norm2[:, None]  # (k, N)
-    shares = shares * (groups[None, :] == torch.arange(merged.width)[:, None])
+    live = neuron_status(torch.relu(z_orig), original.w_out).alive
+    shares = shares * (groups[None, :] == torch.arange(merged.width)[:, None]) * live[None, :]
     target = z_orig @ shares.T  # (words, k)
+    stands_for = (shares != 0).any(dim=1)  # the kept neurons with a target at all
     kept_std = z_kept.std(dim=0)
-    scale = torch.where(kept_std > torch.finfo(f64).eps, target.std(dim=0) / kept_std, 1.0)
-    shift = target.mean(dim=0) - scale * z_kept.mean(dim=0)
+    rescale = stands_for & (kept_std > torch.finfo(f64).eps)
+    scale = torch.where(rescale, target.std(dim=0) / kept_std, 1.0)
+    shift = torch.where(stands_for, target.mean(dim=0) - scale * z_kept.mean(dim=0), 0.0)
     w_in = scale[:, None] * merged.w_in.double()
     b_in = scale * merged.b_in.double() + shift
     dtype = merged.w_in.dtype
