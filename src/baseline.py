@@ -3,26 +3,37 @@
 A cache entry is a folder named by a hash of every setting that changes the trained weights
 (data, model, trainer, early stopping, seed). It is written under a temporary name and renamed
 into place, so a half-written entry is never read, and a file lock makes parallel jobs that need
-the same baseline train it once.
+the same baseline train it once. Its ``baseline.json`` holds the sha256 of its ``model.ckpt``,
+checked on every load.
+
+Every checkpoint is loaded with ``weights_only=True``: tensors and plain data, never code. A file
+that needs more, is not a checkpoint, or holds non-finite weights is refused in one line.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
+import pickle
+import re
 import shutil
 import time
 import warnings
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import lightning as L
+import torch
 from filelock import FileLock
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from tokenizers import Tokenizer
 
+from src.checkpoints import SETTINGS_KEY, TrainingSettings
 from src.data import SentimentDataModule
 from src.model import SentimentClassifier
 
@@ -41,12 +52,22 @@ NOT_IN_KEY = {
 CHECKPOINT, METRICS = "model.ckpt", "baseline.json"
 
 
+# Settings a resume must share with the checkpoint it goes on from (keys of weight_settings,
+# flattened): what is trained on and the model's shape. The trainer's may change (more epochs).
+RESUME_MUST_MATCH = ("seed", "data.", "model.")
+
+
 class CheckpointError(ValueError):
     """A checkpoint that does not load; the message names the setting or file to change."""
 
 
-def cache_key(cfg: DictConfig) -> str:
-    """Hash of the settings that decide the baseline's weights."""
+class _Refused(Exception):
+    """Why some bytes are not a checkpoint we load; the caller names the file."""
+
+
+def weight_settings(cfg: DictConfig) -> dict[str, Any]:
+    """The settings that decide the baseline's weights: what :func:`cache_key` hashes, and what
+    every checkpoint a training writes records (:class:`~src.checkpoints.TrainingSettings`)."""
     parts = {
         "seed": cfg.seed,
         "model": OmegaConf.to_container(cfg.model, resolve=True),
@@ -57,20 +78,84 @@ def cache_key(cfg: DictConfig) -> str:
     for group, dropped in NOT_IN_KEY.items():
         settings = OmegaConf.to_container(cfg[group], resolve=True)
         parts[group] = {k: v for k, v in settings.items() if k not in dropped}
-    blob = json.dumps(parts, sort_keys=True, default=str)
+    return parts
+
+
+def cache_key(cfg: DictConfig) -> str:
+    """Hash of the settings that decide the baseline's weights."""
+    blob = json.dumps(weight_settings(cfg), sort_keys=True, default=str)
     return f"{cfg.data.name}-{hashlib.sha256(blob.encode()).hexdigest()[:16]}"
+
+
+def _parse(data: bytes) -> dict[str, Any]:
+    """The checkpoint in ``data``, unpickled with ``weights_only=True`` (a pickled object that
+    would run code is refused, never built), with every floating weight finite."""
+    if not zipfile.is_zipfile(io.BytesIO(data)):
+        raise _Refused("is not a PyTorch checkpoint (the zip archive torch.save writes)")
+    try:
+        checkpoint = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        found = re.search(r"GLOBAL (\S+)", str(error))
+        held = f" ({found.group(1)})" if found else ""
+        raise _Refused(
+            f"holds Python objects beyond tensors and plain data{held}, which loading could run"
+        ) from None
+    except Exception as error:  # a damaged archive: torch raises many kinds
+        raise _Refused(f"is a damaged PyTorch checkpoint ({type(error).__name__})") from None
+    state = checkpoint.get("state_dict") if isinstance(checkpoint, dict) else None
+    if not isinstance(state, dict) or "hyper_parameters" not in checkpoint:
+        raise _Refused("holds no state_dict and hyper_parameters: not a model checkpoint")
+    bad = [
+        name
+        for name, value in state.items()
+        if torch.is_tensor(value) and value.is_floating_point() and not value.isfinite().all()
+    ]
+    if bad:
+        others = f" and {len(bad) - 1} more" if len(bad) > 1 else ""
+        raise _Refused(f"holds non-finite weights ({bad[0]}{others})")
+    return checkpoint
+
+
+def _model(data: bytes) -> SentimentClassifier:
+    """Lightning's own loading of checkpoint bytes that :func:`_parse` accepted."""
+    try:
+        return SentimentClassifier.load_from_checkpoint(
+            io.BytesIO(data), map_location="cpu", weights_only=True
+        )
+    except Exception as error:  # hyperparameters or weights of another model
+        reason = " ".join(str(error).split())[:300]
+        raise _Refused(f"does not fit this model ({reason})") from None
+
+
+def _label(path: str | Path, setting: str) -> str:
+    return f"{setting}={path}" if re.fullmatch(r"[\w.]+", setting) else f"{setting} {path}"
+
+
+def _read(path: str | Path, setting: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as error:
+        raise CheckpointError(
+            f"{_label(path, setting)} cannot be read: {error.strerror or error}"
+        ) from None
+
+
+def read_checkpoint(path: str | Path, setting: str = "ckpt_path") -> dict[str, Any]:
+    """The checkpoint's contents, loaded safely; refused in one line naming ``setting``."""
+    try:
+        return _parse(_read(path, setting))
+    except _Refused as why:
+        raise CheckpointError(f"{_label(path, setting)} is refused: it {why}") from None
 
 
 def load_checkpoint(path: str | Path, setting: str = "ckpt_path") -> SentimentClassifier:
     """Load a trained classifier; a file that does not load gets a message naming ``setting``."""
+    data = _read(path, setting)
     try:
-        return SentimentClassifier.load_from_checkpoint(
-            str(path), map_location="cpu", weights_only=False
-        )
-    except Exception as error:  # torch raises many kinds for a damaged or foreign file
-        raise CheckpointError(
-            f"{setting}={path} does not load as a trained model: {error}"
-        ) from error
+        _parse(data)
+        return _model(data)
+    except _Refused as why:
+        raise CheckpointError(f"{_label(path, setting)} is refused: it {why}") from None
 
 
 @dataclass
@@ -94,7 +179,7 @@ def fit_baseline(
         # OnExceptionCheckpoint makes fit look for a "last" checkpoint to resume from (there is
         # one only after a Ctrl-C in the same run folder) and warn about it on every fresh run.
         warnings.filterwarnings("ignore", message=r".*ckpt_path.*")
-        trainer.fit(model, datamodule=datamodule, ckpt_path=resume)
+        trainer.fit(model, datamodule=datamodule, ckpt_path=resume, weights_only=True)
     seconds = time.perf_counter() - start
     best = Path(trainer.checkpoint_callback.best_model_path)
     return Baseline(load_checkpoint(best, "the best checkpoint"), seconds, True, best)
@@ -112,13 +197,32 @@ class BaselineCache:
         if not entry.is_dir():
             return None
         try:
-            model = load_checkpoint(entry / CHECKPOINT, f"the cache entry {entry}")
-            seconds = json.loads((entry / METRICS).read_text())["train_seconds"]
-        except (CheckpointError, OSError, ValueError, KeyError) as error:
-            log.warning("baseline cache entry %s is damaged (%s): rebuilding it", entry, error)
+            baseline = self._verified(entry)
+        except _Refused as why:
+            log.warning("baseline cache entry %s is damaged (%s): rebuilding it", entry, why)
             shutil.rmtree(entry, ignore_errors=True)
             return None
         log.info("loaded the baseline from the cache: %s", entry)
+        return baseline
+
+    @staticmethod
+    def _verified(entry: Path) -> Baseline:
+        """The entry's baseline, once its bytes match the sha256 stored with them."""
+        try:
+            record = json.loads((entry / METRICS).read_text())
+            seconds, digest = float(record["train_seconds"]), record.get("sha256")
+            data = (entry / CHECKPOINT).read_bytes()
+        except (OSError, ValueError, TypeError, KeyError) as error:
+            raise _Refused(f"{METRICS} or {CHECKPOINT} does not read: {error}") from None
+        if digest is None:
+            raise _Refused(f"{METRICS} holds no sha256 of {CHECKPOINT} (an older entry)")
+        if hashlib.sha256(data).hexdigest() != digest:
+            raise _Refused(f"{CHECKPOINT} does not match the sha256 stored in {METRICS}")
+        try:
+            _parse(data)
+            model = _model(data)
+        except _Refused as why:
+            raise _Refused(f"{CHECKPOINT} {why}") from None
         return Baseline(model, seconds, False, entry / CHECKPOINT)
 
     def store(self, key: str, baseline: Baseline, config_yaml: str) -> None:
@@ -127,8 +231,13 @@ class BaselineCache:
         tmp = self.root / f".{key}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        shutil.copy2(baseline.checkpoint, tmp / CHECKPOINT)
-        (tmp / METRICS).write_text(json.dumps({"train_seconds": baseline.train_seconds}))
+        data = Path(baseline.checkpoint).read_bytes()
+        (tmp / CHECKPOINT).write_bytes(data)
+        record = {
+            "train_seconds": baseline.train_seconds,
+            "sha256": hashlib.sha256(data).hexdigest(),
+        }
+        (tmp / METRICS).write_text(json.dumps(record))
         (tmp / "config.yaml").write_text(config_yaml)
         shutil.rmtree(entry, ignore_errors=True)
         tmp.rename(entry)
@@ -145,7 +254,7 @@ def obtain_baseline(
 
     The datamodule ends up set up with the baseline's own tokenizer.
     """
-    check_resume(cfg)
+    resumed = check_resume(cfg)
     if cfg.ckpt_path:
         baseline = Baseline(load_checkpoint(cfg.ckpt_path), 0.0, False, Path(cfg.ckpt_path))
         widths = list(baseline.model.hparams["head_widths"])
@@ -159,10 +268,10 @@ def obtain_baseline(
         with cache.lock(key):
             baseline = cache.load(key)
             if baseline is None:
-                baseline = train_baseline(cfg, datamodule, trainer)
+                baseline = train_baseline(cfg, datamodule, trainer, resumed)
                 cache.store(key, baseline, OmegaConf.to_yaml(cfg, resolve=True))
     else:
-        baseline = train_baseline(cfg, datamodule, trainer)
+        baseline = train_baseline(cfg, datamodule, trainer, resumed)
     if datamodule.tokenizer is None:
         if baseline.model.tokenizer_json is None:
             raise CheckpointError(f"{baseline.checkpoint} holds no tokenizer: retrain it")
@@ -171,11 +280,12 @@ def obtain_baseline(
     return baseline
 
 
-def check_resume(cfg: DictConfig) -> None:
-    """Refuse a ``resume`` that cannot be honoured before any data is read."""
+def check_resume(cfg: DictConfig) -> dict[str, Any] | None:
+    """The ``resume`` checkpoint, loaded safely and refused before any data is read when it
+    cannot be honoured: it must record the same data, model and seed settings as this run."""
     resume = cfg.get("resume")
     if not resume:
-        return
+        return None
     if cfg.ckpt_path:
         raise CheckpointError(
             f"resume={resume} continues a training, ckpt_path={cfg.ckpt_path} skips training: "
@@ -186,14 +296,64 @@ def check_resume(cfg: DictConfig) -> None:
             f"resume={resume} is not a file: give an interrupted run's "
             "<run>/checkpoints/interrupted.ckpt (or last.ckpt)"
         )
+    checkpoint = read_checkpoint(resume, "resume")
+    recorded = checkpoint.get(SETTINGS_KEY)
+    if not isinstance(recorded, dict):
+        raise CheckpointError(
+            f"resume={resume} records no training settings (not a checkpoint of a training by "
+            "this version), so it cannot be checked against this run: train afresh"
+        )
+    was, now = _flat(recorded), _flat(weight_settings(cfg))
+    differ = sorted(
+        key
+        for key in was.keys() | now.keys()
+        if key.startswith(RESUME_MUST_MATCH) and was.get(key, _UNSET) != now.get(key, _UNSET)
+    )
+    if differ:
+        then = ", ".join(f"{key}={_show(was.get(key, _UNSET))}" for key in differ)
+        here = ", ".join(f"{key}={_show(now.get(key, _UNSET))}" for key in differ)
+        raise CheckpointError(
+            f"resume={resume}: the checkpoint was trained with {then}, this run has {here}; "
+            "resume with the checkpoint's settings"
+        )
+    return checkpoint
+
+
+_UNSET = object()
+
+
+def _flat(settings: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"data": {"max_length": 64}}`` -> ``{"data.max_length": 64}``, as on the command line."""
+    flat: dict[str, Any] = {}
+    for key, value in settings.items():
+        if isinstance(value, dict) and value:
+            flat |= _flat(value, f"{prefix}{key}.")
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _show(value: Any) -> str:
+    if value is _UNSET:
+        return "(unset)"
+    return value if isinstance(value, str) else json.dumps(value)
 
 
 def train_baseline(
-    cfg: DictConfig, datamodule: SentimentDataModule, trainer: L.Trainer
+    cfg: DictConfig,
+    datamodule: SentimentDataModule,
+    trainer: L.Trainer,
+    resumed: dict[str, Any] | None = None,
 ) -> Baseline:
+    """Train (or go on training ``resumed``, with the tokenizer its weights were trained with);
+    every checkpoint written records the settings that decide the weights."""
+    if resumed is not None and resumed.get("tokenizer") and datamodule.tokenizer is None:
+        datamodule.tokenizer = Tokenizer.from_str(resumed["tokenizer"])
     datamodule.setup()
     model = instantiate(cfg.model, vocab_size=datamodule.tokenizer.get_vocab_size())
     model.tokenizer_json = datamodule.tokenizer.to_str()
+    trainer.callbacks = [c for c in trainer.callbacks if not isinstance(c, TrainingSettings)]
+    trainer.callbacks.append(TrainingSettings(weight_settings(cfg)))
     if cfg.get("resume"):
         log.info("continuing the training from resume=%s", cfg.resume)
     return fit_baseline(model, datamodule, trainer, cfg.get("resume"))

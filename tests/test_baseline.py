@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
+import os
+import struct
+import zipfile
 from pathlib import Path
 
 import lightning as L
@@ -9,10 +15,17 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from src.baseline import Baseline, BaselineCache, CheckpointError, cache_key, load_checkpoint
+from src.baseline import (
+    Baseline,
+    BaselineCache,
+    CheckpointError,
+    cache_key,
+    check_resume,
+    load_checkpoint,
+)
 from src.data import collate
 from src.model import SentimentClassifier
-from tests.conftest import compose_config
+from tests.conftest import ROOT, compose_config
 
 
 @pytest.mark.parametrize(
@@ -66,6 +79,8 @@ def test_a_stored_baseline_loads_back_with_its_weights_and_tokenizer(
     assert loaded.model.tokenizer_json == "{}"
     original = load_checkpoint(checkpoint).state_dict()
     assert all(torch.equal(v, original[k]) for k, v in loaded.model.state_dict().items())
+    record = json.loads((tmp_path / "cache" / "key" / "baseline.json").read_text())
+    assert record["sha256"] == hashlib.sha256(checkpoint.read_bytes()).hexdigest()
 
 
 def test_a_corrupt_cache_entry_is_removed_so_it_gets_rebuilt(tmp_path: Path) -> None:
@@ -81,3 +96,111 @@ def test_a_checkpoint_that_does_not_load_names_the_setting(tmp_path: Path) -> No
     (tmp_path / "x.ckpt").write_bytes(b"garbage")
     with pytest.raises(CheckpointError, match="ckpt_path="):
         load_checkpoint(tmp_path / "x.ckpt")
+
+
+class RunsShell:
+    """Pickles as a call of ``os.system(command)``: what a malicious checkpoint carries."""
+
+    def __init__(self, command: str) -> None:
+        self.command = command
+
+    def __reduce__(self) -> tuple:
+        return (os.system, (self.command,))
+
+
+def store(cache: BaselineCache, key: str, checkpoint: Path) -> Path:
+    """A real cache entry holding ``checkpoint``."""
+    cache.store(key, Baseline(load_checkpoint(checkpoint), 1.0, True, checkpoint), "a: 1\n")
+    return cache.root / key
+
+
+def plant(entry: Path, data: bytes) -> None:
+    """Write ``data`` as the entry's model.ckpt, with its true sha256: a planted entry."""
+    entry.mkdir(parents=True, exist_ok=True)
+    (entry / "model.ckpt").write_bytes(data)
+    record = {"train_seconds": 1.0, "sha256": hashlib.sha256(data).hexdigest()}
+    (entry / "baseline.json").write_text(json.dumps(record))
+
+
+def test_a_checkpoint_that_would_run_code_is_refused_and_runs_nothing(
+    checkpoint: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    ran = tmp_path / "ran"
+    evil = torch.load(checkpoint, weights_only=True)
+    evil["hyper_parameters"]["dropout"] = RunsShell(f"touch {ran}")
+    path = tmp_path / "evil.ckpt"
+    torch.save(evil, path)
+
+    with pytest.raises(CheckpointError) as refused:
+        load_checkpoint(path)
+    message = str(refused.value)
+    assert message.startswith(f"ckpt_path={path} is refused") and "\n" not in message
+    assert "system" in message  # what it would have run
+
+    with pytest.raises(CheckpointError, match=r"^resume=.* is refused"):
+        check_resume(compose_config(f"resume={path}"))
+
+    entry = tmp_path / "cache" / "key"
+    plant(entry, path.read_bytes())
+    with caplog.at_level(logging.WARNING):
+        assert BaselineCache(tmp_path / "cache").load("key") is None
+    assert not entry.exists() and "system" in caplog.text
+    assert not ran.exists()  # the command never ran
+
+
+def test_a_file_that_is_not_a_checkpoint_gets_a_one_line_refusal() -> None:
+    with pytest.raises(CheckpointError) as refused:
+        load_checkpoint(ROOT / "README.md")
+    assert str(refused.value) == (
+        f"ckpt_path={ROOT / 'README.md'} is refused: it is not a PyTorch checkpoint "
+        "(the zip archive torch.save writes)"
+    )
+
+
+def overwrite_weights(path: Path, value: float) -> None:
+    """Write ``value`` over every tensor's bytes inside the checkpoint, in place, as a stray
+    write or a bad disk would: the archive still reads (torch checks no CRC)."""
+    with zipfile.ZipFile(path) as archive:
+        tensors = [i for i in archive.infolist() if "/data/" in i.filename]
+    with path.open("r+b") as file:
+        for info in tensors:
+            file.seek(info.header_offset + 26)  # the local header's name and extra lengths
+            name, extra = struct.unpack("<HH", file.read(4))
+            file.seek(info.header_offset + 30 + name + extra)
+            file.write(struct.pack("<f", value) * (info.file_size // 4))
+
+
+@pytest.mark.parametrize("value", [0.5, float("nan")], ids=["finite", "nan"])
+def test_a_damaged_cache_entry_is_named_once_removed_and_rebuilt(
+    checkpoint: Path, tmp_path: Path, value: float, caplog: pytest.LogCaptureFixture
+) -> None:
+    cache = BaselineCache(tmp_path / "cache")
+    entry = store(cache, "key", checkpoint)
+    overwrite_weights(entry / "model.ckpt", value)
+    assert torch.load(entry / "model.ckpt", weights_only=True)["state_dict"]  # still reads
+    with caplog.at_level(logging.WARNING):
+        assert cache.load("key") is None
+    assert not entry.exists()
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warning.count(str(entry)) == 1 and "\n" not in warning
+    assert "sha256" in warning
+
+
+def test_non_finite_weights_are_refused_even_with_a_matching_hash(
+    checkpoint: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    overwrite_weights(checkpoint, float("nan"))  # e.g. a training that diverged
+    with pytest.raises(CheckpointError, match=r"^ckpt_path=.* holds non-finite weights"):
+        load_checkpoint(checkpoint)
+    entry = tmp_path / "cache" / "key"
+    plant(entry, checkpoint.read_bytes())
+    with caplog.at_level(logging.WARNING):
+        assert BaselineCache(tmp_path / "cache").load("key") is None
+    assert not entry.exists() and "non-finite" in caplog.text
+
+
+def test_an_entry_without_a_stored_hash_is_rebuilt(checkpoint: Path, tmp_path: Path) -> None:
+    entry = store(BaselineCache(tmp_path), "key", checkpoint)
+    (entry / "baseline.json").write_text('{"train_seconds": 1.0}')  # as entries used to be
+    assert BaselineCache(tmp_path).load("key") is None
+    assert not entry.exists()
