@@ -206,3 +206,60 @@ def test_repair_leaves_a_kept_neuron_that_stands_for_no_live_one_alone() -> None
     kept = pair.select(torch.tensor([0, 1, 2, 4]))  # the silent neuron 4 kept as it is
     repaired = repair_statistics(pair, kept, x, groups=torch.tensor([0, 1, 2, 0, 3]))
     assert torch.equal(repaired.w_in[3], kept.w_in[3]) and repaired.b_in[3] == kept.b_in[3]
+
+
+def test_neuron_merging_keeps_the_largest_l1_norms_by_default() -> None:
+    """The official code's default criterion (``--criterion l1-norm``), and its README's."""
+    f = torch.zeros(3, D + 1)
+    f[0] = 1.0  # l1 6, l2 2.45
+    f[1, 0] = 2.6  # l1 2.6, l2 2.6: first by l2, last by l1
+    f[2, :3] = 1.2  # l1 3.6, l2 2.08
+    pair = LayerPair(f[:, :D], f[:, D], torch.randn(M, 3, generator=gen()), torch.zeros(M))
+    assert torch.equal(
+        NeuronMerging()(pair, pair.hidden(inputs()), None, 2, gen()).w_in, f[[0, 2], :D]
+    )
+    assert torch.equal(
+        NeuronMerging("norm")(pair, pair.hidden(inputs()), None, 1, gen()).w_in, f[[1], :D]
+    )
+
+
+def test_a_threshold_of_zero_is_refused_and_the_official_meaning_explained() -> None:
+    with pytest.raises(ValueError, match=r"compress.threshold.*official code.*every pruned neuron"):
+        NeuronMerging(threshold=0.0)
+
+
+def crossed_pair() -> LayerPair:
+    """Incoming weights pair 0 with 1 and 2 with 3; the larger outgoing weights pair 0 with 2 and
+    1 with 3."""
+    g = gen(5)
+    a, b = torch.randn(2, D + 1, generator=g)
+    noise = 0.05 * torch.randn(4, D + 1, generator=g)
+    incoming = torch.stack([a, a, b, b]) + noise
+    c, e = 10 * torch.randn(2, M, generator=g)
+    w_out = torch.stack([c, e, c, e], dim=1) + 0.05 * torch.randn(M, 4, generator=g)
+    return LayerPair(incoming[:, :D], incoming[:, D], w_out, torch.zeros(M))
+
+
+def folded_groups(pair: LayerPair, merged: LayerPair) -> set[frozenset[int]]:
+    """Which original neurons each folded neuron summed, read back from its outgoing weights."""
+    groups = set()
+    for column in merged.w_out.T:
+        for members in ([0, 1], [2, 3], [0, 2], [1, 3], [0, 3], [1, 2]):
+            if torch.allclose(column, pair.w_out[:, members].sum(dim=1), atol=1e-5):
+                groups.add(frozenset(members))
+    return groups
+
+
+def test_model_folding_clusters_on_incoming_bias_and_outgoing_weights_as_the_official_code() -> (
+    None
+):
+    pair, x = crossed_pair(), inputs()
+    merged = ModelFolding()(pair, pair.hidden(x), None, 2, gen())
+    assert folded_groups(pair, merged) == {frozenset({0, 2}), frozenset({1, 3})}
+    incoming_only = ModelFolding(features="incoming")(pair, pair.hidden(x), None, 2, gen())
+    assert folded_groups(pair, incoming_only) == {frozenset({0, 1}), frozenset({2, 3})}
+
+
+def test_model_folding_features_name_the_setting() -> None:
+    with pytest.raises(ValueError, match="compress.features"):
+        ModelFolding(features="activations")

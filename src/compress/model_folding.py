@@ -3,17 +3,29 @@ to Compress").
 
 Data-free: k-means groups neurons by their weights; each cluster becomes one neuron with the
 members' mean incoming weights and bias, and the next layer sums the members' outgoing weights (the
-paper's projection onto cluster means, folded into the two layers). Neurons are clustered on their
-incoming weights with the bias appended.
+paper's projection onto cluster means, folded into the two layers).
 
-Averaging members that are not identical shrinks the pre-activation's variance; the paper repairs
-that from batch-norm statistics (Fold-DIR) or from the members' weight correlations (Fold-AR,
-rescaling by ``sqrt(n / (1 + (n - 1) rho))``). This layer has no batch norm, so the repair is the
-Fold-AR idea made exact for inputs with isotropic covariance ``s^2 I``: then a neuron's
-pre-activation std is ``s ||w||`` and the mean is ``b`` (for zero-mean inputs), so scaling the
-merged incoming weights (not the bias) to the norm ``mean_m ||w_m||`` gives the merged neuron the
-members' average std while keeping the mean. With equal member norms and ``rho`` the mean pairwise
-cosine this is exactly Fold-AR's factor.
+What a neuron is clustered on follows the authors' code (github.com/marza96/ModelFolding,
+``utils/weight_clustering.py``): ``concat_weights`` takes every tensor that the layer's neuron
+permutation touches, moves the neuron axis first, flattens and stacks them side by side, as they
+are (no block is normalised). For a linear layer without batch norm that is ``[w_in | b_in |
+w_out^T]``: incoming weights, bias **and outgoing weights** (``compress.features=
+incoming_outgoing``, the default; ``incoming`` drops the outgoing block). Their
+``WeightClustering`` then runs PCA with as many components as neurons, a rotation of the centred
+rows that leaves k-means' distances as they are, and Hartigan's k-means (``hkmeans``, 10 restarts);
+only with their data-free repair do they first standardise each column (``RobustScaler``). Here:
+scikit-learn's k-means (Lloyd, 10 restarts) on the raw rows, as their code without that repair.
+
+Averaging members that are not identical shrinks the pre-activation's variance. The paper repairs
+that from batch-norm statistics (Fold-DIR), or data-free by Fold-AR: the merged batch-norm scale
+times ``sqrt(n / (1 + (n - 1) rho))``, with ``rho`` the members' mean pairwise cosine over the same
+stacked weights (the authors' ``get_average_correlation``). This layer has no batch norm to
+rescale, so ``norm_repair`` is our own adaptation, not the paper's Fold-AR. It makes the Fold-AR
+idea exact for inputs with isotropic covariance ``s^2 I``: then a neuron's pre-activation std is
+``s ||w||`` and the mean is ``b`` (for zero-mean inputs), so scaling the merged incoming weights
+(not the bias) to the norm ``mean_m ||w_m||`` gives the merged neuron the members' average std
+while keeping the mean. With equal member norms and ``rho`` the mean pairwise cosine of the
+incoming weights this is Fold-AR's factor.
 """
 
 from __future__ import annotations
@@ -24,7 +36,17 @@ import torch
 from sklearn.cluster import KMeans
 from torch import Tensor
 
-from src.compress.base import LayerPair
+from src.compress.base import LayerPair, check_choice
+
+FEATURES = ("incoming_outgoing", "incoming")
+
+
+def folding_features(pair: LayerPair, features: str = "incoming_outgoing") -> Tensor:
+    """What k-means sees of each neuron, (N, D + 1 [+ M]), float64 (module docstring)."""
+    check_choice(features, FEATURES, "compress.features")
+    if features == "incoming":
+        return pair.incoming().double()
+    return torch.column_stack([pair.w_in, pair.b_in, pair.w_out.T]).double()
 
 
 def fold(pair: LayerPair, labels: Tensor, repair: bool = True) -> LayerPair:
@@ -49,12 +71,17 @@ def fold(pair: LayerPair, labels: Tensor, repair: bool = True) -> LayerPair:
 class ModelFolding:
     """:class:`~src.compress.base.MergeMethod` for Model Folding; ignores activations and labels.
 
+    ``features``: what neurons are clustered on, one of :data:`FEATURES` (module docstring).
     ``norm_repair``: rescale merged neurons to the members' average weight norm (the data-free
     variance repair above; ``compress.repair`` is the data-driven REPAIR, open to every method).
     k-means runs with 10 restarts, seeded from ``generator``.
     """
 
+    features: str = "incoming_outgoing"
     norm_repair: bool = True
+
+    def __post_init__(self) -> None:
+        check_choice(self.features, FEATURES, "compress.features")
 
     def __call__(
         self,
@@ -64,7 +91,7 @@ class ModelFolding:
         target_width: int,
         generator: torch.Generator,
     ) -> LayerPair:
-        features = pair.incoming().double().numpy()
+        features = folding_features(pair, self.features).numpy()
         seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
         k = min(target_width, pair.width)
         clusters = KMeans(n_clusters=k, n_init=10, random_state=seed).fit_predict(features)

@@ -9,6 +9,15 @@ approximation whose quality the cosine threshold controls.
 Adaptation to this layer: a neuron's feature is its incoming weights with the bias appended (the
 paper's fully connected case; its batch-norm variant does not apply, there is no batch norm), and
 ``c`` is the paper's norm ratio ``||f_j|| / ||f_i||``.
+
+Against the authors' code (github.com/friendshipkim/neuron-merging, ``decompose.py``:
+``get_output_channel_index`` and ``create_scaling_mat_ip_thres_bias``, the LeNet-300-100 branch that
+appends the bias): the same pruning criteria and scaling matrix, and the default criterion is
+theirs, ``l1`` (``--criterion l1-norm``, the one their README's results use). One difference: they
+skip the threshold test when the threshold is 0 (``if threshold and max_cos < threshold``), so
+there every pruned neuron is merged into its most similar kept neuron even when that cosine is
+negative, scaled by the positive norm ratio. That adds a neuron pointing away from the kept one
+as if it pointed along it, so here the threshold must be in (0, 1] and 0 is refused.
 """
 
 from __future__ import annotations
@@ -20,7 +29,8 @@ from torch import Tensor
 
 from src.compress.base import LayerPair, check_choice
 
-# The paper's pruning criteria: l2-norm, l1-norm, l2-GM (geometric median, as in FPGM).
+# The paper's pruning criteria: l2-norm, l1-norm, l2-GM (geometric median, as in FPGM); the
+# authors' code names them l2-norm, l1-norm, l2-GM.
 KEEP_CRITERIA = ("norm", "l1", "gm")
 
 
@@ -60,18 +70,22 @@ def scaling_matrix(features: Tensor, keep: Tensor, threshold: float) -> Tensor:
 class NeuronMerging:
     """:class:`~src.compress.base.MergeMethod` for Neuron Merging; ignores activations and labels.
 
-    ``keep``: pruning criterion, one of :data:`KEEP_CRITERIA` (``norm``: l2-norm of incoming weights
-    and bias, the default). ``threshold``: least cosine similarity for a pruned neuron to be merged
-    rather than dropped; 0.45 is what the paper's code uses for its fully connected LeNet-300-100.
+    ``keep``: pruning criterion, one of :data:`KEEP_CRITERIA` (``l1``: l1-norm of incoming weights
+    and bias, the authors' default; ``norm``: the l2-norm). ``threshold``: least cosine similarity
+    for a pruned neuron to be merged rather than dropped; 0.45 is what the paper's code uses for
+    its fully connected LeNet-300-100.
     """
 
-    keep: str = "norm"
+    keep: str = "l1"
     threshold: float = 0.45
 
     def __post_init__(self) -> None:
         check_choice(self.keep, KEEP_CRITERIA, "compress.keep")
         if not 0 < self.threshold <= 1:
-            raise ValueError(f"compress.threshold must be in (0, 1], got {self.threshold!r}")
+            raise ValueError(
+                f"compress.threshold must be in (0, 1], got {self.threshold!r} (the official "
+                "code's 0 merges every pruned neuron, even at a negative cosine; not offered here)"
+            )
 
     def __call__(
         self,

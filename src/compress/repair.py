@@ -42,9 +42,10 @@ def assign_groups(original: LayerPair, merged: LayerPair) -> Tensor:
     """Per original neuron (N,), the kept neuron whose incoming weights and bias point most its
     way (cosine).
 
-    This is Neuron Merging's own matching (bar its threshold) and Model Folding's clusters up to
-    k-means' boundary cases (its neurons are cluster means). For methods that group by activations
-    (correlation clustering) or do not group at all (interpolative), it is a weight-based stand-in.
+    This is Neuron Merging's own matching (bar its threshold). Model Folding clusters on incoming
+    and outgoing weights, and its neurons are the members' mean incoming weights, so this is close
+    to its clusters but not always the same. For methods that group by activations (correlation
+    clustering) or do not group at all (interpolative), it is a weight-based stand-in.
     """
     return (_directions(original) @ _directions(merged).T).argmax(dim=1)
 
