@@ -30,20 +30,23 @@ class RunCheckpoint(ModelCheckpoint):
     best survives a resume into another folder."""
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        due = not self._should_skip_saving_checkpoint(trainer) and not (
-            self._should_save_on_train_epoch_end(trainer)
-        )
+        due = self._saves_now(trainer, at_train_epoch_end=False)
         super().on_validation_end(trainer, pl_module)
         if due:
             self._save_last_if_missed(trainer)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        due = not self._should_skip_saving_checkpoint(
-            trainer
-        ) and self._should_save_on_train_epoch_end(trainer)
+        due = self._saves_now(trainer, at_train_epoch_end=True)
         super().on_train_epoch_end(trainer, pl_module)
         if due:
             self._save_last_if_missed(trainer)
+
+    def _saves_now(self, trainer: L.Trainer, at_train_epoch_end: bool) -> bool:
+        """Whether the parent's hook considers saving at this point (asked before it runs)."""
+        on_epoch_end = self._should_save_on_train_epoch_end(trainer)
+        return not self._should_skip_saving_checkpoint(trainer) and (
+            on_epoch_end == at_train_epoch_end
+        )
 
     def _save_last_if_missed(self, trainer: L.Trainer) -> None:
         """The parent writes ``last`` only together with a new best; write it when it did not."""

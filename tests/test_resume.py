@@ -183,9 +183,12 @@ def test_a_resume_from_a_checkpoint_without_settings_is_refused(tmp_path: Path) 
 
 
 def val_acc(run: Path) -> pd.Series:
-    """Validation accuracy by epoch, from the run's CSV log."""
+    """Validation accuracy by training epoch, from the run's CSV log (the baseline's validation
+    after fit is logged too, under an epoch that trained nothing)."""
     log = pd.read_csv(run / "csv" / "metrics.csv")
-    return log.dropna(subset=["val/acc"]).set_index("epoch")["val/acc"]
+    trained = log.loc[log["train/loss"].notna(), "epoch"].unique()
+    scores = log.dropna(subset=["val/acc"])
+    return scores[scores["epoch"].isin(trained)].set_index("epoch")["val/acc"]
 
 
 @pytest.mark.slow
