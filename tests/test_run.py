@@ -72,6 +72,7 @@ def test_same_seed_same_accuracy(trained_run: Path, tmp_path: Path) -> None:
         ("model.head_widths=[]", "model.head_widths"),
         ("model.lstm.hidden_size=0", "model.lstm.hidden_size"),
         ("resume=/nonexistent/interrupted.ckpt", "resume="),
+        ("ckpt_path=README.md", "ckpt_path=README.md is refused: it is not a PyTorch checkpoint"),
     ],
 )
 def test_bad_settings_fail_fast_with_the_setting_named(
@@ -80,6 +81,8 @@ def test_bad_settings_fail_fast_with_the_setting_named(
     result = run_app(override, f"hydra.run.dir={tmp_path}", "logger=csv", timeout=60)
     assert result.returncode != 0
     assert setting in result.stderr
+    assert "Unpickl" not in result.stderr  # the refusal, not the unpickler's words
+    assert not (tmp_path / "checkpoints" / "interrupted.ckpt").exists()  # nothing to resume
 
 
 @pytest.mark.slow
