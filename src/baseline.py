@@ -35,6 +35,7 @@ from tokenizers import Tokenizer
 
 from src.checkpoints import SETTINGS_KEY, TrainingSettings
 from src.data import SentimentDataModule
+from src.errors import SettingError
 from src.model import SentimentClassifier
 
 log = logging.getLogger(__name__)
@@ -57,7 +58,7 @@ CHECKPOINT, METRICS = "model.ckpt", "baseline.json"
 RESUME_MUST_MATCH = ("seed", "data.", "model.")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(SettingError):
     """A checkpoint that does not load; the message names the setting or file to change."""
 
 
@@ -255,14 +256,8 @@ def obtain_baseline(
     The datamodule ends up set up with the baseline's own tokenizer.
     """
     resumed = check_resume(cfg)
-    if cfg.ckpt_path:
+    if cfg.ckpt_path:  # its shape is its own: hyperparameters travel in the checkpoint
         baseline = Baseline(load_checkpoint(cfg.ckpt_path), 0.0, False, Path(cfg.ckpt_path))
-        widths = list(baseline.model.hparams["head_widths"])
-        if widths != list(cfg.model.head_widths):
-            raise CheckpointError(
-                f"ckpt_path={cfg.ckpt_path} has head widths {widths}: set "
-                f"model.head_widths={widths} (the analysis checks layer and target_width on them)"
-            )
     elif cfg.cache_dir:
         cache, key = BaselineCache(cfg.cache_dir), cache_key(cfg)
         with cache.lock(key):
@@ -357,20 +352,3 @@ def train_baseline(
     if cfg.get("resume"):
         log.info("continuing the training from resume=%s", cfg.resume)
     return fit_baseline(model, datamodule, trainer, cfg.get("resume"))
-
-
-def baseline_metrics(
-    baseline: Baseline, datamodule: SentimentDataModule, trainer: L.Trainer
-) -> dict[str, float]:
-    """Validation and test scores of the baseline, under the ``baseline/`` keys of metrics.json."""
-    val = trainer.validate(baseline.model, datamodule=datamodule, verbose=False)[0]
-    test = trainer.test(baseline.model, datamodule=datamodule, verbose=False)[0]
-    return {
-        "baseline/val_acc": val["val/acc"],
-        "baseline/test_acc": test["test/acc"],
-        "baseline/test_f1": test["test/f1"],
-        "baseline/test_auroc": test["test/auroc"],
-        "baseline/params": sum(p.numel() for p in baseline.model.network.parameters()),
-        "baseline/train_seconds": baseline.train_seconds,
-        "baseline/trained_now": int(baseline.trained_now),  # 0: from the cache or ckpt_path
-    }

@@ -8,11 +8,16 @@ overall (the same rule over corpora). The thresholds below are the reading of th
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from pathlib import Path
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+
+from src.report import accuracy_figure, aggregate, cka_figure, width_table
 
 SOURCE_BASELINE = 0.7969  # the source's test accuracy on its movie reviews
 ABOUT = 0.015  # "about 79.7 %": at least 1.5 points below it, or anything above
@@ -87,16 +92,16 @@ def _pick(frame: pd.DataFrame, **where: object) -> pd.DataFrame:
     return frame[mask].sort_values("seed")
 
 
-def baseline_accuracy(t: StudyTables, data: str, layer: int, width: int) -> Finding:
+def baseline_accuracy(t: StudyTables, data: str, layer: str, width: int) -> Finding:
     acc = _pick(t.baselines, data=data)["baseline/test_acc"]
     return Finding(f"{mean_std(acc, 100)} %", [a >= SOURCE_BASELINE - ABOUT for a in acc])
 
 
-def _method(t: StudyTables, data: str, layer: int, width: int, method: str) -> pd.DataFrame:
+def _method(t: StudyTables, data: str, layer: str, width: int, method: str) -> pd.DataFrame:
     return _pick(t.runs, data=data, layer=layer, target_width=width, method=method)
 
 
-def weight_sum_cost(t: StudyTables, data: str, layer: int, width: int) -> Finding:
+def weight_sum_cost(t: StudyTables, data: str, layer: str, width: int) -> Finding:
     rows = _method(t, data, layer, width, "weight_sum")
     cost = -rows["delta_acc"]
     figure = (
@@ -105,14 +110,14 @@ def weight_sum_cost(t: StudyTables, data: str, layer: int, width: int) -> Findin
     return Finding(figure, [c <= SOURCE_COST + COST_SLACK for c in cost])
 
 
-def retrain_recovers(t: StudyTables, data: str, layer: int, width: int) -> Finding:
+def retrain_recovers(t: StudyTables, data: str, layer: str, width: int) -> Finding:
     rows = _method(t, data, layer, width, "freeze_retrain")
     delta = rows["delta_acc"]
     figure = f"{mean_std(delta, 100, sign=True)} pts"
     return Finding(figure, [d >= -NEAR_BASELINE for d in delta])
 
 
-def _paired(t: StudyTables, data: str, layer: int, width: int, a: str, b: str) -> pd.DataFrame:
+def _paired(t: StudyTables, data: str, layer: str, width: int, a: str, b: str) -> pd.DataFrame:
     return _pick(t.comparisons, data=data, layer=layer, target_width=width, a=a, b=b)
 
 
@@ -123,19 +128,19 @@ def _paired_figure(rows: pd.DataFrame, significant: pd.Series) -> str:
     )
 
 
-def no_gain_from_cluster_init(t: StudyTables, data: str, layer: int, width: int) -> Finding:
+def no_gain_from_cluster_init(t: StudyTables, data: str, layer: str, width: int) -> Finding:
     rows = _paired(t, data, layer, width, "cluster_init", "freeze_retrain")
     gain = (rows["diff"] > 0) & (rows["p"] < ALPHA)
     return Finding(_paired_figure(rows, rows["p"] < ALPHA), (~gain).tolist())
 
 
-def weight_sum_beats_retrain(t: StudyTables, data: str, layer: int, width: int) -> Finding:
+def weight_sum_beats_retrain(t: StudyTables, data: str, layer: str, width: int) -> Finding:
     rows = _paired(t, data, layer, width, "weight_sum", "freeze_retrain")
     better = (rows["diff"] > 0) & (rows["p"] < ALPHA)
     return Finding(_paired_figure(rows, rows["p"] < ALPHA), better.tolist())
 
 
-def retrained_like_weight_sum(t: StudyTables, data: str, layer: int, width: int) -> Finding:
+def retrained_like_weight_sum(t: StudyTables, data: str, layer: str, width: int) -> Finding:
     rows = _pick(
         t.similarity, data=data, layer=layer, target_width=width, a="freeze_retrain", b="weight_sum"
     )
@@ -151,7 +156,7 @@ def smallest_faithful_width(runs: pd.DataFrame, baseline_acc: float) -> float:
     return float(close["target_width"].min()) if len(close) else float("nan")
 
 
-def layer_is_redundant(t: StudyTables, data: str, layer: int, width: int) -> Finding:
+def layer_is_redundant(t: StudyTables, data: str, layer: str, width: int) -> Finding:
     shape = _pick(t.layers, data=data, layer=layer)
     full = int(shape["width"].iloc[0])
     untrained = t.runs[(t.runs["data"] == data) & (t.runs["layer"] == layer)]
@@ -196,7 +201,7 @@ def reason(findings: dict[str, Finding]) -> str:
     )
 
 
-def check_claims(tables: StudyTables, layer: int, width: int) -> pd.DataFrame:
+def check_claims(tables: StudyTables, layer: str, width: int) -> pd.DataFrame:
     """One row per claim: our figure per corpus (mean ± std over seeds), a verdict, a reason.
 
     ``layer`` and ``width`` are where the source made its claims: the 16-neuron layer, 4 kept.
@@ -224,11 +229,54 @@ def check_claims(tables: StudyTables, layer: int, width: int) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+TABLES = tuple(field.name for field in fields(StudyTables))
+
+
+def read_tables(folder: Path) -> StudyTables:
+    """The tables a finished study wrote (:func:`write_tables`)."""
+    return StudyTables(*(pd.read_csv(folder / f"{name}.csv") for name in TABLES))
+
+
+def write_tables(folder: Path, tables: StudyTables) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, frame in vars(tables).items():
+        frame.to_csv(folder / f"{name}.csv", index=False)
+
+
+def judge(folder: Path) -> tuple[pd.DataFrame, list[Path]]:
+    """Judge the claims on a finished study's tables and write claims.md (the table, with the
+    thresholds and the accuracy at a glance), claims.csv, accuracy.png (every site) and
+    cka.png (the claims' site). ``python -m src.claims FOLDER`` runs it again."""
+    tables = read_tables(folder)
+    record = json.loads((folder / "study.json").read_text())
+    layer, width = record["claims"]["layer"], record["claims"]["width"]
+    claims = check_claims(tables, layer, width)
+    claims.to_csv(folder / "claims.csv", index=False)
+    baselines = tables.baselines.groupby("data", sort=False).agg(
+        seeds=("seed", "nunique"),
+        test_acc=("baseline/test_acc", lambda s: mean_std(s, 100)),
+        val_acc=("baseline/val_acc", lambda s: mean_std(s, 100)),
+        train_seconds=("baseline/train_seconds", lambda s: mean_std(s, digits=0)),
+    )
+    (folder / "claims.md").write_text(
+        f"{claims.to_markdown(index=False)}\n\nThresholds: {THRESHOLDS}.\n\n"
+        f"Baselines (accuracy in %, mean ± std over seeds)\n\n{baselines.to_markdown()}\n\n"
+        "Test accuracy after shrinking (mean ± std over seeds)\n\n"
+        f"{width_table(aggregate(tables.runs))}\n\n"
+        f"Measured in {record['seconds'] / 60:.1f} min with `{record['command']}`.\n"
+    )
+    similarity = tables.similarity[tables.similarity["layer"] == layer]
+    figures = {"accuracy": accuracy_figure(tables.runs), "cka": cka_figure(similarity)}
+    paths = []
+    for name, figure in figures.items():
+        paths.append(folder / f"{name}.png")
+        figure.savefig(paths[-1], dpi=100)
+        plt.close(figure)
+    return claims, paths
+
+
 if __name__ == "__main__":
     import argparse
-    from pathlib import Path
-
-    from src.study import judge
 
     parser = argparse.ArgumentParser(description="Judge a finished study's claims again.")
     parser.add_argument("folder", help="a study's output_dir (results/claims by default)")

@@ -17,10 +17,12 @@ from pathlib import Path
 import lightning as L
 import torch
 from datasets import Dataset, DatasetDict, load_dataset
-from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+from tokenizers import Encoding, Tokenizer, models, normalizers, pre_tokenizers, trainers
 from torch import Tensor
 from torch.nn.utils.rnn import pad_sequence
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader, Sampler, Subset
+
+from src.errors import SettingError
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +32,7 @@ SPLITS = ("train", "validation", "test")
 VALIDATION_SEED = 1234  # fixed, so a carved validation split never depends on the run's seed
 
 
-class DataConfigError(ValueError):
+class DataConfigError(SettingError):
     """A data setting that cannot work; the message names the setting to change."""
 
 
@@ -282,3 +284,31 @@ class SentimentDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self.loader("test")
+
+
+def probe_sample(sentences: Sequence, size: int, seed: int) -> Subset:
+    """A seeded random sample of ``size`` sentences (all of them when there are fewer).
+
+    Not the first ones: corpora on disk are often sorted by label (rotten_tomatoes puts its
+    positives first), and a one-class probe set would skew every measure taken on it.
+    """
+    order = torch.randperm(len(sentences), generator=torch.Generator().manual_seed(seed))
+    return Subset(sentences, order[:size].tolist())
+
+
+def probe_loader(sentences: Sequence, size: int, seed: int) -> DataLoader:
+    """Batches of :func:`probe_sample`, in the sample's order."""
+    return DataLoader(probe_sample(sentences, size, seed), batch_size=256, collate_fn=collate)
+
+
+def check_known_words(
+    tokenizer: Tokenizer, sentence: str, setting: str = "analysis.sentences"
+) -> Encoding:
+    """The sentence's encoding, refused when it has no word the tokenizer knows."""
+    encoding = tokenizer.encode(sentence)
+    unk = tokenizer.token_to_id(UNK)
+    if not encoding.ids or all(i == unk for i in encoding.ids):
+        raise DataConfigError(
+            f"{setting}: {sentence!r} has no word the tokenizer knows; choose another"
+        )
+    return encoding

@@ -23,9 +23,10 @@ from torchmetrics import MetricCollection
 from torchmetrics.classification import BinaryAccuracy, BinaryAUROC, BinaryF1Score
 
 from src.data import PAD_ID
+from src.errors import SettingError
 
 
-class ModelConfigError(ValueError):
+class ModelConfigError(SettingError):
     """A model setting that cannot work; the message names the setting to change."""
 
 

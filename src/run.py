@@ -1,75 +1,111 @@
-"""Entry point: train (or load) the baseline, look inside one layer, shrink it, report.
+"""Entry point: train (or load) the baseline, look inside one site, shrink it, report.
 
-python -m src.run                                   # baseline + analysis
+python -m src.run                                   # baseline + analysis of head.2
 python -m src.run compress=weight_sum target_width=4
 python -m src.run -m compress=freeze_retrain,cluster_init,weight_sum target_width=1,2,4,8
+
+One job is one cell of the :class:`~src.workbench.Workbench` built on its baseline, plus the files
+it leaves in its folder.
 """
 
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 
 import hydra
 import lightning as L
+import numpy as np
 import wandb
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from src.baseline import baseline_metrics, obtain_baseline
-from src.callbacks import find_analysis
-from src.compress.pipeline import compress_and_evaluate
+from src import schema
+from src.artefacts import write_site_analysis
+from src.baseline import obtain_baseline
+from src.errors import reported
 from src.model import check_shape
 from src.report import summary_table, write_metrics
 from src.threads import use_job_threads
+from src.workbench import (
+    AnalysisSettings,
+    CompressStep,
+    Workbench,
+    build_method,
+    run_site,
+    save_compressed,
+    shared_store,
+)
 
 log = logging.getLogger(__name__)
 
-SUMMARY_KEYS = [
-    "data",
-    "seed",
-    "method",
-    "layer",
-    "target_width",
-    "baseline/test_acc",
-    "compressed/test_acc",
-    "delta_acc",
-    "compressed/agreement",
-    "compressed/logit_rel_error",
-    "baseline/params",
-    "compressed/params",
-    "baseline/train_seconds",
-    "compress_seconds",
-]
-
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+@reported
 def main(cfg: DictConfig) -> dict:
+    # Every setting is checked before any data, W&B run or training.
     check_shape(cfg.model.head_widths, cfg.model.lstm.hidden_size, cfg.model.embedding_dim)
     threads = use_job_threads(cfg.threads)
+    settings = AnalysisSettings.of(cfg)
+    step, method = CompressStep.of(cfg.compress), build_method(cfg.compress)
+    site = run_site(cfg)
+    cfg.layer = site.name  # one name everywhere: W&B tags and logged settings say head.2, not -1
     L.seed_everything(cfg.seed, workers=True)
     output_dir = Path(cfg.output_dir)
     datamodule = instantiate(cfg.data)
     loggers = [instantiate(c) for c in cfg.logger.values()]
     callbacks = [instantiate(c) for c in cfg.callbacks.values()]
-    trainer = instantiate(cfg.trainer, logger=loggers, callbacks=callbacks)
+    progress_bar = cfg.trainer.enable_progress_bar and sys.stderr.isatty()
+    trainer = instantiate(
+        cfg.trainer, logger=loggers, callbacks=callbacks, enable_progress_bar=progress_bar
+    )
     for logger in loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
     exit_code = 1  # a failure or Ctrl-C marks the W&B run as failed, and still closes it
     try:
         baseline = obtain_baseline(cfg, datamodule, trainer)
         datamodule.tokenizer.save(str(output_dir / "tokenizer.json"))
-        metrics = {"data": cfg.data.name, "seed": cfg.seed, "method": cfg.compress.name}
-        metrics["threads"] = threads
-        metrics |= baseline_metrics(baseline, datamodule, trainer)
-        if cfg.compress.name != "none":
-            metrics |= compress_and_evaluate(
-                cfg, baseline.model, find_analysis(callbacks), datamodule
-            )
+        store = shared_store(cfg.cache_dir, baseline.checkpoint, datamodule)
+        bench = Workbench(baseline.model, datamodule, settings, store)
+        metrics = {
+            schema.DATA: cfg.data.name,
+            schema.SEED: cfg.seed,
+            schema.METHOD: cfg.compress.name,
+            schema.LAYER: site.name,
+            schema.LAYER_WIDTH: site.width,
+            schema.THREADS: threads,
+            **bench.baseline_scores(),
+            schema.BASELINE_TRAIN_SECONDS: baseline.train_seconds,
+            schema.BASELINE_TRAINED_NOW: int(baseline.trained_now),
+        }
+        evaluation = None
+        if method is not None:
+            evaluation = bench.evaluate(step, method, site, cfg.target_width)
+            metrics |= {schema.TARGET_WIDTH: cfg.target_width, **evaluation.metrics}
+            np.save(output_dir / schema.ACTIVATIONS_FILE, evaluation.features.numpy())
+            if cfg.save_compressed:
+                record = {k: metrics[k] for k in schema.JOB if k in metrics}
+                save_compressed(
+                    baseline.model, evaluation.network, output_dir / "compressed.ckpt", record
+                )
+        analysis = bench.analyse(site, cfg.target_width)
+        info = {k: str(metrics[k]) for k in schema.JOB if k in metrics}
+        metrics |= write_site_analysis(
+            output_dir / "analysis",
+            bench,
+            site,
+            analysis,
+            cfg.analysis.sentences,
+            evaluation,
+            loggers,
+            info,
+        )
+        metrics[schema.COMPUTED] = ",".join(bench.store.computed)
         write_metrics(output_dir, metrics)
         for logger in loggers:
             logger.log_metrics({k: v for k, v in metrics.items() if not isinstance(v, str)})
-        print(summary_table(metrics, SUMMARY_KEYS))
+        print(summary_table(metrics, list(schema.CONSOLE)))
         exit_code = 0
         return metrics
     finally:

@@ -1,13 +1,12 @@
-"""The claims study: one baseline per corpus and seed, every layer shrunk every way, the source's
-claims judged with statistics over seeds.
+"""The claims study: the grid of the evaluation core over corpora, seeds, sites, widths and methods,
+plus the comparisons between methods and the source's claims judged over seeds.
 
 python -m src.study                                          # the whole study (make claims)
 python -m src.study seeds=[0] corpora=[rotten_tomatoes]       # one corpus, one seed
 
-A run of ``src.run`` per compression would pay again, every time, for what does not depend on
-the method: testing the baseline, probing the layer, the LSTM's pass over every sentence. Here
-each baseline is trained once (or loaded from the same cache as ``src.run``), its last-word LSTM
-states are computed once per split, and every method, layer and width is measured on them.
+Each corpus and seed is one :class:`~src.workbench.Workbench` (its baseline trained once, or loaded
+from the cache ``src.run`` shares); every cell of the grid is one ``evaluate`` on it, exactly what
+a ``src.run`` job measures.
 """
 
 from __future__ import annotations
@@ -17,12 +16,11 @@ import logging
 import shlex
 import shutil
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 import hydra
 import lightning as L
-import matplotlib.pyplot as plt
 import pandas as pd
 import torch
 import wandb
@@ -32,49 +30,28 @@ from hydra.errors import MissingConfigException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from src.analysis.layer import LayerAnalysis, cluster_layer, probe_dissimilarity
-from src.analysis.neurons import neuron_status
-from src.analysis.probe import (
-    AnalysisConfigError,
-    check_target_width,
-    probe_layer,
-    probe_loader,
-    resolve_layer,
-)
-from src.analysis.stats import (
-    effective_rank,
-    mcnemar_exact_interval,
-    mcnemar_p,
-)
+from src import schema
+from src.analysis.stats import effective_rank, mcnemar_exact_interval, mcnemar_p
 from src.baseline import obtain_baseline
-from src.claims import THRESHOLDS, StudyTables, check_claims, mean_std
-from src.compress.pipeline import (
-    Features,
-    compress_layer,
-    compression_metrics,
-    head_logits,
-    last_word_states,
-    layer_features,
-    layer_pair,
-)
-from src.data import SentimentDataModule
-from src.model import SentimentLSTM, check_shape
-from src.report import (
-    accuracy_figure,
-    aggregate,
-    cka_figure,
-    log_summary_run,
-    pairwise_similarity,
-    width_table,
+from src.claims import TABLES, StudyTables, judge, write_tables
+from src.compress.base import MergeMethod
+from src.errors import SettingError, reported
+from src.model import check_shape
+from src.report import log_summary_run, pairwise_similarity
+from src.sites import ModelShape, Site, check_target_width, resolve_site
+from src.workbench import (
+    AnalysisSettings,
+    CompressStep,
+    Workbench,
+    build_method,
+    method_choices,
+    shared_store,
 )
 
 log = logging.getLogger(__name__)
 
-SPLITS = ("train", "validation", "test")
-TABLES = tuple(field.name for field in fields(StudyTables))
 
-
-class StudyConfigError(ValueError):
+class StudyConfigError(SettingError):
     """A study setting that cannot work; the message names it."""
 
 
@@ -92,6 +69,12 @@ class Rows:
         return StudyTables(*(pd.DataFrame(rows) for rows in vars(self).values()))
 
 
+@dataclass(frozen=True)
+class Method:
+    step: CompressStep
+    method: MergeMethod
+
+
 def run_configs(cfg: DictConfig) -> dict[tuple[str, int], DictConfig]:
     """The ``src.run`` config of every corpus and seed, composed (and so checked) up front."""
     if not cfg.corpora or not cfg.seeds:
@@ -101,167 +84,131 @@ def run_configs(cfg: DictConfig) -> dict[tuple[str, int], DictConfig]:
     for data, seed in pairs:
         folder = Path(cfg.runs_dir) / f"{data}-seed{seed}"
         own = cfg.corpus_overrides.get(data, [])
-        overrides = [f"data={data}", *own, *cfg.overrides]
-        configs[data, seed] = compose(
-            "config", overrides=[*overrides, f"seed={seed}", f"output_dir={folder}"]
-        )
-        run = configs[data, seed]
+        overrides = [f"data={data}", *own, *cfg.overrides, f"seed={seed}", f"output_dir={folder}"]
+        run = configs[data, seed] = compose("config", overrides=overrides)
         check_shape(run.model.head_widths, run.model.lstm.hidden_size, run.model.embedding_dim)
-        try:
-            for layer, widths in layer_grid(cfg, list(run.model.head_widths)).items():
-                for width in widths:
-                    check_target_width(width, run.model.head_widths[layer], layer)
-        except AnalysisConfigError as error:  # it names src.run's settings: say where they are
-            raise StudyConfigError(f"layers: {error}") from error
+        AnalysisSettings.of(run)
+        site_grid(cfg, ModelShape(tuple(run.model.head_widths)))
     return configs
 
 
-def layer_grid(cfg: DictConfig, head_widths: list[int]) -> dict[int, list[int]]:
-    """``layers`` as {layer index: target widths}, layers given as in ``src.run``'s ``layer``."""
+def site_grid(cfg: DictConfig, shape: ModelShape) -> dict[Site, list[int]]:
+    """``layers`` as {site: target widths}, each site named as ``src.run``'s ``layer``."""
     grid = {}
     for entry in cfg.layers:
         if "layer" not in entry or "widths" not in entry:
             raise StudyConfigError(f"layers: {entry} needs a layer and its widths")
-        grid[resolve_layer(entry.layer, head_widths)] = list(entry.widths)
+        try:
+            site = resolve_site(entry.layer, shape)
+            for width in entry.widths:
+                check_target_width(width, site)
+        except SettingError as error:  # it names src.run's settings: say where they are
+            raise StudyConfigError(f"layers: {error}") from error
+        grid[site] = list(entry.widths)
     return grid
 
 
-def method_configs(cfg: DictConfig) -> dict[str, DictConfig]:
-    """The ``compress`` config of every method, as ``compress=<name>`` would compose it."""
-    if not cfg.methods:
+def method_configs(cfg: DictConfig) -> dict[str, Method]:
+    """Every method of the study by its row name: ``methods``, or every choice of
+    conf/compress/. An entry is a choice, optionally followed by its own overrides
+    (``"weight_sum compress.method.representative=max_activation"``)."""
+    entries = list(cfg.methods) if cfg.methods is not None else method_choices()
+    if not entries:
         raise StudyConfigError("methods must name at least one compress method")
-    configs = {}
-    for method in cfg.methods:
+    methods = {}
+    for entry in entries:
+        choice, *settings = str(entry).split()
         try:
-            configs[method] = compose("config", overrides=[f"compress={method}"]).compress
+            compress = compose("config", overrides=[f"compress={choice}", *settings]).compress
         except MissingConfigException as error:
-            choices = sorted(
-                p.stem for p in (Path(__file__).parents[1] / "conf/compress").glob("*.yaml")
-            )
             raise StudyConfigError(
-                f"methods: {method} is not in conf/compress/; choose from {', '.join(choices)}"
+                f"methods: {choice} is not in conf/compress/; choose from "
+                f"{', '.join(method_choices())}"
             ) from error
-        if "_target_" not in configs[method]:
-            raise StudyConfigError(f"methods: {method} shrinks nothing; name a method")
-    return configs
+        method = build_method(compress)
+        if method is None:
+            raise StudyConfigError(f"methods: {choice} shrinks nothing; name a method")
+        methods[str(entry)] = Method(CompressStep.of(compress), method)
+    return methods
 
 
-def trained_baseline(run: DictConfig) -> tuple[SentimentLSTM, SentimentDataModule, float]:
-    """The network (trained now, or from the cache), its data and its training time."""
+def open_workbench(run: DictConfig) -> tuple[Workbench, float]:
+    """The corpus and seed's workbench (its baseline trained now, or from the cache) and the
+    baseline's training time."""
     L.seed_everything(run.seed, workers=True)  # as src.run: the same config trains the same
     datamodule = instantiate(run.data)
-    callbacks = [instantiate(c) for name, c in run.callbacks.items() if name != "neuron_analysis"]
+    callbacks = [instantiate(c) for c in run.callbacks.values()]
     loggers = [instantiate(c) for c in run.logger.values()]
     trainer = instantiate(run.trainer, logger=loggers, callbacks=callbacks)
     try:
         baseline = obtain_baseline(run, datamodule, trainer)
     finally:
         wandb.finish()  # a W&B run exists only when a baseline was trained now
-    return baseline.model.network, datamodule, baseline.train_seconds
-
-
-def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    return (logits > 0).float() == labels
-
-
-def baseline_accuracy(network: SentimentLSTM, states: Features) -> float:
-    return accuracy(network.head_from(0, states.inputs), states.labels).float().mean().item()
+    store = shared_store(run.cache_dir, baseline.checkpoint, datamodule)
+    bench = Workbench(baseline.model, datamodule, AnalysisSettings.of(run), store)
+    return bench, baseline.train_seconds
 
 
 def study_baseline(
-    cfg: DictConfig, run: DictConfig, methods: dict[str, DictConfig], rows: Rows
+    cfg: DictConfig, run: DictConfig, methods: dict[str, Method], rows: Rows
 ) -> None:
-    """Every layer, width and method on one corpus and seed, appended to ``rows``."""
+    """Every site, width and method on one corpus and seed, appended to ``rows``."""
     data, seed = run.data.name, run.seed
-    network, datamodule, train_seconds = trained_baseline(run)
-    states = {split: last_word_states(network, datamodule.loader(split)) for split in SPLITS}
-    test_acc = baseline_accuracy(network, states["test"])
+    bench, train_seconds = open_workbench(run)
+    scores = bench.baseline_scores()
     rows.baselines.append(
-        {"data": data, "seed": seed, "baseline/test_acc": test_acc}
-        | {"baseline/val_acc": baseline_accuracy(network, states["validation"])}
-        | {"baseline/train_seconds": train_seconds}
+        {schema.DATA: data, schema.SEED: seed, **scores}
+        | {schema.BASELINE_TRAIN_SECONDS: train_seconds}
     )
-    log.info("%s seed %d: baseline test accuracy %.4f", data, seed, test_acc)
-    for layer, widths in layer_grid(cfg, list(run.model.head_widths)).items():
-        loader = probe_loader(datamodule.splits["train"], run.analysis.probe_sentences, seed)
-        probe = probe_layer(network, loader, layer)
-        features = {split: layer_features(network, states[split], layer) for split in SPLITS}
-        pair = layer_pair(network, layer)
-        status = neuron_status(probe.activations, pair.w_out)  # as the clustering sees them
+    log.info(
+        "%s seed %d: baseline test accuracy %.4f", data, seed, scores[schema.BASELINE_TEST_ACC]
+    )
+    for site, widths in site_grid(cfg, ModelShape.of(bench.network)).items():
+        status = bench.analyse(site, widths[0]).status
         rows.layers.append(
-            {"data": data, "seed": seed, "layer": layer, "width": probe.activations.shape[1]}
+            {schema.DATA: data, schema.SEED: seed, schema.LAYER: site.name, "width": site.width}
             | {"dead": int(status.dead.sum()), "nearly_dead": int(status.nearly_dead.sum())}
-            | {"effective_rank": effective_rank(probe.activations)}
+            | {"effective_rank": effective_rank(bench.probe(site).activations)}
         )
-        weights = pair.incoming()
-        dissimilarity = probe_dissimilarity(probe, run.analysis.measure)
         for width in widths:
-            analysis = cluster_layer(
-                probe,
-                dissimilarity,
-                weights,
-                pair.w_out,
-                layer,
-                width,
-                run.analysis.clustering,
-                seed,
-            )
-            key = {"data": data, "seed": seed, "layer": layer, "target_width": width}
-            shrink_every_way(cfg, run, network, analysis, methods, features, key, test_acc, rows)
+            key = {schema.DATA: data, schema.SEED: seed, schema.LAYER: site.name}
+            shrink_every_way(cfg, bench, site, key | {schema.TARGET_WIDTH: width}, methods, rows)
         log.info(
-            "%s seed %d layer %d: %d widths x %d methods",
+            "%s seed %d %s: %d widths x %d methods",
             data,
             seed,
-            layer,
+            site.label,
             len(widths),
             len(methods),
         )
 
 
 def shrink_every_way(
-    cfg: DictConfig,
-    run: DictConfig,
-    network: SentimentLSTM,
-    analysis: LayerAnalysis,
-    methods: dict[str, DictConfig],
-    features: dict[str, Features],
-    key: dict,
-    baseline_test_acc: float,
-    rows: Rows,
+    cfg: DictConfig, bench: Workbench, site: Site, key: dict, methods: dict[str, Method], rows: Rows
 ) -> None:
-    """Every method on one layer and width: a row each, then the siblings compared."""
-    width, inputs, labels = key["target_width"], features["test"].inputs, features["test"].labels
-    hidden, correct = {}, {}
-    for name, method in methods.items():
-        compression = compress_layer(
-            method, network, analysis, width, features["train"], run.seed, run.data.batch_size
-        )
-        pair = compression.pair
-        metrics = compression_metrics(
-            network, analysis.layer, pair, {s: features[s] for s in ("validation", "test")}
-        )
-        metrics.pop("baseline/recomputed_test_acc")  # the same as baseline_test_acc
+    """Every method on one site and width: a row each, then the siblings compared."""
+    test_acc = bench.baseline_scores()[schema.BASELINE_TEST_ACC]
+    correct, features = {}, {}
+    for name, m in methods.items():
+        evaluation = bench.evaluate(m.step, m.method, site, key[schema.TARGET_WIDTH])
         rows.runs.append(
             key
-            | {"method": name, "compress/epochs": method.get("epochs", 0)}
-            | {"baseline/test_acc": baseline_test_acc, **metrics}
-            | {"delta_acc": metrics["compressed/test_acc"] - baseline_test_acc}
-            | {"compress_seconds": compression.seconds}
+            | {schema.METHOD: name, "compress/epochs": m.step.epochs}
+            | {schema.BASELINE_TEST_ACC: test_acc, **evaluation.metrics}
         )
-        correct[name] = accuracy(head_logits(network, analysis.layer, pair, inputs), labels)
-        hidden[name] = pair.hidden(inputs)
-    compare(cfg, key, correct, hidden, rows)
+        correct[name], features[name] = evaluation.correct, evaluation.features
+    compare(cfg, key, correct, features, rows)
 
 
 def compare(
     cfg: DictConfig,
     key: dict,
     correct: dict[str, torch.Tensor],
-    hidden: dict[str, torch.Tensor],
+    features: dict[str, torch.Tensor],
     rows: Rows,
 ) -> None:
-    """Sibling methods on the same baseline, layer and width: paired accuracy differences for
-    the pairs in ``comparisons``, and CKA between every two shrunk layers."""
+    """Sibling methods on the same baseline, site and width: paired accuracy differences for
+    the pairs in ``comparisons``, and CKA between every two shrunk sites."""
     for a, b in cfg.comparisons:
         if a in correct and b in correct:
             low, high = mcnemar_exact_interval(correct[a], correct[b])
@@ -271,56 +218,16 @@ def compare(
                 | {"a": a, "b": b, "diff": diff, "ci_low": low, "ci_high": high}
                 | {"p": mcnemar_p(correct[a], correct[b])}
             )
-    rows.similarity += [key | pair for pair in pairwise_similarity(hidden)]
-
-
-def read_tables(folder: Path) -> StudyTables:
-    """The tables a finished study wrote (:func:`write_tables`)."""
-    return StudyTables(*(pd.read_csv(folder / f"{name}.csv") for name in TABLES))
-
-
-def write_tables(folder: Path, tables: StudyTables) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    for name, frame in vars(tables).items():
-        frame.to_csv(folder / f"{name}.csv", index=False)
-
-
-def judge(folder: Path) -> tuple[pd.DataFrame, list[Path]]:
-    """Judge the claims on a finished study's tables and write claims.md (the table, with the
-    thresholds and the accuracy at a glance), claims.csv, accuracy.png (every layer) and
-    cka.png (the claims' layer). ``python -m src.claims FOLDER`` runs it again."""
-    tables = read_tables(folder)
-    record = json.loads((folder / "study.json").read_text())
-    layer, width = record["claims"]["layer"], record["claims"]["width"]
-    claims = check_claims(tables, layer, width)
-    claims.to_csv(folder / "claims.csv", index=False)
-    baselines = tables.baselines.groupby("data", sort=False).agg(
-        seeds=("seed", "nunique"),
-        test_acc=("baseline/test_acc", lambda s: mean_std(s, 100)),
-        val_acc=("baseline/val_acc", lambda s: mean_std(s, 100)),
-        train_seconds=("baseline/train_seconds", lambda s: mean_std(s, digits=0)),
-    )
-    (folder / "claims.md").write_text(
-        f"{claims.to_markdown(index=False)}\n\nThresholds: {THRESHOLDS}.\n\n"
-        f"Baselines (accuracy in %, mean ± std over seeds)\n\n{baselines.to_markdown()}\n\n"
-        "Test accuracy after shrinking (mean ± std over seeds)\n\n"
-        f"{width_table(aggregate(tables.runs))}\n\n"
-        f"Measured in {record['seconds'] / 60:.1f} min with `{record['command']}`.\n"
-    )
-    similarity = tables.similarity[tables.similarity["layer"] == layer]
-    figures = {"accuracy": accuracy_figure(tables.runs), "cka": cka_figure(similarity)}
-    paths = []
-    for name, figure in figures.items():
-        paths.append(folder / f"{name}.png")
-        figure.savefig(paths[-1], dpi=100)
-        plt.close(figure)
-    return claims, paths
+    rows.similarity += [key | pair for pair in pairwise_similarity(features)]
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="study")
+@reported
 def main(cfg: DictConfig) -> pd.DataFrame:
     start = time.perf_counter()
     runs, methods = run_configs(cfg), method_configs(cfg)  # bad settings fail here, in seconds
+    last = list(runs.values())[-1]
+    claims_site = resolve_site(cfg.claims.layer, ModelShape(tuple(last.model.head_widths)))
     folder = Path(cfg.output_dir)
     rows = Rows(*([] for _ in TABLES))
     try:
@@ -331,15 +238,13 @@ def main(cfg: DictConfig) -> pd.DataFrame:
         log.error("study stopped: what it measured is in %s", folder / "partial")
         raise
     shutil.rmtree(folder / "partial", ignore_errors=True)  # an earlier, stopped run's
-    tables = rows.frames()
-    last = list(runs.values())[-1]
-    layer = resolve_layer(cfg.claims.layer, list(last.model.head_widths))
     record = {
         "seconds": time.perf_counter() - start,
         "command": shlex.join(["python", "-m", "src.study", *HydraConfig.get().overrides.task]),
-        "claims": {"layer": layer, "width": cfg.claims.width},
+        "claims": {"layer": claims_site.name, "width": cfg.claims.width},
         "config": OmegaConf.to_container(cfg),
     }
+    tables = rows.frames()
     write_tables(folder, tables)
     (folder / "study.json").write_text(json.dumps(record, indent=2) + "\n")
     claims, figures = judge(folder)

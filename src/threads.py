@@ -14,8 +14,10 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 
+from src.errors import SettingError
 
-class ThreadsConfigError(ValueError):
+
+class ThreadsConfigError(SettingError):
     """A thread setting that cannot work; the message names the setting."""
 
 

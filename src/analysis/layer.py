@@ -1,4 +1,4 @@
-"""Look inside one head layer: probe it, measure how alike its neurons are, and cluster them."""
+"""Look inside one site: which of its units are alive, how alike they are, and their clusters."""
 
 from __future__ import annotations
 
@@ -15,15 +15,22 @@ from src.analysis.clustering import (
     spectral_clusters,
 )
 from src.analysis.neurons import NeuronStatus, neuron_status
-from src.analysis.probe import Probe
 from src.analysis.similarity import affinity_from_dissimilarity, dissimilarity_matrix
 
 CLUSTERINGS = ("spectral", "agglomerative", "kmeans")
 
 
 @dataclass
+class Probe:
+    """What a site saw and did on the probe words."""
+
+    inputs: Tensor  # (words, D): what the site reads
+    activations: Tensor  # (words, N): what its units output
+
+
+@dataclass
 class LayerAnalysis:
-    layer: int
+    layer: str  # the site's name
     probe: Probe
     dissimilarity: Tensor  # (N, N), every neuron
     status: NeuronStatus  # dead, nearly dead and alive neurons (src.analysis.neurons)
@@ -85,7 +92,7 @@ def cluster_layer(
     dissimilarity: Tensor,
     weights: Tensor,
     outgoing: Tensor,
-    layer: int,
+    layer: str,
     n_clusters: int,
     clustering: str = "spectral",
     seed: int = 0,
@@ -105,7 +112,7 @@ def analyse_layer(
     probe: Probe,
     weights: Tensor,
     outgoing: Tensor,
-    layer: int,
+    layer: str,
     n_clusters: int,
     measure: str = "shape",
     clustering: str = "spectral",

@@ -1,0 +1,216 @@
+"""What a run leaves in ``<run>/analysis/``: the analysed site's matrices, clusters, figures and
+neuron viewer, also logged to W&B.
+
+The numbers come from the :class:`~src.workbench.Workbench`; this module only files and draws
+them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from lightning.pytorch.loggers import Logger, WandbLogger
+from torch import Tensor
+
+from src import schema
+from src.analysis.clustering import cluster_sizes
+from src.analysis.figures import Trace, cluster_panels, similarity_heatmap, word_traces
+from src.analysis.layer import LayerAnalysis
+from src.analysis.neurons import NeuronStatus
+from src.analysis.similarity import affinity_from_dissimilarity, degenerate_neurons
+from src.analysis.stats import effective_rank
+from src.compress.base import LayerPair
+from src.data import check_known_words
+from src.sites import Site
+from src.viewer import Example, ViewerData, wandb_html, write_viewer
+from src.workbench import Evaluation, Workbench
+
+log = logging.getLogger(__name__)
+
+SHOWCASE_WORDS = (5, 12)  # test sentences drawn beside the configured ones: this many words
+
+
+def showcase(bench: Workbench) -> list[tuple[str, int]]:
+    """A correctly classified positive and negative test sentence, the most confident of those
+    of :data:`SHOWCASE_WORDS` words, with their labels: what the network does when it is right,
+    beside the configured sentences (which it may get wrong)."""
+    data = bench.datamodule
+    low, high = SHOWCASE_WORDS
+    candidates = [
+        (text, ids, label)
+        for text, (ids, label) in zip(data.texts["test"], data.splits["test"], strict=True)
+        if low <= len(ids) <= high
+    ]
+    if not candidates:
+        return []
+    probs = bench.probabilities([ids for _, ids, _ in candidates])
+    picked = []
+    for wanted in (1, 0):
+        sure = probs if wanted else 1 - probs
+        right = [i for i, (_, _, label) in enumerate(candidates) if label == wanted]
+        right = [i for i in right if sure[i] > 0.5]
+        if right:
+            best = max(right, key=lambda i: float(sure[i]))
+            picked.append((candidates[best][0], wanted))
+    return picked
+
+
+def traces(
+    bench: Workbench,
+    site: Site,
+    sentences: Sequence[tuple[str, int | None]],
+    network: torch.nn.Module | None = None,
+) -> list[Trace]:
+    """Each sentence through ``network`` (the baseline by default), at the site."""
+    tokenizer = bench.datamodule.tokenizer
+    result = []
+    for sentence, label in sentences:
+        encoding = check_known_words(tokenizer, sentence)
+        activations, prob = bench.sentence(site, encoding.ids, network)
+        result.append(Trace(sentence, encoding.tokens, activations, prob, label))
+    return result
+
+
+def status_names(status: NeuronStatus) -> list[str]:
+    names = ["alive"] * len(status.dead)
+    for mask, name in ((status.nearly_dead, "nearly dead"), (status.dead, "dead")):
+        for unit in status.indices(mask):
+            names[unit] = name
+    return names
+
+
+def probe_sentences(bench: Workbench) -> list[list[str]]:
+    """The probe sentences' words, in the order of the probe's rows."""
+    words = bench.probe_words()
+    vocab = bench.datamodule.tokenizer
+    tokens = [vocab.id_to_token(int(i)) for i in words["ids"]]
+    bounds = np.cumsum([0, *words["lengths"].tolist()])
+    return [tokens[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+
+
+def write_site_analysis(
+    folder: Path,
+    bench: Workbench,
+    site: Site,
+    analysis: LayerAnalysis,
+    sentences: Sequence[str],
+    evaluation: Evaluation | None = None,
+    loggers: Sequence[Logger] = (),
+    info: dict[str, str] | None = None,
+) -> dict[str, float]:
+    """clusters.json, similarity.npy, dissimilarity.npy, word_traces.png, similarity.png,
+    clusters.png and viewer.html into ``folder``; the same to W&B. Returns the analysis/ keys
+    of src.schema."""
+    folder.mkdir(parents=True, exist_ok=True)
+    s = bench.settings
+    activations = analysis.probe.activations
+    np.save(folder / "similarity.npy", affinity_from_dissimilarity(analysis.dissimilarity).numpy())
+    np.save(folder / "dissimilarity.npy", analysis.dissimilarity.numpy())
+    status = analysis.status
+    summary = {
+        "layer": site.name,
+        "width": site.width,
+        "measure": s.measure,
+        "clustering": s.clustering,
+        "probe_words": len(activations),
+        "labels": analysis.labels.tolist(),
+        "sizes": cluster_sizes(analysis.labels),
+        "silhouette": analysis.silhouette,
+        "effective_rank": effective_rank(activations),
+        # One definition (src.analysis.neurons): alive, dead and nearly dead split the site;
+        # the last two are left out of the clustering. Constant ones overlap them.
+        "alive": status.indices(status.alive),
+        "dead": status.indices(status.dead),
+        "nearly_dead": status.indices(status.nearly_dead),
+        "constant": degenerate_neurons(lambda: [activations]).constant,
+    }
+    (folder / "clusters.json").write_text(json.dumps(summary, indent=2) + "\n")
+    log.info(
+        "%s: %d live of %d units, clusters of sizes %s, silhouette %s",
+        site.label,
+        len(summary["alive"]),
+        site.width,
+        summary["sizes"],
+        summary["silhouette"],
+    )
+    examples = [(sentence, None) for sentence in sentences] + showcase(bench)
+    drawn = traces(bench, site, examples)
+    quiet = set(summary["dead"]) | set(summary["nearly_dead"])
+    figures = {
+        "word_traces": word_traces(drawn, site.label, quiet),
+        "similarity": similarity_heatmap(
+            analysis.dissimilarity, analysis.labels, site.label, s.measure
+        ),
+        "clusters": cluster_panels(drawn[: len(sentences)], analysis.labels),
+    }
+    for name, figure in figures.items():
+        figure.savefig(folder / f"{name}.png", dpi=110)
+        plt.close(figure)
+    viewer = write_viewer(
+        viewer_data(bench, site, analysis, drawn, evaluation, info or {}), folder / "viewer.html"
+    )
+    metrics = {
+        schema.ANALYSIS_LIVE: len(summary["alive"]),
+        schema.ANALYSIS_SILHOUETTE: float("nan")
+        if analysis.silhouette is None
+        else analysis.silhouette,
+        schema.ANALYSIS_EFFECTIVE_RANK: summary["effective_rank"],
+    }
+    for logger in loggers:
+        if isinstance(logger, WandbLogger):
+            for name in figures:
+                logger.log_image(f"analysis/{name}", images=[str(folder / f"{name}.png")])
+            logger.experiment.log({"analysis/viewer": wandb_html(viewer)})
+            logger.log_metrics(metrics)
+    return metrics
+
+
+def kept_clusters(original: LayerPair, kept: LayerPair, labels: Tensor) -> list[int]:
+    """Per kept unit, the cluster of the original unit whose incoming weights it kept as they
+    were (a merge that keeps one unit per cluster), or -1 (a unit built anew, repaired or
+    retrained)."""
+    rows = original.incoming()
+    clusters = []
+    for row in kept.incoming():
+        same = (rows == row).all(dim=1).nonzero().flatten()
+        clusters.append(int(labels[same[0]]) if len(same) else -1)
+    return clusters
+
+
+def viewer_data(
+    bench: Workbench,
+    site: Site,
+    analysis: LayerAnalysis,
+    drawn: list[Trace],
+    evaluation: Evaluation | None,
+    info: dict[str, str],
+) -> ViewerData:
+    """The viewer's page: the probe words, the clusters, and the example sentences through the
+    baseline and (after a compression) through the shrunk site beside them."""
+    examples, merged_clusters = [], None
+    if evaluation is not None:
+        merged_clusters = kept_clusters(site.pair(bench.network), evaluation.pair, analysis.labels)
+    for trace in drawn:
+        merged: Tensor | None = None
+        if evaluation is not None:
+            ids = bench.datamodule.tokenizer.encode(trace.sentence).ids
+            merged, _ = bench.sentence(site, ids, evaluation.network)
+        caption = trace.title.split("\n")[-1]
+        examples.append(Example(trace.words, trace.activations, merged, caption))
+    return ViewerData(
+        site=site.label,
+        sentences=probe_sentences(bench),
+        activations=analysis.probe.activations,
+        status=status_names(analysis.status),
+        labels=analysis.labels,
+        dissimilarity=analysis.dissimilarity,
+        examples=examples,
+        merged_clusters=merged_clusters,
+        info=info,
+    )

@@ -1,0 +1,53 @@
+"""The one kind of error a user fixes by changing a setting, and how an entry point reports it.
+
+Every module's configuration error derives from :class:`SettingError`, whose message is one line
+naming the setting. :func:`reported` prints that line alone (``HYDRA_FULL_ERROR=1`` shows the
+traceback) and leaves no run folder behind when the run had written nothing of its own.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+
+T = TypeVar("T")
+HYDRA_OWN = {".hydra"}  # what Hydra writes into every run folder before the task starts
+
+
+class SettingError(ValueError):
+    """A setting that cannot work; the message is one line that names it."""
+
+
+def discard_untouched(folder: Path) -> None:
+    """Remove a run folder that holds only Hydra's own files (its config and log)."""
+    if folder.is_dir() and all(p.name in HYDRA_OWN or p.suffix == ".log" for p in folder.iterdir()):
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def reported(task: Callable[..., T]) -> Callable[..., T]:
+    """A Hydra task whose :class:`SettingError` ends a single run with its one-line message and
+    exit status 2. In a multirun the error goes to Hydra, which records the job as failed and
+    goes on with the others (the sweep summary lists it)."""
+
+    @functools.wraps(task)
+    def run(*args: object, **kwargs: object) -> T:
+        try:
+            return task(*args, **kwargs)
+        except SettingError as error:
+            hydra = HydraConfig.get() if HydraConfig.initialized() else None
+            full = os.environ.get("HYDRA_FULL_ERROR") == "1"
+            if full or hydra is None or hydra.mode == RunMode.MULTIRUN:
+                raise
+            print(f"Error: {error}", file=sys.stderr)
+            discard_untouched(Path(hydra.runtime.output_dir))
+            sys.exit(2)
+
+    return run

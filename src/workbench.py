@@ -1,0 +1,400 @@
+"""The evaluation core: one trained baseline and every measure taken on it.
+
+``src.run`` is one cell of it (a site, a width, a method) plus the run's files; ``src.study`` is the
+grid plus the comparisons between cells. What does not depend on the method is computed once per
+baseline and shared through an :class:`~src.store.ArtefactStore` kept beside it: each split's
+LSTM state at every sentence's last word, the baseline's scores, the probe words' LSTM states and
+each site's dissimilarity. A job after the first pays only for its own compression, its metrics
+and its files.
+
+Everything a sentence's prediction reads is its state at the last word, so for a head site both
+the baseline's and the shrunk model's logits come from the same stored states, through the head
+alone.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+from torch import Tensor
+from torch.utils.data import DataLoader
+from torchmetrics.functional.classification import binary_auroc, binary_f1_score
+
+from src import schema
+from src.analysis.layer import CLUSTERINGS, LayerAnalysis, Probe, cluster_layer
+from src.analysis.similarity import MEASURES, dissimilarity_matrix
+from src.analysis.stats import mcnemar_exact_interval, mcnemar_p
+from src.baseline import read_checkpoint
+from src.compress.base import LayerPair, MergeMethod
+from src.compress.repair import repair_statistics
+from src.compress.retrain import Features, train_pair
+from src.data import SentimentDataModule, collate, probe_loader
+from src.errors import SettingError
+from src.model import SentimentClassifier, SentimentLSTM, last_word
+from src.sites import ModelShape, Site, check_target_width, resolve_site
+from src.store import ArtefactStore
+
+CHUNK_SIZE = 8192  # probe words per chunk of the similarity measures: memory, not results
+EVALUATED = ("validation", "test")
+
+
+class AnalysisConfigError(SettingError):
+    """An analysis setting that cannot work; the message names the setting to change."""
+
+
+class CompressionConfigError(SettingError):
+    """A compression setting that cannot work; the message names the setting to change."""
+
+
+COMPRESS_DIR = Path(__file__).resolve().parents[1] / "conf" / "compress"
+
+
+def method_choices() -> list[str]:
+    """Every method of conf/compress/: each choice but ``none`` and the shared ``_step``."""
+    return sorted(
+        p.stem
+        for p in COMPRESS_DIR.glob("*.yaml")
+        if p.stem != "none" and not p.stem.startswith("_")
+    )
+
+
+def build_method(compress: DictConfig) -> MergeMethod | None:
+    """The ``compress`` node's method, built from its ``method`` constructor (None: shrink
+    nothing); a bad argument is refused in one line naming it."""
+    if compress.method is None:
+        return None
+    try:
+        return instantiate(compress.method)
+    except Exception as error:  # hydra wraps the method's own ValueError
+        reason = str(error.__cause__ or error).splitlines()[0]
+        raise CompressionConfigError(f"compress={compress.name}: {reason}") from error
+
+
+def run_site(cfg: DictConfig) -> Site:
+    """The site a run analyses and shrinks (``layer``), checked against ``target_width``; the
+    model's shape is the checkpoint's own when ``ckpt_path`` is given."""
+    if cfg.ckpt_path:
+        shape = ModelShape(tuple(read_checkpoint(cfg.ckpt_path)["hyper_parameters"]["head_widths"]))
+    else:
+        shape = ModelShape(tuple(cfg.model.head_widths))
+    site = resolve_site(cfg.layer, shape)
+    check_target_width(cfg.target_width, site)
+    return site
+
+
+def shared_store(
+    cache_dir: str | None, checkpoint: Path, datamodule: SentimentDataModule
+) -> ArtefactStore:
+    """Where the jobs on this baseline share what they compute: under ``cache_dir``, keyed by
+    the model's bytes and the data (in memory only when there is no cache)."""
+    if not cache_dir:
+        return ArtefactStore(None)
+    model = hashlib.sha256(Path(checkpoint).read_bytes()).hexdigest()[:16]
+    return ArtefactStore(Path(cache_dir) / "shared" / f"{model}-{data_digest(datamodule)}")
+
+
+@dataclass(frozen=True)
+class AnalysisSettings:
+    """How a site is probed, compared and grouped (the config's ``analysis`` node)."""
+
+    probe_sentences: int  # training sentences whose every word is probed
+    measure: str  # similarity of two units' traces: src.analysis.similarity.MEASURES
+    clustering: str  # src.analysis.layer.CLUSTERINGS
+    seed: int  # the probe sample's and the clustering's
+
+    def __post_init__(self) -> None:
+        if self.probe_sentences < 1:
+            raise AnalysisConfigError(
+                f"analysis.probe_sentences={self.probe_sentences}: the probe set would be empty; "
+                "use at least 1"
+            )
+        for setting, value, choices in (
+            ("measure", self.measure, MEASURES),
+            ("clustering", self.clustering, CLUSTERINGS),
+        ):
+            if value not in choices:
+                raise AnalysisConfigError(
+                    f"unknown analysis.{setting}={value!r}; choose one of {', '.join(choices)}"
+                )
+
+    @classmethod
+    def of(cls, cfg: DictConfig) -> AnalysisSettings:
+        """From a run config: its ``analysis`` node and its seed."""
+        analysis = cfg.analysis
+        return cls(analysis.probe_sentences, analysis.measure, analysis.clustering, cfg.seed)
+
+
+@dataclass(frozen=True)
+class CompressStep:
+    """What the compression step does around the method (the ``compress`` node's base keys)."""
+
+    repair: bool  # REPAIR: each kept unit's pre-activation statistics matched to its group's
+    epochs: int  # training epochs after the method (0: none)
+    lr: float  # their learning rate
+
+    @classmethod
+    def of(cls, compress: DictConfig) -> CompressStep:
+        return cls(bool(compress.repair), int(compress.epochs), float(compress.lr))
+
+
+@dataclass
+class Evaluation:
+    """One method on one site at one width: the row of measures and what they were taken on."""
+
+    metrics: dict[str, float | int]  # the compressed/... keys of src.schema
+    pair: LayerPair  # the shrunk site
+    network: SentimentLSTM  # the whole shrunk network
+    correct: Tensor  # (test sentences,) bool: the shrunk model is right
+    features: Tensor  # (test sentences, k): the shrunk site's activations at the last word
+
+
+def accuracy(logits: Tensor, labels: Tensor) -> Tensor:
+    """Per sentence, whether the logit's sign gives the label, (sentences,) bool."""
+    return (logits > 0).float() == labels
+
+
+@torch.no_grad()
+def last_word_states(network: SentimentLSTM, loader: DataLoader) -> Features:
+    """The LSTM's state at each sentence's last real word (dropout off), in the loader's order:
+    every head layer's input follows from it."""
+    network.eval()
+    states, labels = [], []
+    for batch in loader:
+        states.append(network.last_states(batch["ids"], batch["lengths"]))
+        labels.append(batch["labels"])
+    return Features(torch.cat(states), torch.cat(labels))
+
+
+def data_digest(datamodule: SentimentDataModule) -> str:
+    """What decides the sentences of each split, hashed: shared artefacts are keyed by it and by
+    the model's bytes, so a checkpoint analysed on other data never reads the wrong states."""
+    settings = {
+        key: getattr(datamodule, key)
+        for key in ("name", "limit", "max_length", "truncation_side", "val_fraction")
+    }
+    settings["vocab"] = datamodule.tokenizer.get_vocab_size()
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]
+
+
+class Workbench:
+    """One trained model, its data, and everything its jobs share (module docstring)."""
+
+    def __init__(
+        self,
+        model: SentimentClassifier,
+        datamodule: SentimentDataModule,
+        settings: AnalysisSettings,
+        store: ArtefactStore | None = None,
+    ) -> None:
+        self.model, self.datamodule, self.settings = model, datamodule, settings
+        self.network = model.network.eval()
+        self.store = store or ArtefactStore(None)
+
+    # ---- shared by every job on this baseline ----
+
+    def states(self, split: str) -> Features:
+        """Each sentence's LSTM state at its last word and its label, for ``split``."""
+        stored = self.store.get(
+            f"states-{split}",
+            lambda: vars(last_word_states(self.network, self.datamodule.loader(split))),
+        )
+        return Features(stored["inputs"], stored["labels"])
+
+    def baseline_scores(self) -> dict[str, float | int]:
+        """The ``baseline/`` scores of src.schema, from the stored last-word states."""
+
+        def compute() -> dict[str, Tensor]:
+            scores = {}
+            for split in EVALUATED:
+                states = self.states(split)
+                logits = self.network.head_from(0, states.inputs)
+                scores[split] = accuracy(logits, states.labels).float().mean()
+            labels = states.labels.long()
+            scores["f1"] = binary_f1_score(torch.sigmoid(logits), labels)
+            scores["auroc"] = binary_auroc(torch.sigmoid(logits), labels)
+            return scores
+
+        scores = self.store.get("baseline-scores", compute)
+        return {
+            schema.BASELINE_VAL_ACC: scores["validation"].item(),
+            schema.BASELINE_TEST_ACC: scores["test"].item(),
+            schema.BASELINE_TEST_F1: scores["f1"].item(),
+            schema.BASELINE_TEST_AUROC: scores["auroc"].item(),
+            schema.BASELINE_PARAMS: sum(p.numel() for p in self.network.parameters()),
+        }
+
+    def probe_words(self) -> dict[str, Tensor]:
+        """The probe sentences (a seeded sample of the training split): their word ids (words,),
+        lengths (sentences,) and LSTM states at every word (words, H), in sentence order."""
+        n, seed = self.settings.probe_sentences, self.settings.seed
+
+        @torch.no_grad()
+        def compute() -> dict[str, Tensor]:
+            loader = probe_loader(self.datamodule.splits["train"], n, seed)
+            ids, lengths, states = [], [], []
+            for batch in loader:
+                real = torch.arange(batch["ids"].shape[1])[None, :] < batch["lengths"][:, None]
+                states.append(self.network.states(batch["ids"], batch["lengths"])[real])
+                ids.append(batch["ids"][real])
+                lengths.append(batch["lengths"])
+            return {
+                "ids": torch.cat(ids),
+                "lengths": torch.cat(lengths),
+                "states": torch.cat(states),
+            }
+
+        return self.store.get(f"probe-{n}-{seed}", compute)
+
+    @torch.no_grad()
+    def probe(self, site: Site) -> Probe:
+        """The site's inputs and activations at every probe word."""
+        states = self.probe_words()["states"]
+        return Probe(site.inputs(self.network, states), site.activations(self.network, states))
+
+    def dissimilarity(self, site: Site) -> Tensor:
+        """(N, N) dissimilarity of the site's units over the probe words (``analysis.measure``)."""
+        s = self.settings
+
+        def compute() -> dict[str, Tensor]:
+            acts = self.probe(site).activations
+            batches = lambda: acts.split(CHUNK_SIZE)  # noqa: E731
+            return {"d": dissimilarity_matrix(batches, s.measure, CHUNK_SIZE).float()}
+
+        name = f"dissimilarity-{site.name}-{s.measure}-{s.probe_sentences}-{s.seed}"
+        return self.store.get(name, compute)["d"]
+
+    # ---- one cell: a site and a width ----
+
+    def analyse(self, site: Site, width: int) -> LayerAnalysis:
+        """The site's units: which are alive, and ``width`` clusters of the live ones."""
+        pair = site.pair(self.network)
+        s = self.settings
+        return cluster_layer(
+            self.probe(site),
+            self.dissimilarity(site),
+            pair.incoming(),
+            pair.w_out,
+            site.name,
+            width,
+            s.clustering,
+            s.seed,
+        )
+
+    def compress(
+        self, step: CompressStep, method: MergeMethod, site: Site, width: int
+    ) -> tuple[LayerPair, float]:
+        """The site shrunk to ``width`` by ``method`` (then repaired and trained as ``step``
+        says), and the seconds this took."""
+        analysis = self.analyse(site, width)
+        original = site.pair(self.network)
+        generator = torch.Generator().manual_seed(self.settings.seed)
+        start = time.perf_counter()
+        pair = method(original, analysis.probe.activations, analysis.labels, width, generator)
+        if step.repair:
+            pair = repair_statistics(original, pair, analysis.probe.inputs)
+        if step.epochs > 0:
+            train = self.states("train")
+            with torch.no_grad():  # what the site reads is fixed: computed once, no graph
+                inputs = site.inputs(self.network, train.inputs)
+            frozen = copy.deepcopy(self.network).requires_grad_(False)  # the layers around it
+            with torch.enable_grad():
+                pair = train_pair(
+                    pair,
+                    lambda p, x: site.logits(frozen, p, x),
+                    Features(inputs, train.labels),
+                    step.epochs,
+                    step.lr,
+                    self.datamodule.batch_size,
+                    generator,
+                )
+        return pair, time.perf_counter() - start
+
+    @torch.no_grad()
+    def evaluate(
+        self, step: CompressStep, method: MergeMethod, site: Site, width: int
+    ) -> Evaluation:
+        """Compress, then measure against the baseline on the same sentences: accuracy,
+        agreement, logit error, the paired interval and McNemar's p (src.schema's keys)."""
+        pair, seconds = self.compress(step, method, site, width)
+        original = site.pair(self.network)
+        metrics: dict[str, float | int] = {}
+        for split in EVALUATED:
+            states = self.states(split)
+            inputs = site.inputs(self.network, states.inputs)
+            before = site.logits(self.network, original, inputs)
+            after = site.logits(self.network, pair, inputs)
+            correct = accuracy(after, states.labels)
+            if split == "validation":
+                metrics[schema.COMPRESSED_VAL_ACC] = correct.float().mean().item()
+                continue
+            baseline_correct = accuracy(before, states.labels)
+            low, high = mcnemar_exact_interval(correct, baseline_correct)
+            features = pair.hidden(inputs)
+            metrics |= {
+                schema.COMPRESSED_TEST_ACC: correct.float().mean().item(),
+                schema.DELTA_ACC: (correct.float().mean() - baseline_correct.float().mean()).item(),
+                schema.COMPRESSED_CI_LOW: low,
+                schema.COMPRESSED_CI_HIGH: high,
+                schema.COMPRESSED_MCNEMAR_P: mcnemar_p(correct, baseline_correct),
+                schema.COMPRESSED_AGREEMENT: ((after > 0) == (before > 0)).float().mean().item(),
+                schema.COMPRESSED_LOGIT_ERROR: (
+                    (after - before).norm() / before.norm().clamp_min(1e-12)
+                ).item(),
+                # Kept units that never fire at a test sentence's last word: a fresh layer can die.
+                schema.COMPRESSED_DEAD: int((~(features > 0).any(dim=0)).sum()),
+            }
+        shrunk = site.rebuild(self.network, pair)
+        (old_layer, _), (new_layer, _) = site.params(original), site.params(pair)
+        metrics |= {
+            schema.BASELINE_LAYER_PARAMS: old_layer,
+            schema.COMPRESSED_LAYER_PARAMS: new_layer,
+            schema.COMPRESSED_PARAMS: sum(p.numel() for p in shrunk.parameters()),
+            schema.COMPRESSED_WIDTH: pair.width,
+            schema.COMPRESS_SECONDS: seconds,
+        }
+        return Evaluation(metrics, pair, shrunk, correct, features)
+
+    @torch.no_grad()
+    def probabilities(self, sentences: list[Tensor]) -> Tensor:
+        """P(positive) of each sentence (word ids), in one padded batch."""
+        batch = collate([(ids, 0) for ids in sentences])
+        return torch.sigmoid(self.network.sentence_logits(batch["ids"], batch["lengths"]))
+
+    @torch.no_grad()
+    def sentence(self, site: Site, ids: list[int], network: SentimentLSTM | None = None):
+        """One sentence through ``network`` (the baseline's by default): the site's activation
+        after every word (T, N) and P(positive)."""
+        network = (network or self.network).eval()
+        ids_t, lengths = torch.tensor([ids]), torch.tensor([len(ids)])
+        states = network.states(ids_t, lengths)  # (1, T, H)
+        prob = torch.sigmoid(last_word(network.head_from(0, states), lengths))[0].item()
+        return site.activations(network, states)[0], prob
+
+
+def save_compressed(
+    model: SentimentClassifier, shrunk: SentimentLSTM, path: str | Path, record: dict
+) -> Path:
+    """A checkpoint of the shrunk network that loads like any other (``ckpt_path=...``) and
+    records its own shape, its tokenizer, and what it was shrunk from and how (``record``)."""
+    hparams = dict(model.hparams)
+    hparams["head_widths"] = shrunk.hidden_widths
+    compressed = SentimentClassifier(**hparams)
+    compressed.network.load_state_dict(shrunk.state_dict())
+    checkpoint = {
+        "state_dict": compressed.state_dict(),
+        "hyper_parameters": hparams,
+        "pytorch-lightning_version": L.__version__,
+        "tokenizer": model.tokenizer_json,
+        "compressed": record,
+    }
+    torch.save(checkpoint, path)
+    return Path(path)

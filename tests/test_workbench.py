@@ -1,0 +1,237 @@
+"""The evaluation core on a real (small, untrained) network and a slice of real data: every
+method on every site, the metrics, the shrunk checkpoint, and the work shared between jobs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from src import schema
+from src.baseline import load_checkpoint
+from src.compress.base import LayerPair
+from src.compress.weight_sum import WeightSum
+from src.data import SentimentDataModule, collate
+from src.model import SentimentClassifier
+from src.sites import ModelShape, all_sites, resolve_site
+from src.store import ArtefactStore
+from src.workbench import (
+    AnalysisSettings,
+    CompressionConfigError,
+    CompressStep,
+    Workbench,
+    build_method,
+    method_choices,
+    save_compressed,
+)
+from tests.conftest import DATA_DIR, compose_config
+
+WIDTHS = [24, 12, 8]
+SETTINGS = AnalysisSettings(probe_sentences=64, measure="shape", clustering="spectral", seed=0)
+NO_STEP = CompressStep(repair=False, epochs=0, lr=0.01)
+# Methods that keep one neuron per cluster of live neurons: fewer when fewer are alive.
+LIVE_ONLY = {"weight_sum", "ls_refit", "cluster_init", "keep_one"}
+
+
+@pytest.fixture(scope="module")
+def datamodule() -> SentimentDataModule:
+    dm = SentimentDataModule(
+        "rotten_tomatoes", "hub", root=str(DATA_DIR), limit=300, max_length=12, batch_size=16
+    )
+    dm.setup()
+    return dm
+
+
+def model(datamodule: SentimentDataModule, seed: int = 0) -> SentimentClassifier:
+    torch.manual_seed(seed)
+    vocab = datamodule.tokenizer.get_vocab_size()
+    classifier = SentimentClassifier(vocab, 8, {"hidden_size": 16}, WIDTHS, dropout=0.0)
+    classifier.tokenizer_json = datamodule.tokenizer.to_str()
+    return classifier.eval()
+
+
+def bench(datamodule: SentimentDataModule, store: ArtefactStore | None = None) -> Workbench:
+    return Workbench(model(datamodule), datamodule, SETTINGS, store)
+
+
+@pytest.fixture(scope="module")
+def shared(datamodule: SentimentDataModule) -> Workbench:
+    """One workbench for the tests that leave its network as it is: states and probes once."""
+    return bench(datamodule)
+
+
+def sentence_logits(network, datamodule: SentimentDataModule, split: str) -> torch.Tensor:
+    """The network's own prediction, sentence by sentence in the loader's order."""
+    batches = [network.sentence_logits(b["ids"], b["lengths"]) for b in datamodule.loader(split)]
+    return torch.cat(batches)
+
+
+def test_a_site_with_its_own_pair_gives_the_networks_prediction(datamodule) -> None:
+    wb = bench(datamodule)
+    states = wb.states("test")
+    expected = sentence_logits(wb.network, datamodule, "test")
+    for site in all_sites(ModelShape.of(wb.network)):
+        inputs = site.inputs(wb.network, states.inputs)
+        got = site.logits(wb.network, site.pair(wb.network), inputs)
+        torch.testing.assert_close(got, expected)
+
+
+def test_a_rebuilt_network_computes_what_the_site_describes(datamodule) -> None:
+    wb = bench(datamodule)
+    site = resolve_site("head.1", ModelShape.of(wb.network))
+    pair = site.pair(wb.network).select(torch.tensor([0, 3, 5]))
+    shrunk = site.rebuild(wb.network, pair)
+    assert shrunk.hidden_widths == [24, 3, 8]
+    inputs = site.inputs(wb.network, wb.states("test").inputs)
+    torch.testing.assert_close(
+        sentence_logits(shrunk, datamodule, "test"), site.logits(wb.network, pair, inputs)
+    )
+
+
+@pytest.mark.parametrize("method", method_choices())
+@pytest.mark.parametrize("layer", ["head.0", "head.1", "head.2"])
+def test_every_method_shrinks_every_site_with_the_right_parameter_count(
+    shared: Workbench, method: str, layer: str
+) -> None:
+    compress = compose_config(f"compress={method}").compress
+    wb, k = shared, 4
+    site = resolve_site(layer, ModelShape.of(wb.network))
+    evaluation = wb.evaluate(CompressStep.of(compress), build_method(compress), site, k)
+    live = int(wb.analyse(site, k).status.alive.sum())
+    assert evaluation.pair.width == (min(k, live) if method in LIVE_ONLY else k)
+    d, m = [16, *WIDTHS][site.index], [*WIDTHS, 1][site.index + 1]
+    assert evaluation.pair.w_in.shape[1] == d and evaluation.pair.w_out.shape[0] == m
+    metrics = evaluation.metrics
+    assert metrics[schema.COMPRESSED_LAYER_PARAMS] == evaluation.pair.width * (d + 1)
+    removed = (site.width - evaluation.pair.width) * (d + 1 + m)
+    before = sum(p.numel() for p in wb.network.parameters())
+    assert metrics[schema.COMPRESSED_PARAMS] == before - removed
+    assert 0 <= metrics[schema.COMPRESSED_AGREEMENT] <= 1
+    assert evaluation.features.shape == (len(wb.states("test").labels), evaluation.pair.width)
+
+
+class Unchanged:
+    """A method that keeps the site as it is: the measures of a perfect compression."""
+
+    def __call__(self, pair: LayerPair, *args: object) -> LayerPair:
+        return pair
+
+
+def test_the_measures_of_an_unchanged_site_are_perfect(datamodule) -> None:
+    wb = bench(datamodule)
+    site = resolve_site(-1, ModelShape.of(wb.network))
+    metrics = wb.evaluate(NO_STEP, Unchanged(), site, 4).metrics
+    assert metrics[schema.COMPRESSED_AGREEMENT] == 1.0
+    assert metrics[schema.COMPRESSED_LOGIT_ERROR] == 0.0
+    assert metrics[schema.DELTA_ACC] == 0.0
+    assert metrics[schema.COMPRESSED_TEST_ACC] == wb.baseline_scores()[schema.BASELINE_TEST_ACC]
+    assert (metrics[schema.COMPRESSED_CI_LOW], metrics[schema.COMPRESSED_CI_HIGH]) == (0.0, 0.0)
+
+
+def test_weight_sum_of_exact_multiples_leaves_the_network_unchanged(datamodule) -> None:
+    """Neuron 2k+1 of the last hidden layer is 3x neuron 2k: merging each pair is exact."""
+    wb = bench(datamodule)
+    last = wb.network.head[2]
+    with torch.no_grad():
+        last.weight[1::2] = 3 * last.weight[0::2]
+        last.bias[1::2] = 3 * last.bias[0::2]
+    site = resolve_site("head.2", ModelShape.of(wb.network))
+    pair = site.pair(wb.network)
+    activations = wb.probe(site).activations
+    labels = torch.arange(8) // 2  # the pairs as the clusters
+    merged = WeightSum()(pair, activations, labels, 4, torch.Generator())
+    inputs = site.inputs(wb.network, wb.states("test").inputs)
+    torch.testing.assert_close(
+        site.logits(wb.network, merged, inputs),
+        site.logits(wb.network, pair, inputs),
+        atol=1e-5,
+        rtol=1e-5,
+    )
+
+
+class Killing:
+    """Keeps the site but silences units 0 and 3 (a bias no input overcomes)."""
+
+    def __call__(self, pair: LayerPair, *args: object) -> LayerPair:
+        b_in = pair.b_in.clone().index_fill_(0, torch.tensor([0, 3]), -1e6)
+        return LayerPair(pair.w_in, b_in, pair.w_out, pair.b_out)
+
+
+def test_dead_neurons_counts_kept_units_that_never_fire(datamodule) -> None:
+    wb = bench(datamodule)
+    site = resolve_site("head.2", ModelShape.of(wb.network))
+    inputs = site.inputs(wb.network, wb.states("test").inputs)
+    silent = int((~(site.pair(wb.network).hidden(inputs) > 0).any(dim=0)).sum())
+    assert wb.evaluate(NO_STEP, Unchanged(), site, 4).metrics[schema.COMPRESSED_DEAD] == silent
+    killed = wb.evaluate(NO_STEP, Killing(), site, 4).metrics[schema.COMPRESSED_DEAD]
+    assert killed >= 2 and killed >= silent
+
+
+def test_retraining_changes_only_the_pair_and_lowers_the_training_loss(datamodule) -> None:
+    wb = bench(datamodule)
+    site = resolve_site("head.2", ModelShape.of(wb.network))
+    fresh = build_method(compose_config("compress=freeze_retrain").compress)
+    before = {k: v.clone() for k, v in wb.network.state_dict().items()}
+    trained, _ = wb.compress(CompressStep(False, 20, 0.01), fresh, site, 4)
+    untrained, _ = wb.compress(NO_STEP, fresh, site, 4)
+    assert all(torch.equal(before[k], v) for k, v in wb.network.state_dict().items())
+    assert all(p.grad is None for p in wb.network.parameters())
+    train = wb.states("train")
+    inputs = site.inputs(wb.network, train.inputs)
+    loss = torch.nn.functional.binary_cross_entropy_with_logits
+    trained_loss = loss(site.logits(wb.network, trained, inputs), train.labels)
+    assert trained_loss < loss(site.logits(wb.network, untrained, inputs), train.labels)
+
+
+def test_the_saved_compressed_model_records_its_shape_and_predicts_what_was_measured(
+    datamodule, tmp_path
+) -> None:
+    wb = bench(datamodule)
+    site = resolve_site("head.1", ModelShape.of(wb.network))
+    method = build_method(compose_config("compress=prune").compress)
+    evaluation = wb.evaluate(NO_STEP, method, site, 3)
+    record = {"layer": site.name, "method": "prune"}
+    path = save_compressed(wb.model, evaluation.network, tmp_path / "compressed.ckpt", record)
+    loaded = load_checkpoint(path)
+    assert loaded.hparams["head_widths"] == [24, 3, 8]
+    assert loaded.tokenizer_json == wb.model.tokenizer_json
+    inputs = site.inputs(wb.network, wb.states("test").inputs)
+    expected = site.logits(wb.network, evaluation.pair, inputs)
+    torch.testing.assert_close(sentence_logits(loaded.network, datamodule, "test"), expected)
+
+
+def test_a_second_job_on_the_same_baseline_computes_nothing_shared(datamodule, tmp_path) -> None:
+    first = bench(datamodule, ArtefactStore(tmp_path))
+    site = resolve_site("head.2", ModelShape.of(first.network))
+    method = build_method(compose_config("compress=weight_sum").compress)
+    row = first.evaluate(NO_STEP, method, site, 4).metrics | first.baseline_scores()
+    assert {"states-test", "probe-64-0", "baseline-scores"} <= set(first.store.computed)
+    second = bench(datamodule, ArtefactStore(tmp_path))
+    again = second.evaluate(NO_STEP, method, site, 4).metrics | second.baseline_scores()
+    assert second.store.computed == []
+    assert {k: v for k, v in again.items() if k != schema.COMPRESS_SECONDS} == {
+        k: v for k, v in row.items() if k != schema.COMPRESS_SECONDS
+    }
+
+
+def test_probabilities_are_the_networks_own(datamodule) -> None:
+    wb = bench(datamodule)
+    sentences = [ids for ids, _ in datamodule.splits["test"][:5]]
+    batch = collate([(ids, 0) for ids in sentences])
+    expected = torch.sigmoid(wb.network.sentence_logits(batch["ids"], batch["lengths"]))
+    torch.testing.assert_close(wb.probabilities(sentences), expected)
+
+
+def test_a_group_without_a_method_builds_nothing() -> None:
+    assert build_method(compose_config("compress=none").compress) is None
+
+
+@pytest.mark.parametrize(
+    ("override", "setting"),
+    [
+        ("compress.method.representative=best", "compress.representative"),
+        ("compress.method.scale=cubic", "compress.scale"),
+    ],
+)
+def test_bad_method_settings_name_the_setting(override: str, setting: str) -> None:
+    with pytest.raises(CompressionConfigError, match=setting):
+        build_method(compose_config("compress=weight_sum", override).compress)
