@@ -125,7 +125,8 @@ def resolve_site(layer: int | str, shape: ModelShape) -> Site:
     sites = all_sites(shape)
     n = len(sites)
     names = ", ".join(site.name for site in sites)
-    choose = f"choose one of {names} (or a head index, -{n}..{n - 1})"
+    indices = ", ".join(str(i) for i in [*range(n), *range(-1, -n - 1, -1)])
+    choose = f"choose one of {names} (or a head index: {indices})"
     by_name = {site.name: site for site in sites}
     if isinstance(layer, str) and layer in by_name:
         return by_name[layer]

@@ -10,12 +10,14 @@ from hydra import compose, initialize_config_dir
 from hydra.errors import MissingConfigException
 from hydra.utils import instantiate
 
-from src.compress.pipeline import STEP_KEYS, build_method
+from src.errors import SettingError
+from src.workbench import AnalysisSettings, build_method, method_choices, run_site
 from tests.conftest import CONF_DIR, compose_config, run_app
 
 
 def choices(group: str) -> list[str]:
-    return sorted(p.stem for p in (Path(CONF_DIR) / group).glob("*.yaml"))
+    """The group's choices: its files, but for shared bases (a leading underscore)."""
+    return sorted(p.stem for p in (Path(CONF_DIR) / group).glob("*.yaml") if p.stem[0] != "_")
 
 
 @pytest.mark.parametrize("data", choices("data"))
@@ -31,12 +33,22 @@ def test_compress_configs_build_their_method_with_the_documented_defaults(compre
     cfg = compose_config(f"compress={compress}")
     assert cfg.compress.name == compress
     if compress == "none":
-        assert "_target_" not in cfg.compress
+        assert build_method(cfg.compress) is None
         return
     method = build_method(cfg.compress)
-    settings = {k: v for k, v in cfg.compress.items() if k not in (*STEP_KEYS, "_target_")}
+    settings = {k: v for k, v in cfg.compress.method.items() if k != "_target_"}
     assert {k: getattr(method, k) for k in settings} == settings
     assert method == type(method)()
+
+
+def test_every_choice_shares_the_step_settings_and_the_lists_come_from_the_folder() -> None:
+    """``-m compress=a,b compress.repair=true`` needs every choice, none included, to have the
+    step's keys; the sweep and the study list the methods from conf/compress/."""
+    step = set(compose_config("compress=none").compress)
+    assert {"repair", "epochs", "lr", "method"} <= step
+    for compress in choices("compress"):
+        assert set(compose_config(f"compress={compress}").compress) == step
+    assert method_choices() == [c for c in choices("compress") if c != "none"]
 
 
 @pytest.mark.parametrize("experiment", choices("experiment"))
@@ -85,19 +97,18 @@ def test_unknown_data_set_names_the_group() -> None:
         ("target_width=0", "target_width=0"),
         ("layer=7", "layer=7"),
         ("layer=3", "output layer"),
-        ("layer=-4", "layer=-4 is out of range; choose a hidden layer: one of 0, 1, 2, -1, -2, -3"),
-        ("layer=head.x", "layer=head.x is not a layer index"),
+        ("layer=-4", "layer=-4 is out of range; choose one of head.0, head.1, head.2"),
+        ("layer=head.x", "layer=head.x names no site"),
         ("analysis.measure=cosine", "analysis.measure"),
         ("analysis.clustering=dbscan", "analysis.clustering"),
         ("analysis.probe_sentences=0", "analysis.probe_sentences"),
     ],
 )
-def test_bad_analysis_settings_are_refused_when_the_callbacks_are_built(
-    override: str, named: str
-) -> None:
+def test_bad_analysis_settings_are_refused_before_any_work(override: str, named: str) -> None:
     cfg = compose_config(override)
-    with pytest.raises(Exception, match=re.escape(named)):
-        instantiate(cfg.callbacks.neuron_analysis)
+    with pytest.raises(SettingError, match=re.escape(named)):
+        AnalysisSettings.of(cfg)
+        run_site(cfg)
 
 
 def test_an_unknown_method_names_the_compress_group() -> None:

@@ -5,9 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from src.analysis.layer import cluster_layer, probe_dissimilarity
+from src.analysis.layer import Probe, cluster_layer, probe_dissimilarity
 from src.analysis.neurons import neuron_status
-from src.analysis.probe import Probe
 from src.compress.base import LayerPair
 from src.compress.keep_one import KeepOne
 from src.compress.prune import Prune
@@ -115,7 +114,7 @@ def test_weight_sum_of_a_small_exact_multiple_stays_exact() -> None:
     pair, x = small_copy_pair(), inputs()
     probe = Probe(x, pair.hidden(x))
     analysis = cluster_layer(
-        probe, probe_dissimilarity(probe), pair.incoming(), pair.w_out, 2, 5, "agglomerative"
+        probe, probe_dissimilarity(probe), pair.incoming(), pair.w_out, "head.2", 5, "agglomerative"
     )
     assert analysis.alive.all() and analysis.labels[5] == analysis.labels[0]
     merged = WeightSum()(pair, probe.activations, analysis.labels, 5, gen())
@@ -130,7 +129,7 @@ def test_cluster_layer_leaves_the_dead_and_nearly_dead_out() -> None:
     x = inputs()
     probe = Probe(x, pair.hidden(x))
     analysis = cluster_layer(
-        probe, probe_dissimilarity(probe), pair.incoming(), pair.w_out, 2, 2, "agglomerative"
+        probe, probe_dissimilarity(probe), pair.incoming(), pair.w_out, "head.2", 2, "agglomerative"
     )
     assert analysis.status.indices(analysis.status.nearly_dead) == [4]
     assert analysis.status.indices(analysis.status.dead) == [5]

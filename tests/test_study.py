@@ -72,7 +72,7 @@ def test_the_study_writes_one_row_per_claim(study: Path) -> None:
 def test_the_study_measures_every_method_width_and_pair(study: Path) -> None:
     runs = pd.read_csv(study / "runs.csv")
     assert len(runs) == 4 and set(runs["method"]) == {"weight_sum", "freeze_retrain"}
-    assert set(runs["target_width"]) == {2, 4} and set(runs["layer"]) == {2}
+    assert set(runs["target_width"]) == {2, 4} and set(runs["layer"]) == {"head.2"}
     assert runs["baseline/test_acc"].nunique() == 1  # one baseline, trained once
     assert runs["compressed/test_acc"].between(0, 1).all()
     assert (runs["compressed/width"] <= runs["target_width"]).all()
