@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import argparse
+import atexit
 import itertools
 import json
 import logging
 import math
+import os
+import subprocess
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -17,13 +22,16 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 import wandb  # noqa: E402
+from hydra.core.utils import JobReturn, JobStatus  # noqa: E402
+from hydra.errors import InstantiationException  # noqa: E402
 from hydra.experimental.callback import Callback  # noqa: E402
+from hydra.types import RunMode  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
-from omegaconf import DictConfig  # noqa: E402
+from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 from src.analysis.figures import panel_grid  # noqa: E402
 from src.analysis.stats import linear_cka, matched_correlation  # noqa: E402
-from src.compress.pipeline import ACTIVATIONS_FILE  # noqa: E402
+from src.schema import ACTIVATIONS_FILE  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -65,14 +73,53 @@ MEAN_KEYS = [
 ]
 
 
-def gather_metrics(sweep_dir: str | Path) -> pd.DataFrame:
-    """One row per job folder under ``sweep_dir`` that wrote a metrics.json."""
-    rows = []
-    for path in sorted(Path(sweep_dir).glob("**/metrics.json")):
-        rows.append(
-            {"job": str(path.parent.relative_to(sweep_dir)), **json.loads(path.read_text())}
-        )
-    return pd.DataFrame(rows)
+JOB_ERROR_FILE = "error.json"  # a failed job's one-line error, beside where metrics.json would be
+
+
+def one_line_error(error: BaseException) -> str:
+    """What a user acts on: the first line of the error's message, looking through Hydra's
+    "Error in call to target" wrapper to the error it wraps (the project's errors are one line
+    that names the setting); the error's type where the message is empty."""
+    while isinstance(error, InstantiationException) and error.__cause__ is not None:
+        error = error.__cause__
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[0] if lines else type(error).__name__
+
+
+def job_folders(sweep_dir: Path) -> list[Path]:
+    """Every job folder under ``sweep_dir``: where a job wrote metrics.json or its error, or
+    where Hydra saved a job's overrides (``.hydra/``) before it started."""
+    folders = {p.parent for p in sweep_dir.glob("**/metrics.json")}
+    folders |= {p.parent for p in sweep_dir.glob(f"**/{JOB_ERROR_FILE}")}
+    folders |= {p.parent.parent for p in sweep_dir.glob("**/.hydra/overrides.yaml")}
+    return sorted(folders)
+
+
+def job_row(sweep_dir: Path, folder: Path) -> dict:
+    """A job's status (``finished``, ``failed`` with its one-line ``error``, or ``unfinished``:
+    no record, as when a job was killed) and, for a finished job, its metrics.json."""
+    row = {"job": str(folder.relative_to(sweep_dir)), "status": "unfinished", "error": None}
+    if (folder / JOB_ERROR_FILE).is_file():
+        return row | {"status": "failed"} | json.loads((folder / JOB_ERROR_FILE).read_text())
+    if (folder / "metrics.json").is_file():
+        return row | {"status": "finished"} | json.loads((folder / "metrics.json").read_text())
+    return row
+
+
+def gather_metrics(sweep_dir: str | Path, status: str | None = None) -> pd.DataFrame:
+    """One row per job folder under ``sweep_dir`` (those with ``status`` alone, if given).
+
+    The finished jobs' integer columns (width, layer, seed) stay integers, where the other
+    jobs' empty cells would make them floats: nullable integers among every job, plain ones
+    among the finished jobs alone.
+    """
+    rows = [job_row(Path(sweep_dir), folder) for folder in job_folders(Path(sweep_dir))]
+    finished = pd.DataFrame([row for row in rows if row["status"] == "finished"])
+    if status == "finished":
+        return finished
+    jobs = pd.DataFrame([row for row in rows if status in (None, row["status"])])
+    integers = [c for c in finished if c in jobs and pd.api.types.is_integer_dtype(finished[c])]
+    return jobs.astype({column: "Int64" for column in integers})
 
 
 def aggregate(jobs: pd.DataFrame) -> pd.DataFrame:
@@ -136,7 +183,7 @@ def accuracy_figure(jobs: pd.DataFrame) -> Figure:
         ax.set_xticks(widths, [str(int(w)) for w in widths])
         ax.set_xlabel("target width")
         ax.set_ylabel("test accuracy")
-        ax.set_title(f"{data}, layer {int(layer)}")
+        ax.set_title(f"{data}, layer {layer}")  # an index, or a site name (head.2)
         ax.legend(fontsize=7)
     fig.tight_layout()
     return fig
@@ -190,31 +237,51 @@ def cka_figure(pairs: pd.DataFrame) -> Figure:
         image = ax.imshow(grid.to_numpy(), vmin=0, vmax=1, cmap="viridis")
         ax.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=7)
         ax.set_yticks(range(len(names)), names, fontsize=7)
-        ax.set_title(f"{data}, layer {int(layer)}, width {int(width)}", fontsize=9)
+        ax.set_title(f"{data}, layer {layer}, width {int(width)}", fontsize=9)
     fig.colorbar(image, ax=axes, shrink=0.8, label="linear CKA")
     return fig
 
 
+def unfinished_list(jobs: pd.DataFrame) -> str:
+    """The jobs that did not finish, each with its status and one-line error."""
+    lost = jobs[jobs["status"] != "finished"]
+    lines = [
+        f"- `{job}` failed: {error}"
+        if status == "failed"
+        else f"- `{job}` {status}: no metrics.json and no recorded error (killed, or still running)"
+        for job, status, error in zip(lost["job"], lost["status"], lost["error"], strict=True)
+    ]
+    head = f"{len(lost)} of {len(jobs)} jobs did not finish (summary.csv: status, error)"
+    return "\n".join([head, "", *lines])
+
+
 def summarise_sweep(sweep_dir: str | Path) -> pd.DataFrame:
-    """Write summary.csv (every job), summary.md and accuracy.png into ``sweep_dir``, and
-    cka.csv and cka.png where jobs left their shrunk layers' features."""
+    """Write summary.csv (every job, finished or not, with its status and error), summary.md
+    (the jobs that did not finish, then the tables) and accuracy.png into ``sweep_dir``, and
+    cka.csv and cka.png where jobs left their shrunk layers' features; the tables and figures
+    are made from the finished jobs alone."""
     sweep_dir = Path(sweep_dir)
     jobs = gather_metrics(sweep_dir)
     if jobs.empty:
-        log.warning("no metrics.json under %s: nothing to summarise", sweep_dir)
+        log.warning("no job folder under %s: nothing to summarise", sweep_dir)
         return jobs
     jobs.to_csv(sweep_dir / "summary.csv", index=False)
-    stats = aggregate(jobs)
+    finished = gather_metrics(sweep_dir, status="finished")
+    stats = aggregate(finished)
+    sections = [unfinished_list(jobs)] if len(finished) < len(jobs) else []
+    if not stats.empty:
+        sections += [
+            f"Test accuracy (mean ± std over seeds)\n\n{width_table(stats)}",
+            f"Every measure\n\n{markdown_table(stats)}",
+        ]
+    if sections:
+        (sweep_dir / "summary.md").write_text("\n\n".join(sections) + "\n")
     if stats.empty:
         return jobs
-    (sweep_dir / "summary.md").write_text(
-        f"Test accuracy (mean ± std over seeds)\n\n{width_table(stats)}\n\n"
-        f"Every measure\n\n{markdown_table(stats)}\n"
-    )
-    figure = accuracy_figure(jobs.dropna(subset=["target_width"]))
+    figure = accuracy_figure(finished.dropna(subset=["target_width"]))
     figure.savefig(sweep_dir / "accuracy.png", dpi=110)
     plt.close(figure)
-    pairs = sibling_similarity(jobs, sweep_dir)
+    pairs = sibling_similarity(finished, sweep_dir)
     if not pairs.empty:
         pairs.to_csv(sweep_dir / "cka.csv", index=False)
         figure = cka_figure(pairs)
@@ -253,35 +320,105 @@ def log_summary_run(
         run.finish()
 
 
+def report_sweep(sweep_dir: Path, wandb_settings: DictConfig | None = None) -> pd.DataFrame:
+    """:func:`summarise_sweep`, said on the console, and a W&B summary run of the finished
+    jobs (``wandb_settings``: project, group and mode; None: no W&B run)."""
+    jobs = summarise_sweep(sweep_dir)
+    if jobs.empty:
+        return jobs
+    finished = int((jobs["status"] == "finished").sum())
+    print(
+        f"sweep summary ({finished} of {len(jobs)} jobs finished): "
+        f"{sweep_dir / 'summary.csv'}, {sweep_dir / 'summary.md'}"
+    )
+    if finished and wandb_settings is not None:
+        tables = {"summary": jobs}
+        if (sweep_dir / "cka.csv").is_file():
+            tables["cka"] = pd.read_csv(sweep_dir / "cka.csv")
+        log_summary_run(
+            sweep_dir,
+            wandb_settings,
+            name=f"summary {sweep_dir.name}",
+            job_type="summary",
+            tables=tables,
+            images=[p for p in map(sweep_dir.joinpath, SWEEP_FIGURES) if p.is_file()],
+        )
+    return jobs
+
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]  # where ``python -m src.report`` runs
+
+
 class SweepSummary(Callback):
-    """Hydra callback: at the end of a multirun, summarise it and log a W&B summary run."""
+    """Hydra callback: records each failed job's one-line error in its folder, and at the end of
+    a multirun summarises it and logs a W&B summary run.
+
+    Hydra's sweepers raise the first failed job's error before ``on_multirun_end``, so an exit
+    handler, registered when the multirun starts and dropped by ``on_multirun_end``, writes the
+    summary then: one failed job does not lose the others' summary, and the sweep still exits
+    with an error. The handler runs ``python -m src.report`` in a fresh process: by then the
+    dying one has shut its threads and W&B's service down.
+    """
 
     def __init__(self, wandb: bool = True) -> None:
         self.wandb = wandb
+        self.sweep_dir: Path | None = None
+        self.exit_command: list[str] = []
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: object) -> None:
+        self.sweep_dir = Path(config.hydra.sweep.dir).resolve()
+        settings = self.wandb_settings(config) or {}
+        flags = [f"--wandb-{k}={v}" for k, v in settings.items() if v is not None]
+        self.exit_command = [sys.executable, "-m", "src.report", str(self.sweep_dir), *flags]
+        atexit.register(self.summarise_at_exit)
+
+    def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: object) -> None:
+        if OmegaConf.select(config, "hydra.mode") != RunMode.MULTIRUN:
+            return
+        record = Path(config.hydra.runtime.output_dir) / JOB_ERROR_FILE
+        if job_return.status == JobStatus.FAILED:
+            # return_value would raise the error; _return_value holds it
+            error = one_line_error(job_return._return_value)
+            record.parent.mkdir(parents=True, exist_ok=True)
+            record.write_text(json.dumps({"error": error}) + "\n")
+        else:
+            record.unlink(missing_ok=True)  # an earlier failure in the same folder
 
     def on_multirun_end(self, config: DictConfig, **kwargs: object) -> None:
-        sweep_dir = Path(config.hydra.sweep.dir)
-        jobs = summarise_sweep(sweep_dir)
-        if jobs.empty:
-            return
-        print(f"sweep summary: {sweep_dir / 'summary.csv'}, {sweep_dir / 'summary.md'}")
-        if self.wandb and "wandb" in config.get("logger", {}):
-            tables = {"summary": jobs}
-            if (sweep_dir / "cka.csv").is_file():
-                tables["cka"] = pd.read_csv(sweep_dir / "cka.csv")
-            log_summary_run(
-                sweep_dir,
-                config.logger.wandb,
-                name=f"summary {sweep_dir.name}",
-                job_type="summary",
-                tables=tables,
-                images=[p for p in map(sweep_dir.joinpath, SWEEP_FIGURES) if p.is_file()],
-            )
+        atexit.unregister(self.summarise_at_exit)
+        report_sweep(Path(config.hydra.sweep.dir), self.wandb_settings(config))
+
+    def wandb_settings(self, config: DictConfig) -> DictConfig | None:
+        if not (self.wandb and "wandb" in config.get("logger", {})):
+            return None
+        wandb_config = config.logger.wandb
+        return OmegaConf.create({k: wandb_config.get(k) for k in ("project", "group", "mode")})
+
+    def summarise_at_exit(self) -> None:
+        """The sweep ended in an error (a failed job, Ctrl-C): summarise the jobs it left."""
+        if self.sweep_dir is None or not job_folders(self.sweep_dir):
+            return  # it failed before any job started
+        done = subprocess.run(self.exit_command, cwd=PROJECT_ROOT, check=False)
+        if done.returncode != 0:
+            log.error("the sweep summary failed (exit %d): %s", done.returncode, self.exit_command)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description="Summarise a multirun folder again; with --wandb-project, log its W&B "
+        "summary run too."
+    )
+    parser.add_argument("sweep_dir", type=Path, help="a multirun folder (hydra.sweep.dir)")
+    parser.add_argument("--wandb-project", help="log a W&B summary run to this project")
+    parser.add_argument("--wandb-group", help="the summary run's W&B group (the sweep_id)")
+    parser.add_argument("--wandb-mode", default=os.environ.get("WANDB_MODE", "offline"))
+    args = parser.parse_args(argv)
+    settings = None
+    if args.wandb_project:
+        keys = {"project": args.wandb_project, "group": args.wandb_group, "mode": args.wandb_mode}
+        settings = OmegaConf.create(keys)
+    report_sweep(args.sweep_dir, settings)
 
 
 if __name__ == "__main__":
-    import argparse
-
-    parser = argparse.ArgumentParser(description="Summarise a multirun folder again.")
-    parser.add_argument("sweep_dir", help="a multirun folder (hydra.sweep.dir) of finished jobs")
-    summarise_sweep(parser.parse_args().sweep_dir)
+    main()

@@ -9,9 +9,14 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from hydra.core.utils import JobReturn, JobStatus
+from hydra.errors import InstantiationException
+from hydra.types import RunMode
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
-from src.compress.pipeline import ACTIVATIONS_FILE
-from src.report import summarise_sweep, write_metrics
+from src.report import SweepSummary, summarise_sweep, write_metrics
+from src.schema import ACTIVATIONS_FILE
 
 
 def fake_sweep(folder: Path) -> None:
@@ -78,3 +83,92 @@ def test_one_seed_shows_the_mean_alone(tmp_path: Path) -> None:
 def test_an_empty_folder_writes_nothing(tmp_path: Path) -> None:
     assert summarise_sweep(tmp_path).empty
     assert not (tmp_path / "summary.csv").exists()
+
+
+def end_job(job: Path, status: JobStatus, value: object, mode: RunMode = RunMode.MULTIRUN) -> None:
+    """Hand the sweep callback what Hydra's launchers hand it when the job in ``job`` ends."""
+    job.mkdir(exist_ok=True)
+    hydra = {"mode": mode, "runtime": {"output_dir": str(job)}}
+    config = OmegaConf.create({"hydra": hydra})
+    SweepSummary().on_job_end(config, job_return=JobReturn(status=status, _return_value=value))
+
+
+class WidthError(ValueError):
+    """A setting error as the project raises them: one line that names the setting."""
+
+
+def refuse_width(target_width: int) -> None:
+    raise WidthError(f"target_width={target_width} must be between 1 and 15: layer=-1 has 16 units")
+
+
+def failing_job(job: Path) -> str:
+    """A job that died as a bad width does in src.run: the check raised inside Hydra's
+    instantiate, which wraps it. Returns the check's own message."""
+    with pytest.raises(InstantiationException) as raised:
+        instantiate({"_target_": f"{__name__}.refuse_width"}, target_width=99)
+    end_job(job, JobStatus.FAILED, raised.value)
+    cause = raised.value.__cause__
+    assert isinstance(cause, WidthError) and str(cause) not in str(raised.value).splitlines()[0]
+    return str(cause)
+
+
+def test_failed_jobs_are_listed_with_their_one_line_errors(tmp_path: Path) -> None:
+    fake_sweep(tmp_path)
+    width_99 = failing_job(tmp_path / "compress=weight_sum,seed=0,target_width=99")
+    jobs = summarise_sweep(tmp_path)
+    summary = pd.read_csv(tmp_path / "summary.csv")
+    assert len(jobs) == len(summary) == 9
+    assert summary["status"].value_counts().to_dict() == {"finished": 8, "failed": 1}
+    failed = summary[summary["status"] == "failed"]
+    assert failed["job"].tolist() == ["compress=weight_sum,seed=0,target_width=99"]
+    assert failed["error"].tolist() == [width_99]  # the cause's message, not Hydra's wrapper
+    assert summary.loc[summary["status"] == "finished", "error"].isna().all()
+    widths = pd.read_csv(tmp_path / "summary.csv", dtype=str)["target_width"]
+    assert set(widths.dropna()) == {"2", "4"}  # not 2.0: the failed job's empty cell
+    table = (tmp_path / "summary.md").read_text()
+    assert f"`compress=weight_sum,seed=0,target_width=99` failed: {width_99}" in table
+    assert "1 of 9 jobs" in table
+    # The finished jobs are summarised as before, the failed one left out of every mean.
+    assert re.search(r"ls_refit\s*\|\s*0\.7205 ± 0\.0007\s*\|\s*0\.7405 ± 0\.0007\s*\|", table)
+    assert "width 99" not in table
+    assert (tmp_path / "accuracy.png").stat().st_size > 0
+
+
+def test_a_sweep_whose_every_job_failed_still_lists_them(tmp_path: Path) -> None:
+    width_99 = failing_job(tmp_path / "target_width=99")
+    end_job(tmp_path / "target_width=2", JobStatus.FAILED, KeyError("data"))
+    summarise_sweep(tmp_path)
+    summary = pd.read_csv(tmp_path / "summary.csv").set_index("job")
+    assert summary["status"].tolist() == ["failed", "failed"]
+    assert summary.loc["target_width=99", "error"] == width_99
+    assert summary.loc["target_width=2", "error"] == "'data'"
+    table = (tmp_path / "summary.md").read_text()
+    assert "2 of 2 jobs" in table and width_99 in table
+    assert not (tmp_path / "accuracy.png").exists()
+
+
+def test_a_job_that_left_no_record_is_listed_as_unfinished(tmp_path: Path) -> None:
+    fake_sweep(tmp_path)
+    killed = tmp_path / "compress=prune,seed=0,target_width=2"
+    (killed / ".hydra").mkdir(parents=True)  # Hydra wrote the job's config, then nothing came
+    (killed / ".hydra" / "overrides.yaml").write_text("- compress=prune\n")
+    summarise_sweep(tmp_path)
+    summary = pd.read_csv(tmp_path / "summary.csv").set_index("job")
+    assert len(summary) == 9 and summary.loc[killed.name, "status"] == "unfinished"
+    assert f"`{killed.name}` unfinished" in (tmp_path / "summary.md").read_text()
+
+
+def test_a_job_that_finishes_again_drops_its_old_error(tmp_path: Path) -> None:
+    fake_sweep(tmp_path)
+    job = tmp_path / "compress=weight_sum,seed=0,target_width=2"
+    failing_job(job)
+    assert (summarise_sweep(tmp_path)["status"] == "failed").sum() == 1
+    end_job(job, JobStatus.COMPLETED, {})
+    summary = summarise_sweep(tmp_path)
+    assert (summary["status"] == "finished").all() and summary["error"].isna().all()
+    assert "failed" not in (tmp_path / "summary.md").read_text()
+
+
+def test_a_single_run_that_fails_leaves_no_error_record(tmp_path: Path) -> None:
+    end_job(tmp_path / "run", JobStatus.FAILED, ValueError("data.root=x is no folder"), RunMode.RUN)
+    assert not list(tmp_path.glob("run/*"))

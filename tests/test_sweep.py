@@ -69,7 +69,9 @@ def test_multirun_trains_the_baseline_once_and_writes_one_row_per_job(sweep: Pat
 
 @pytest.mark.slow
 def test_every_job_leaves_the_analysis_artefacts(sweep: Path) -> None:
-    for job in (p.parent for p in sweep.glob("*/metrics.json")):
+    jobs = [p.parent for p in sweep.glob("*/metrics.json")]
+    assert len(jobs) == 4, f"{len(jobs)} of the 4 jobs wrote metrics.json"
+    for job in jobs:
         metrics = read_metrics(job)
         clusters = json.loads((job / "analysis" / "clusters.json").read_text())
         similarity = np.load(job / "analysis" / "similarity.npy")
@@ -83,6 +85,36 @@ def test_every_job_leaves_the_analysis_artefacts(sweep: Path) -> None:
         assert (job / "compressed.ckpt").stat().st_size > 0
         (offline,) = (job / "wandb").glob("offline-run-*")
         assert len(list(offline.glob("files/media/images/**/*.png"))) >= 3
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("launcher", ["basic", "joblib"])
+def test_a_failed_job_leaves_the_summary_of_the_others(
+    launcher: str, tmp_path: Path, sweep: Path, cache: Path
+) -> None:
+    result = run_app(
+        *QUICK,
+        f"hydra/launcher={launcher}",
+        "compress=weight_sum",
+        "target_width=2,99",  # 99: wider than the 16-neuron layer, refused by the job
+        f"hydra.sweep.dir={tmp_path}",
+        f"cache_dir={cache}",  # the sweep's baseline: no training here
+        multirun=True,
+    )
+    assert result.returncode != 0  # the sweep still says that a job failed
+    assert "target_width=99 must be" in result.stderr
+    summary = pd.read_csv(tmp_path / "summary.csv").set_index("status")
+    assert sorted(summary.index) == ["failed", "finished"]
+    assert "target_width=99" in summary.loc["failed", "job"]
+    assert summary.loc["failed", "error"].startswith("target_width=99 must be")
+    assert summary.loc["finished", "target_width"] == 2
+    assert summary.loc["finished", "compressed/test_acc"] > 0.5
+    table = (tmp_path / "summary.md").read_text()
+    assert "1 of 2 jobs" in table and summary.loc["failed", "error"] in table
+    assert "width 2" in table and "width 99" not in table
+    assert (tmp_path / "accuracy.png").stat().st_size > 0
+    (offline,) = (tmp_path / "wandb").glob("offline-run-*")  # the W&B summary run
+    assert list(offline.glob("files/media/images/**/*.png"))
 
 
 @pytest.mark.slow
