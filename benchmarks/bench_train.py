@@ -56,8 +56,11 @@ def packed_every_word_logits(network: SentimentLSTM, ids: Tensor, lengths: Tenso
     """The reference form: packed LSTM, head at every word, the logit read at the last word."""
     embedded = network.dropout(network.embedding(ids))
     packed = pack_padded_sequence(embedded, lengths.cpu(), batch_first=True, enforce_sorted=False)
-    out, _ = network.lstm(packed)
-    out, _ = pad_packed_sequence(out, batch_first=True, total_length=ids.shape[1])
+    for index, layer in enumerate(network.lstm):  # a stacked LSTM, one layer at a time
+        if index:
+            packed = packed._replace(data=network.dropout(packed.data))
+        packed, _ = layer(packed)
+    out, _ = pad_packed_sequence(packed, batch_first=True, total_length=ids.shape[1])
     return last_word(network.head_from(0, network.dropout(out)), lengths)
 
 

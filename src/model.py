@@ -60,42 +60,61 @@ class SentimentLSTM(nn.Module):
         num_layers: int,
         head_widths: Sequence[int],
         dropout: float,
+        lstm_widths: Sequence[int] | None = None,
     ) -> None:
+        """``lstm_widths``: each LSTM layer's units when they differ (a shrunk model); by
+        default ``num_layers`` layers of ``hidden_size``."""
         super().__init__()
         check_shape(head_widths, hidden_size, embedding_dim)
+        widths = list(map(int, lstm_widths or [hidden_size] * num_layers))
         self.embedding = nn.Embedding(vocab_size, embedding_dim, padding_idx=PAD_ID)
-        self.lstm = nn.LSTM(
-            embedding_dim,
-            hidden_size,
-            num_layers,
-            batch_first=True,
-            dropout=dropout if num_layers > 1 else 0.0,
+        # One single-layer LSTM per layer, so that layers can have their own width and each
+        # layer's states can be read (a stacked nn.LSTM computes the same, one layer at a time).
+        self.lstm = nn.ModuleList(
+            nn.LSTM(a, b, batch_first=True) for a, b in itertools.pairwise([embedding_dim, *widths])
         )
         self.dropout = nn.Dropout(dropout)
-        widths = [hidden_size, *map(int, head_widths), 1]
-        self.head = nn.ModuleList(nn.Linear(a, b) for a, b in itertools.pairwise(widths))
+        head = [widths[-1], *map(int, head_widths), 1]
+        self.head = nn.ModuleList(nn.Linear(a, b) for a, b in itertools.pairwise(head))
+        self._register_load_state_dict_pre_hook(_stacked_lstm_keys)
+
+    @property
+    def lstm_widths(self) -> list[int]:
+        return [layer.hidden_size for layer in self.lstm]
 
     @property
     def hidden_widths(self) -> list[int]:
         return [layer.out_features for layer in self.head[:-1]]
 
-    def _lstm_outputs(self, ids: Tensor) -> Tensor:
-        """The LSTM's output after every position of the padded batch, (B, T, H), before dropout;
-        positions past a sentence's end hold states that read padding, never used as such."""
-        out, _ = self.lstm(self.dropout(self.embedding(ids)))  # embedded: (B, T, E)
-        return out
+    def layer_outputs(self, ids: Tensor) -> list[Tensor]:
+        """Every LSTM layer's output after every position of the padded batch, each (B, T, H_l),
+        before the last dropout; positions past a sentence's end hold states that read padding,
+        never used as such. Dropout sits between layers, as in a stacked nn.LSTM."""
+        x = self.dropout(self.embedding(ids))  # (B, T, E)
+        outputs = []
+        for index, layer in enumerate(self.lstm):
+            if index:
+                x = self.dropout(x)
+            x, _ = layer(x)
+            outputs.append(x)
+        return outputs
 
-    def states(self, ids: Tensor, lengths: Tensor) -> Tensor:
-        """LSTM state after every word, (B, T, H); zeros at padding."""
-        out = self._lstm_outputs(ids)
+    def layer_states(self, ids: Tensor, lengths: Tensor) -> list[Tensor]:
+        """Every LSTM layer's state after every word, each (B, T, H_l); zeros at padding."""
         real = (
             torch.arange(ids.shape[1], device=ids.device)[None, :] < lengths.to(ids.device)[:, None]
         )
-        return self.dropout(out) * real[..., None]
+        return [out * real[..., None] for out in self.layer_outputs(ids)]
+
+    def states(self, ids: Tensor, lengths: Tensor) -> Tensor:
+        """The top LSTM layer's state after every word, (B, T, H) (dropout applied as in
+        training); zeros at padding."""
+        return self.dropout(self.layer_states(ids, lengths)[-1])
 
     def last_states(self, ids: Tensor, lengths: Tensor) -> Tensor:
-        """LSTM state at each sentence's last real word, (B, H): all the prediction reads."""
-        return self.dropout(last_word(self._lstm_outputs(ids), lengths))
+        """The top LSTM state at each sentence's last real word, (B, H): all the prediction
+        reads."""
+        return self.dropout(last_word(self.layer_outputs(ids)[-1], lengths))
 
     def sentence_logits(self, ids: Tensor, lengths: Tensor) -> Tensor:
         """One logit per sentence, (B,), computing the head at the last word only."""
@@ -127,6 +146,17 @@ class SentimentLSTM(nn.Module):
         return self.head_from(0, self.states(ids, lengths))
 
 
+def _stacked_lstm_keys(state_dict: dict, prefix: str, *args: object) -> None:
+    """Checkpoints written when the LSTM was one stacked nn.LSTM name its layers
+    ``lstm.weight_ih_l1``; here every layer is its own module, ``lstm.1.weight_ih_l0``."""
+    for key in [k for k in state_dict if k.startswith(f"{prefix}lstm.") and "_l" in k]:
+        name = key.removeprefix(f"{prefix}lstm.")
+        if name[0].isdigit():
+            continue
+        stem, layer = name.rsplit("_l", 1)
+        state_dict[f"{prefix}lstm.{layer}.{stem}_l0"] = state_dict.pop(key)
+
+
 class SentimentClassifier(L.LightningModule):
     """Trains :class:`SentimentLSTM` on the output at each sentence's last word."""
 
@@ -136,7 +166,7 @@ class SentimentClassifier(L.LightningModule):
         embedding_dim: int = 128,
         lstm: Mapping[str, int] | None = None,
         head_widths: Sequence[int] = (256, 64, 16),
-        dropout: float = 0.3,
+        dropout: float = 0.5,
         optimizer: Callable[..., torch.optim.Optimizer] | None = None,
     ) -> None:
         super().__init__()
@@ -149,8 +179,9 @@ class SentimentClassifier(L.LightningModule):
             num_layers=int(lstm.get("num_layers", 1)),
             head_widths=list(head_widths),
             dropout=dropout,
+            lstm_widths=lstm.get("widths"),  # a shrunk model's own widths
         )
-        self.optimizer_factory = optimizer or partial(torch.optim.Adam, lr=1e-3)
+        self.optimizer_factory = optimizer or partial(torch.optim.Adam, lr=0.002)
         self.loss = nn.BCEWithLogitsLoss()
         metrics = MetricCollection(
             {"acc": BinaryAccuracy(), "f1": BinaryF1Score(), "auroc": BinaryAUROC()}

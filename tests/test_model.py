@@ -81,7 +81,7 @@ def test_padded_last_word_training_form_equals_the_packed_every_word_form(num_la
     assert padded_grads.keys() == packed_grads.keys()
     for name, grad in padded_grads.items():
         torch.testing.assert_close(grad, packed_grads[name], atol=1e-5, rtol=1e-5, msg=name)
-    assert padded_grads["lstm.weight_hh_l0"].abs().sum() > 0  # the comparison is not vacuous
+    assert padded_grads["lstm.0.weight_hh_l0"].abs().sum() > 0  # the comparison is not vacuous
 
 
 def test_per_word_states_are_zero_at_padding_and_match_the_last_word_states() -> None:
@@ -110,3 +110,23 @@ def test_head_widths_come_from_config() -> None:
     module = SentimentClassifier(vocab_size=30, head_widths=[32, 8], lstm={"hidden_size": 10})
     assert module.network.hidden_widths == [32, 8]
     assert module.network.head[0].in_features == 10
+
+
+def test_a_checkpoint_of_the_stacked_lstm_loads_into_per_layer_modules() -> None:
+    """Checkpoints written when the LSTM was one stacked nn.LSTM still load, unchanged."""
+    net = network(num_layers=2, hidden_size=16)
+    stacked = torch.nn.LSTM(8, 16, 2, batch_first=True)
+    old = {k: v for k, v in net.state_dict().items() if not k.startswith("lstm.")}
+    old |= {f"lstm.{k}": v for k, v in stacked.state_dict().items()}
+    net.load_state_dict(old)
+    ids, lengths = torch.randint(2, 50, (3, 6)), torch.tensor([6, 2, 4])
+    embedded = net.embedding(ids)
+    expected, _ = stacked(embedded)
+    torch.testing.assert_close(net.layer_outputs(ids)[-1], expected)
+
+
+def test_layers_of_their_own_widths_chain_to_the_head() -> None:
+    net = network(num_layers=2, hidden_size=16, lstm_widths=[5, 7])
+    assert net.lstm_widths == [5, 7] and net.head[0].in_features == 7
+    states = net.layer_states(torch.randint(2, 50, (2, 4)), torch.tensor([4, 2]))
+    assert [s.shape[-1] for s in states] == [5, 7]
