@@ -4,9 +4,8 @@ PYTHON ?= python3
 TORCH ?= torch==2.13.0
 VENV := .venv
 BIN := $(VENV)/bin
-SHARED_DATA := $(abspath ../shared/data)
-# Offline copies of the corpora, when this checkout sits beside them; otherwise the hub.
-export SENTIMENT_DATA_DIR ?= $(if $(wildcard $(SHARED_DATA)/rotten_tomatoes),$(SHARED_DATA),)
+# The corpora need no setting here: src/data.py finds ../shared/data beside the checkout, or
+# the embedded rotten_tomatoes (SENTIMENT_DATA_DIR or data.root=... point elsewhere).
 
 .PHONY: install run sweep test test-fast lint format bench bench-train bench-similarity clean compression-sweep claims
 

@@ -1,5 +1,11 @@
 """Movie-review corpora as a LightningDataModule: local Parquet copies or the Hugging Face hub.
 
+Where a corpus comes from (:func:`locate_corpus`): ``data.root`` when it is set (its default is
+``$SENTIMENT_DATA_DIR``); else a ``shared/data`` folder beside the checkout that holds it; else the
+copy embedded in the package (``src/corpora/``, rotten_tomatoes only); else the hub. So a fresh
+machine with no data folder and no internet still runs the default corpus, and no setting or
+Makefile variable is needed where the shared folder sits beside the checkout.
+
 Text is tokenised by a WordLevel model from Hugging Face ``tokenizers`` trained on the train split
 only, and batches are padded to their own longest sentence. With length bucketing
 (``data.bucket_pool``) a batch holds sentences of similar length, so little of it is padding: the
@@ -48,26 +54,54 @@ def hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
 
 
 TEXT_COLUMNS = ("text", "sentence")  # SST-2 on the hub calls its text "sentence"
+DATA_DIR_ENV = "SENTIMENT_DATA_DIR"  # data.root's default
+CHECKOUT = Path(__file__).resolve().parents[1]
+BESIDE_CHECKOUT = CHECKOUT.parent / "shared" / "data"  # corpora found with no setting at all
+EMBEDDED = Path(__file__).resolve().parent / "corpora"  # shipped with the package
+
+
+def holds_corpus(folder: Path, name: str) -> bool:
+    return (folder / name / "train.parquet").is_file()
+
+
+def locate_corpus(name: str, root: str | None) -> Path | None:
+    """The folder of ``name``'s Parquet files, or None for the hub.
+
+    ``root`` (data.root), else ``$SENTIMENT_DATA_DIR``: a folder that must hold the corpus, since
+    a setting someone gave that finds nothing is a mistake to report, not to route around. With
+    neither: ``shared/data`` beside the checkout when it holds the corpus, then the embedded copy.
+    """
+    root = root or os.environ.get(DATA_DIR_ENV) or None
+    if root:
+        folder = Path(root).expanduser()
+        if not holds_corpus(folder, name):
+            raise DataConfigError(
+                f"no {folder / name}/train.parquet: data.root (default: ${DATA_DIR_ENV}) must be "
+                f"a folder with one sub-folder per data set, like ../shared/data/{name}/"
+            )
+        return folder / name
+    for folder in (BESIDE_CHECKOUT, EMBEDDED):
+        if holds_corpus(folder, name):
+            return folder / name
+    return None
 
 
 def load_raw_splits(name: str, root: str | None, hub_name: str) -> DatasetDict:
-    """The corpus from ``root/name/*.parquet`` when ``root`` is set, else from the hub."""
-    if root:
-        folder = Path(root).expanduser() / name
-        files = {split: str(folder / f"{split}.parquet") for split in SPLITS}
-        files = {split: path for split, path in files.items() if Path(path).is_file()}
-        if "train" not in files:
-            raise DataConfigError(
-                f"no {folder}/train.parquet: data.root (default: $SENTIMENT_DATA_DIR) must be a "
-                f"folder with one sub-folder per data set, like ../shared/data/{name}/"
-            )
+    """The corpus from the folder :func:`locate_corpus` finds, else from the hub."""
+    folder = locate_corpus(name, root)
+    if folder is not None:
+        paths = {split: folder / f"{split}.parquet" for split in SPLITS}
+        files = {split: str(path) for split, path in paths.items() if path.is_file()}
+        log.info("%s: loading the Parquet files in %s", name, folder)
         raw = load_dataset("parquet", data_files=files)
     else:
         if not hub_reachable():
             raise DataConfigError(
-                f"data.root is not set and the Hugging Face hub is unreachable: set data.root=... "
-                f"or SENTIMENT_DATA_DIR to a folder holding {name}/train.parquet"
+                f"{name} is found nowhere (data.root is not set, {BESIDE_CHECKOUT} does not hold "
+                f"it, the Hugging Face hub is unreachable): set data.root=... (or "
+                f"{DATA_DIR_ENV}) to a folder holding {name}/train.parquet"
             )
+        log.info("%s: loading %s from the Hugging Face hub", name, hub_name)
         raw = load_dataset(hub_name)
     text_column = next(c for c in TEXT_COLUMNS if c in raw["train"].column_names)
     if text_column != "text":

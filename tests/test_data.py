@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pytest
 import torch
 from datasets import Dataset, DatasetDict
+from hydra.utils import instantiate
 from tokenizers import Tokenizer
 
+from src import data
 from src.data import (
+    EMBEDDED,
     PAD_ID,
     DataConfigError,
     SentimentDataModule,
@@ -17,8 +21,9 @@ from src.data import (
     complete_splits,
     encode,
     load_raw_splits,
+    locate_corpus,
 )
-from tests.conftest import DATA_DIR
+from tests.conftest import DATA_DIR, ROOT, compose_config
 
 
 def datamodule(name: str = "rotten_tomatoes", **kwargs) -> SentimentDataModule:
@@ -94,12 +99,83 @@ def test_missing_local_folder_names_the_setting(tmp_path) -> None:
         load_raw_splits("rotten_tomatoes", str(tmp_path), "hub")
 
 
-def test_unreachable_hub_fails_fast_naming_the_setting(monkeypatch) -> None:
+@pytest.fixture
+def fresh_machine(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No SENTIMENT_DATA_DIR, no shared/data beside the checkout, no route to the hub."""
+    monkeypatch.delenv("SENTIMENT_DATA_DIR", raising=False)
+    monkeypatch.setattr(data, "BESIDE_CHECKOUT", tmp_path / "shared" / "data")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+def same_rows(a: DatasetDict, b: DatasetDict) -> bool:
+    return a.keys() == b.keys() and all(
+        a[split]["text"] == b[split]["text"] and a[split]["label"] == b[split]["label"]
+        for split in a
+    )
+
+
+@pytest.mark.usefixtures("fresh_machine")
+def test_rotten_tomatoes_needs_no_setting_and_no_internet_it_is_embedded() -> None:
+    assert locate_corpus("rotten_tomatoes", None) == EMBEDDED / "rotten_tomatoes"
+    assert EMBEDDED.parent == Path(data.__file__).parent  # inside the package, so it installs
+    embedded = load_raw_splits("rotten_tomatoes", None, "cornell-movie-review-data/rotten_tomatoes")
+    shared = load_raw_splits("rotten_tomatoes", str(DATA_DIR), "unused")
+    assert {split: len(rows) for split, rows in embedded.items()} == {
+        "train": 8530,
+        "validation": 1066,
+        "test": 1066,
+    }
+    assert same_rows(embedded, shared)
+
+
+@pytest.mark.usefixtures("fresh_machine")
+def test_a_corpus_found_nowhere_is_refused_fast_naming_the_setting() -> None:
     start = time.perf_counter()
-    with pytest.raises(DataConfigError, match="data.root"):
-        load_raw_splits("rotten_tomatoes", None, "cornell-movie-review-data/rotten_tomatoes")
+    with pytest.raises(DataConfigError, match=r"sst2 is found nowhere.*set data\.root="):
+        load_raw_splits("sst2", None, "stanfordnlp/sst2")
     assert time.perf_counter() - start < 10
+
+
+@pytest.mark.usefixtures("fresh_machine")
+def test_corpora_beside_the_checkout_need_no_setting() -> None:
+    data.BESIDE_CHECKOUT.mkdir(parents=True)
+    (data.BESIDE_CHECKOUT / "sst2").symlink_to(DATA_DIR / "sst2")
+    assert locate_corpus("sst2", None) == data.BESIDE_CHECKOUT / "sst2"
+    assert same_rows(
+        load_raw_splits("sst2", None, "unused"), load_raw_splits("sst2", str(DATA_DIR), "unused")
+    )
+    # beside the checkout comes before the embedded copy, which stays the fallback
+    assert locate_corpus("rotten_tomatoes", None) == EMBEDDED / "rotten_tomatoes"
+    (data.BESIDE_CHECKOUT / "rotten_tomatoes").symlink_to(DATA_DIR / "rotten_tomatoes")
+    assert locate_corpus("rotten_tomatoes", None) == data.BESIDE_CHECKOUT / "rotten_tomatoes"
+
+
+def test_beside_the_checkout_means_shared_data_next_to_this_checkout() -> None:
+    assert ROOT.parent / "shared" / "data" == data.BESIDE_CHECKOUT
+
+
+def test_plain_data_sst2_finds_the_folder_beside_the_checkout(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``python -m src.run data=sst2`` as typed, with no SENTIMENT_DATA_DIR (no Makefile)."""
+    if not data.holds_corpus(data.BESIDE_CHECKOUT, "sst2"):
+        pytest.skip(f"no sst2 in {data.BESIDE_CHECKOUT} beside this checkout")
+    monkeypatch.delenv("SENTIMENT_DATA_DIR")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    dm = instantiate(compose_config("data=sst2").data)
+    assert dm.root is None
+    assert locate_corpus(dm.name, dm.root) == data.BESIDE_CHECKOUT / "sst2"
+
+
+def test_a_given_folder_is_used_alone_never_routed_around(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """SENTIMENT_DATA_DIR or data.root that does not hold the corpus is refused, even for the
+    embedded rotten_tomatoes, and data.root wins over SENTIMENT_DATA_DIR."""
+    monkeypatch.setenv("SENTIMENT_DATA_DIR", str(tmp_path))
+    with pytest.raises(DataConfigError, match="data.root"):
+        load_raw_splits("rotten_tomatoes", None, "hub")
+    assert locate_corpus("imdb", str(DATA_DIR)) == DATA_DIR / "imdb"
 
 
 def test_non_positive_max_length_is_refused() -> None:
