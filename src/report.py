@@ -29,6 +29,7 @@ from hydra.types import RunMode  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
+from src import schema  # noqa: E402
 from src.analysis.figures import panel_grid  # noqa: E402
 from src.analysis.stats import linear_cka, matched_correlation  # noqa: E402
 from src.schema import ACTIVATIONS_FILE  # noqa: E402
@@ -61,16 +62,8 @@ def summary_table(metrics: Metrics, keys: list[str]) -> str:
 
 # ---- the end of a multirun: every job's metrics.json in one table and one figure ----
 
-GROUP_KEYS = ["data", "layer", "method", "target_width"]
-MEAN_KEYS = [
-    "baseline/test_acc",
-    "compressed/test_acc",
-    "delta_acc",
-    "compressed/agreement",
-    "compressed/logit_rel_error",
-    "compressed/dead_neurons",
-    "compress_seconds",
-]
+GROUP_KEYS = [schema.DATA, schema.LAYER, schema.METHOD, schema.TARGET_WIDTH]
+MEAN_KEYS = list(schema.MEAN_OVER_SEEDS)
 
 
 JOB_ERROR_FILE = "error.json"  # a failed job's one-line error, beside where metrics.json would be
@@ -151,7 +144,7 @@ def markdown_table(stats: pd.DataFrame) -> str:
     return table.to_markdown(index=False, disable_numparse=True)
 
 
-def width_table(stats: pd.DataFrame, key: str = "compressed/test_acc") -> str:
+def width_table(stats: pd.DataFrame, key: str = schema.COMPRESSED_TEST_ACC) -> str:
     """One ``key`` at a glance: a row per data set, layer and method, a column per width."""
     cells = stats[GROUP_KEYS].assign(cell=mean_std_cells(stats, key))
     wide = cells.pivot(index=GROUP_KEYS[:3], columns="target_width", values="cell").fillna("")
@@ -159,15 +152,22 @@ def width_table(stats: pd.DataFrame, key: str = "compressed/test_acc") -> str:
     return wide.reset_index().to_markdown(index=False, disable_numparse=True)
 
 
+def site_label(rows: pd.DataFrame, layer: str) -> str:
+    """A site's name with its width, ``head.2 (16)``, where the rows record the width."""
+    if schema.LAYER_WIDTH in rows and rows[schema.LAYER_WIDTH].notna().any():
+        return f"{layer} ({int(rows[schema.LAYER_WIDTH].dropna().iloc[0])})"
+    return str(layer)
+
+
 def accuracy_figure(jobs: pd.DataFrame) -> Figure:
     """Test accuracy against target width, one line per method (mean, spread over seeds), one
-    panel per data set and layer, the baseline as a dashed line."""
-    panels = sorted(jobs.groupby(["data", "layer"]).groups)
-    fig, axes = panel_grid(len(panels), 5.5, 4, per_row=jobs["layer"].nunique())
+    panel per data set and site, the baseline as a dashed line."""
+    panels = sorted(jobs.groupby([schema.DATA, schema.LAYER]).groups)
+    fig, axes = panel_grid(len(panels), 5.5, 4, per_row=jobs[schema.LAYER].nunique())
     for ax, (data, layer) in zip(axes, panels, strict=False):
-        panel = jobs[(jobs["data"] == data) & (jobs["layer"] == layer)]
-        for method, rows in panel.groupby("method"):
-            acc = rows.groupby("target_width")["compressed/test_acc"].agg(["mean", "std"])
+        panel = jobs[(jobs[schema.DATA] == data) & (jobs[schema.LAYER] == layer)]
+        for method, rows in panel.groupby(schema.METHOD):
+            acc = rows.groupby(schema.TARGET_WIDTH)[schema.COMPRESSED_TEST_ACC].agg(["mean", "std"])
             ax.errorbar(
                 acc.index,
                 acc["mean"],
@@ -176,20 +176,20 @@ def accuracy_figure(jobs: pd.DataFrame) -> Figure:
                 label=method,
                 capsize=3,
             )
-        base = panel.drop_duplicates("seed")["baseline/test_acc"].mean()
+        base = panel.drop_duplicates(schema.SEED)[schema.BASELINE_TEST_ACC].mean()
         ax.axhline(base, color="black", linestyle="--", label="baseline")
         ax.set_xscale("log", base=2)
-        widths = sorted(panel["target_width"].unique())
+        widths = sorted(panel[schema.TARGET_WIDTH].unique())
         ax.set_xticks(widths, [str(int(w)) for w in widths])
-        ax.set_xlabel("target width")
+        ax.set_xlabel("units kept")
         ax.set_ylabel("test accuracy")
-        ax.set_title(f"{data}, layer {layer}")  # an index, or a site name (head.2)
+        ax.set_title(f"{data}, {site_label(panel, layer)}")
         ax.legend(fontsize=7)
     fig.tight_layout()
     return fig
 
 
-SIBLING_KEYS = ["data", "layer", "target_width", "seed"]
+SIBLING_KEYS = [schema.DATA, schema.LAYER, schema.TARGET_WIDTH, schema.SEED]
 SWEEP_FIGURES = ("accuracy.png", "cka.png")
 
 
@@ -228,7 +228,8 @@ def cka_figure(pairs: pd.DataFrame) -> Figure:
     """Mean CKA over seeds between every two methods, one heatmap per data set, layer and width."""
     mean = pairs.groupby([*SIBLING_KEYS[:3], "a", "b"])["cka"].mean().reset_index()
     panels = mean.groupby(SIBLING_KEYS[:3])
-    fig, axes = panel_grid(len(panels), 4.2, 4)
+    # Rows of panels with room between them for the rotated method names (they overlapped).
+    fig, axes = panel_grid(len(panels), 4.6, 4.8)
     for ax, ((data, layer, width), panel) in zip(axes, panels, strict=False):
         names = sorted(set(panel["a"]) | set(panel["b"]))
         grid = pd.DataFrame(1.0, index=names, columns=names)
@@ -237,8 +238,9 @@ def cka_figure(pairs: pd.DataFrame) -> Figure:
         image = ax.imshow(grid.to_numpy(), vmin=0, vmax=1, cmap="viridis")
         ax.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=7)
         ax.set_yticks(range(len(names)), names, fontsize=7)
-        ax.set_title(f"{data}, layer {layer}, width {int(width)}", fontsize=9)
-    fig.colorbar(image, ax=axes, shrink=0.8, label="linear CKA")
+        ax.set_title(f"{data}, {layer}, {int(width)} kept", fontsize=9)
+    fig.tight_layout(rect=(0, 0, 0.9, 1))
+    fig.colorbar(image, ax=axes, shrink=0.8, label="linear CKA", location="right")
     return fig
 
 

@@ -172,6 +172,7 @@ def study_baseline(
         )
         for width in widths:
             key = {schema.DATA: data, schema.SEED: seed, schema.LAYER: site.name}
+            key[schema.LAYER_WIDTH] = site.width
             shrink_every_way(cfg, bench, site, key | {schema.TARGET_WIDTH: width}, methods, rows)
         log.info(
             "%s seed %d %s: %d widths x %d methods",
