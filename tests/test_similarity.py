@@ -27,13 +27,18 @@ def source(x: torch.Tensor, sizes: list[int]):
     return lambda: iter(x.float().split(sizes))
 
 
-def naive_shape(x: torch.Tensor) -> np.ndarray:
-    """The definition, one pair at a time, in float64."""
+def naive_shape(x: torch.Tensor, signed: bool = False) -> np.ndarray:
+    """The definition, one pair at a time, in float64; ``signed`` also against -y_j."""
     x = x.double().numpy()
     peak = np.abs(x).max(0)
     y = x / np.where(peak > 0, peak, 1.0)
     n = y.shape[1]
-    return np.array([[np.abs(y[:, i] - y[:, j]).mean() for j in range(n)] for i in range(n)])
+
+    def pair(i: int, j: int) -> float:
+        apart = np.abs(y[:, i] - y[:, j]).mean()
+        return min(apart, np.abs(y[:, i] + y[:, j]).mean()) if signed and i != j else apart
+
+    return np.array([[pair(i, j) for j in range(n)] for i in range(n)])
 
 
 @pytest.mark.parametrize(("n", "chunk_size"), [(1, 8192), (7, 50), (13, 64), (100, 8192)])
@@ -44,6 +49,28 @@ def test_shape_matches_naive_pairs(n: int, chunk_size: int) -> None:
     np.testing.assert_allclose(d.numpy(), naive_shape(x), atol=1e-5)
     assert torch.equal(d, d.T)
     assert torch.all(d.diagonal() == 0)
+
+
+@pytest.mark.parametrize(("n", "chunk_size"), [(1, 8192), (7, 50), (49, 64), (100, 8192)])
+def test_signed_shape_matches_naive_pairs(n: int, chunk_size: int) -> None:
+    """Signed traces against the definition, across the tile boundary (48) of the -y block."""
+    x = torch.tanh(torch.randn(301, n, generator=torch.Generator().manual_seed(n)))
+    if n > 3:
+        x[:, 3] = -0.7 * x[:, 0]
+        x[:, 1] = 0.0
+    d = shape_dissimilarity(source(x, [100, 37, 1, 163]), chunk_size=chunk_size)
+    assert d.shape == (n, n)
+    np.testing.assert_allclose(d.numpy(), naive_shape(x, signed=True), atol=1e-5)
+    assert torch.equal(d, d.T)
+    assert torch.all(d.diagonal() == 0)
+
+
+def test_signed_measure_on_non_negative_traces_is_the_unsigned_one() -> None:
+    """mean(y_i + y_j) >= mean|y_i - y_j| for y >= 0, so forcing ``signed`` changes nothing."""
+    src = source(activations(300, 60), [300])
+    d = shape_dissimilarity(src)
+    assert torch.equal(d, shape_dissimilarity(src, signed=False))
+    np.testing.assert_allclose(shape_dissimilarity(src, signed=True).numpy(), d.numpy(), atol=1e-7)
 
 
 def test_given_scales_are_used_and_checked() -> None:

@@ -8,14 +8,24 @@ word chunks of ``chunk_size`` rows, so memory is bounded by the chunk and the (N
 Two measures are offered (``analysis.measure``):
 
 ``shape``
-    The source's measure. Each neuron's trace is divided by its peak, so a neuron that is 3x
+    The source's measure. Each neuron's trace is divided by its peak |x|, so a neuron that is 3x
     another has the same normalised trace, and D[i, j] = mean_w |y_wi - y_wj|. The all-pairs sum
     uses |a - b| = a + b - 2 min(a, b): the row sums are O(words * N) and only sum_w min(a, b)
     is pairwise, two SIMD operations (min, add) per pair and word in a numba kernel.
+
+    Signed units (the LSTM's h = o * tanh(c)) can be merged through a negative factor, so a unit
+    and its negation are as alike as a unit and its double. For them
+    D[i, j] = min(mean_w |y_wi - y_wj|, mean_w |y_wi + y_wj|): the closer of j and -j. The
+    identity above holds for all reals, so the same kernel run on the 2N traces [y, -y] gives
+    both terms (|y_i + y_j| = |y_i - (-y_j)|) at twice the pairs. Whether a site is signed is
+    read from the data (any negative activation) unless given; non-negative sites (post-ReLU)
+    take the source's path unchanged, and on them the signed formula would give the same
+    numbers anyway, since mean (y_i + y_j) >= mean |y_i - y_j| when both are >= 0.
 ``correlation``
     1 - |Pearson r|, streamed through centred cross products (one float32 product per chunk of
     words, merged in float64): about one (words x N)^T (words x N) product, plus one centring
     pass over the words, which only shows when N is so small that the product is memory-bound.
+    It already ignores the sign: r(i, -j) = -r(i, j), so a negation is at dissimilarity 0.
 """
 
 from __future__ import annotations
@@ -56,6 +66,11 @@ class TraceStats:
     @property
     def dead(self) -> Tensor:
         return self.peak == 0
+
+    @property
+    def signed(self) -> bool:
+        """Whether any neuron ever goes negative: the shape measure then compares with signs."""
+        return bool((self.low < 0).any())
 
     @property
     def constant(self) -> Tensor:
@@ -183,16 +198,41 @@ def _triangle_tiles(n: int) -> np.ndarray:
     return np.array([(i, j) for i in starts for j in starts if j >= i], dtype=np.int64)
 
 
-def shape_dissimilarity(
-    batches: Batches, scales: Tensor | None = None, chunk_size: int = 8192
-) -> Tensor:
-    """D[i, j] = mean over words of |x_wi / s_i - x_wj / s_j| (float64, symmetric, zero diagonal).
+def _signed_tiles(offset: int) -> np.ndarray:
+    """Tiles for traces laid out as [y (padded to ``offset`` rows), -y]: the upper triangle of
+    the y-by-y block and of the y-by-(-y) block, half of what the full 2N triangle would cost.
 
-    ``scales`` defaults to :func:`trace_scales` (an extra pass over the source). Per chunk, the
-    kernel sums min(y_i, y_j) in float32 over at most ``chunk_size`` words, and chunks are added
-    in float64, so the result matches a float64 reference to ~1e-7.
+    ``offset`` is a multiple of the tile, so no tile straddles the two blocks. In the cross
+    block the kernel computes whole tiles (every column index there exceeds every row index).
     """
-    scales = (trace_scales(batches) if scales is None else scales).to("cpu", torch.float32).numpy()
+    starts = range(0, offset, _TILE)
+    same = [(i, j) for i in starts for j in starts if j >= i]
+    cross = [(i, offset + j) for i in starts for j in starts if j >= i]
+    return np.array(same + cross, dtype=np.int64)
+
+
+def shape_dissimilarity(
+    batches: Batches,
+    scales: Tensor | None = None,
+    chunk_size: int = 8192,
+    signed: bool | None = None,
+) -> Tensor:
+    """D[i, j] = mean over words of |x_wi / s_i - x_wj / s_j| (float64, symmetric, zero diagonal);
+    for ``signed`` traces the smaller of that and mean |x_wi / s_i + x_wj / s_j|.
+
+    ``scales`` defaults to :func:`trace_scales` (an extra pass over the source). ``signed``
+    defaults to whether any activation is negative (:attr:`TraceStats.signed`; the same pass,
+    or one of its own when ``scales`` are given). Per chunk, the kernel sums min(y_i, y_j) in
+    float32 over at most ``chunk_size`` words, and chunks are added in float64, so the result
+    matches a float64 reference to ~1e-7.
+    """
+    if scales is None or signed is None:
+        stats = trace_stats(batches)
+        scales = stats.scales if scales is None else scales
+        signed = stats.signed if signed is None else signed
+    scales = scales.to("cpu", torch.float32).numpy()
+    if signed:
+        return _signed_shape_dissimilarity(batches, scales, chunk_size)
     n = len(scales)
     n_pad = -(-n // 4) * 4
     tiles = _triangle_tiles(n_pad)
@@ -217,6 +257,38 @@ def shape_dissimilarity(
     d = np.triu(min_sums[:n, :n], k=1)
     d += d.T
     np.maximum(d, 0.0, out=d)  # rounding can leave identical traces a hair below 0
+    d /= n_words
+    return torch.from_numpy(d)
+
+
+def _signed_shape_dissimilarity(batches: Batches, scales: np.ndarray, chunk_size: int) -> Tensor:
+    """The signed shape measure: the kernel on the traces [y, -y], two blocks of its result."""
+    n = len(scales)
+    offset = -(-n // _TILE) * _TILE  # -y starts on a tile boundary
+    rows = offset + -(-n // 4) * 4
+    tiles = _signed_tiles(offset)
+    row_sums = np.zeros(rows)
+    min_sums = np.zeros((offset, rows))  # every tile's rows are in the first block
+    n_words = 0
+    for chunk in _word_chunks(batches, chunk_size):
+        if chunk.shape[1] != n:
+            raise ValueError(f"{n} scales for activations of width {chunk.shape[1]}")
+        yt = np.zeros((rows, len(chunk)), dtype=np.float32)
+        chunk /= scales  # chunks are fresh copies
+        yt[:n] = chunk.T
+        np.negative(yt[:n], out=yt[offset : offset + n])
+        row_sums += yt.sum(axis=1, dtype=np.float64)
+        _add_min_sums(yt, tiles, min_sums)
+        n_words += len(chunk)
+    if not n_words:
+        raise ValueError("the activation source yielded no words")
+    # sum |y_i -+ y_j| = sum y_i + sum (+-y_j) - 2 sum min(y_i, +-y_j), upper triangles only.
+    own, negated = row_sums[:n], row_sums[offset : offset + n]
+    minus = own[:, None] + own[None, :] - 2.0 * min_sums[:n, :n]
+    plus = own[:, None] + negated[None, :] - 2.0 * min_sums[:n, offset : offset + n]
+    d = np.triu(np.minimum(minus, plus), k=1)
+    d += d.T
+    np.maximum(d, 0.0, out=d)
     d /= n_words
     return torch.from_numpy(d)
 
@@ -270,11 +342,15 @@ def correlation_dissimilarity(batches: Batches, chunk_size: int = 8192) -> Tenso
 
 
 def dissimilarity_matrix(
-    batches: Batches, measure: str = "shape", chunk_size: int = 8192
+    batches: Batches, measure: str = "shape", chunk_size: int = 8192, signed: bool | None = None
 ) -> Tensor:
-    """The (N, N) dissimilarity chosen by the ``analysis.measure`` setting."""
+    """The (N, N) dissimilarity chosen by the ``analysis.measure`` setting.
+
+    ``signed`` (shape only; default: read from the data) compares each unit with the others and
+    their negations; correlation always does.
+    """
     if measure == "shape":
-        return shape_dissimilarity(batches, chunk_size=chunk_size)
+        return shape_dissimilarity(batches, chunk_size=chunk_size, signed=signed)
     if measure == "correlation":
         return correlation_dissimilarity(batches, chunk_size=chunk_size)
     raise ValueError(f"analysis.measure={measure!r} is not one of {', '.join(MEASURES)}")
