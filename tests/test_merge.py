@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 
 from src.compress.base import LayerPair, choose_representatives
 from src.compress.ls_refit import LeastSquaresRefit, refit_next_layer
 from src.compress.prune import Prune
+from src.compress.spectral_pruning import (
+    SpectralPruning,
+    information_loss,
+    reconstruction_matrix,
+    second_moment,
+    select_units,
+)
 from src.compress.weight_sum import SCALES, WeightSum, merge_by_weight_sum
 
 D = 8
@@ -86,7 +95,15 @@ def test_refit_is_never_worse_than_weight_sum_on_the_probe_words(seed, m):
 
 @pytest.mark.parametrize("m", [1, 64])
 @pytest.mark.parametrize(
-    "method", [WeightSum(), WeightSum("random", "affine"), LeastSquaresRefit(), Prune()]
+    "method",
+    [
+        WeightSum(),
+        WeightSum("random", "affine"),
+        LeastSquaresRefit(),
+        Prune(),
+        Prune("group_norm"),
+        SpectralPruning(),
+    ],
 )
 def test_shapes_and_parameter_count_after_compression(method, m):
     n, k = 40, 12
@@ -149,6 +166,8 @@ def test_unknown_choices_name_the_setting():
         WeightSum(scale="cubic")
     with pytest.raises(ValueError, match="compress.criterion"):
         Prune(criterion="gradient")
+    with pytest.raises(ValueError, match="compress.ridge"):
+        SpectralPruning(ridge=-1.0)
 
 
 def test_prune_keeps_the_strongest_and_skips_dead_neurons():
@@ -167,3 +186,95 @@ def test_prune_keeps_the_strongest_and_skips_dead_neurons():
     h[:, 0] = 0.0
     assert kept(Prune("weight_norm"), h, 3) == [1, 2, 3]
     assert kept(Prune("weight_norm"), h, 5) == [0, 1, 2, 3, 4]
+
+
+def test_group_norm_ranks_like_torch_pruning_and_reads_no_data():
+    """Torch-Pruning's GroupMagnitudeImportance with its defaults (p=2, group_reduction="mean",
+    normalizer="mean", bias=False), written out for a Linear -> Linear group."""
+    pair = random_pair(12, 5, seed=3)
+    b_in = pair.b_in.clone()
+    b_in[0] = 1e3  # biases are not in the score
+    pair = LayerPair(pair.w_in, b_in, pair.w_out, pair.b_out)
+    per_layer = [pair.w_in.abs().pow(2).sum(1), pair.w_out.T.abs().pow(2).sum(1)]
+    score = torch.stack(per_layer).mean(0)
+    score = score / score.mean()
+    expected = score.topk(4).indices.sort().values
+    dead = torch.zeros(100, 12)  # no unit ever fires: the weights alone decide
+    kept = Prune("group_norm")(pair, dead, None, 4, torch.Generator())
+    assert torch.equal(kept.w_in, pair.w_in[expected])
+    assert torch.equal(kept.w_out, pair.w_out[:, expected])
+
+
+def test_group_norm_counts_the_outgoing_column_with_the_incoming_row():
+    # incoming norms 3, 1, 1 and outgoing norms 0, 4, 1: by the group, 5 > 4.1 > 1.4
+    w_in = torch.tensor([[3.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+    w_out = torch.tensor([[0.0, 4.0, 1.0]])
+    pair = LayerPair(w_in, torch.zeros(3), w_out, torch.zeros(1))
+    kept = Prune("group_norm")(pair, torch.ones(10, 3), None, 2, torch.Generator())
+    assert torch.equal(kept.w_in, w_in[[0, 1]])
+    kept = Prune("weight_norm")(pair, torch.ones(10, 3), None, 2, torch.Generator())
+    assert torch.equal(kept.w_in, w_in[[1, 2]])  # the product: 0, 4, 1
+
+
+def low_rank(words: int, n: int, rank: int, seed: int, signed: bool) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(words, rank, generator=g, dtype=torch.float64)
+    z = z if signed else z.abs()
+    mix = torch.randn(rank, n, generator=g, dtype=torch.float64)
+    return z @ (mix if signed else mix.abs())
+
+
+@pytest.mark.parametrize("signed", [True, False])
+@pytest.mark.parametrize("m", [1, 16])
+def test_spectral_pruning_is_exact_at_rank_k_without_ridge(signed, m):
+    pair = random_pair(12, m)
+    h = low_rank(300, 12, 4, seed=m, signed=signed)
+    merged = SpectralPruning(ridge=0.0)(pair, h, None, 4, torch.Generator())
+    kept = (merged.w_in[:, None] == pair.w_in[None]).all(-1).nonzero()[:, 1]
+    assert merged.width == 4 and torch.equal(merged.b_out, pair.b_out)
+    torch.testing.assert_close(
+        merged.next_preactivation(h[:, kept].float()),
+        pair.next_preactivation(h.float()),
+        atol=1e-4,
+        rtol=1e-4,
+    )
+
+
+def test_spectral_pruning_is_exact_for_scaled_copies_on_any_input():
+    """A head site: ReLU units 4..7 are positive multiples of units 0..3."""
+    base = random_pair(4, 3, seed=5)
+    scale = torch.tensor([0.5, 2.0, 3.0, 0.1])
+    w_in = torch.cat([base.w_in, scale[:, None] * base.w_in])
+    b_in = torch.cat([base.b_in.abs(), scale * base.b_in.abs()])
+    pair = LayerPair(w_in, b_in, random_pair(8, 3).w_out, base.b_out)
+    merged = SpectralPruning(ridge=0.0)(pair, pair.hidden(inputs(300, 1)), None, 4, None)
+    fresh = inputs(500, 2)
+    torch.testing.assert_close(merged.forward(fresh), pair.forward(fresh), atol=1e-4, rtol=1e-4)
+
+
+def test_spectral_pruning_keeps_the_unit_that_rebuilds_the_most():
+    # h2 = h0 + h1 with h0, h1 uncorrelated: alone it explains 3 of the trace 4, the others 2
+    z = torch.randn(20000, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    h = torch.column_stack([z[:, 0], z[:, 1], z.sum(1)])
+    sigma = second_moment(h)
+    assert select_units(sigma, 1, 0.0).tolist() == [2]
+    assert information_loss(sigma, torch.tensor([2]), 0.0) == pytest.approx(1.0, abs=0.05)
+    assert information_loss(sigma, select_units(sigma, 2, 0.0), 0.0) == pytest.approx(0, abs=1e-9)
+
+
+def test_spectral_pruning_loss_and_reconstruction_follow_the_paper():
+    """``A_J = Sigma_FJ (Sigma_JJ + lambda I)^-1``; at lambda = 0 the loss is the mean squared
+    error of rebuilding every unit from J over the probe words."""
+    h = torch.tanh(torch.randn(400, 9, generator=torch.Generator().manual_seed(2))).double()
+    sigma = second_moment(h)
+    torch.testing.assert_close(sigma, h.T @ h / 400)
+    keep, lam = torch.tensor([1, 4, 6]), 0.3
+    expected = sigma[:, keep] @ torch.linalg.inv(sigma[keep][:, keep] + lam * torch.eye(3).double())
+    torch.testing.assert_close(reconstruction_matrix(sigma, keep, lam), expected)
+    error = (h - h[:, keep] @ reconstruction_matrix(sigma, keep, 0.0).T).square().sum(1).mean()
+    assert information_loss(sigma, keep, 0.0) == pytest.approx(float(error), rel=1e-9)
+    best = min(
+        information_loss(sigma, torch.tensor(subset), lam)
+        for subset in itertools.combinations(range(9), 3)
+    )
+    assert information_loss(sigma, select_units(sigma, 3, lam), lam) == pytest.approx(best)
