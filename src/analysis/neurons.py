@@ -8,6 +8,11 @@ alone: scaling a neuron's incoming weights and bias by c > 0 and its outgoing we
 leaves the network's function unchanged (ReLU is positively homogeneous), so a definition must
 not change either. Judging by the activation's peak against the layer's (an earlier rule) dropped
 an exact multiple of a live neuron at 0.5 % scale together with its large outgoing weights.
+
+Signed units (the LSTM's, h = o * tanh(c)) have the other symmetry: negating a unit (its gate
+rows feeding c, and every column that reads it) leaves the network unchanged, so only the size
+|h| may count. A unit *fires* on a word where its activation is non-zero, and its contribution
+uses its largest |h|; on post-ReLU activations that is exactly the rule above.
 """
 
 from __future__ import annotations
@@ -26,8 +31,8 @@ class NeuronStatus:
 
     dead: Tensor
     nearly_dead: Tensor
-    contribution: Tensor  # (N,) float64, largest activation x ||outgoing weights||
-    active_fraction: Tensor  # (N,) float64, share of the probe words it fires on
+    contribution: Tensor  # (N,) float64, largest |activation| x ||outgoing weights||
+    active_fraction: Tensor  # (N,) float64, share of the probe words it fires on (non-zero)
 
     @property
     def alive(self) -> Tensor:
@@ -45,15 +50,16 @@ def neuron_status(
     min_active_fraction: float = MIN_ACTIVE_FRACTION,
     min_relative_contribution: float = MIN_RELATIVE_CONTRIBUTION,
 ) -> NeuronStatus:
-    """Every neuron's status from its post-ReLU ``activations`` on the probe words (words, N)
-    and the next layer's weights ``w_out`` (M, N).
+    """Every neuron's status from its ``activations`` on the probe words (words, N; post-ReLU or
+    signed) and the next layer's weights ``w_out`` (M, N).
 
-    *Dead*: never fires on the probe words. *Nearly dead*: fires on under
-    ``min_active_fraction`` of them, or its largest contribution to the next layer (activation
-    times the norm of its outgoing weight column) is under ``min_relative_contribution`` of the
-    layer's largest. *Alive*: the rest. Nearly dead neurons are left out of the clustering with
-    the dead: normalising their traces for magnitude turns noise into a trace unlike any other,
-    which would make a singleton cluster and waste one of the kept neurons.
+    *Dead*: never fires (is never non-zero) on the probe words. *Nearly dead*: fires on under
+    ``min_active_fraction`` of them, or its largest contribution to the next layer (largest
+    |activation| times the norm of its outgoing weight column) is under
+    ``min_relative_contribution`` of the layer's largest. *Alive*: the rest. Nearly dead neurons
+    are left out of the clustering with the dead: normalising their traces for magnitude turns
+    noise into a trace unlike any other, which would make a singleton cluster and waste one of
+    the kept neurons.
     """
     if activations.ndim != 2 or w_out.ndim != 2 or activations.shape[1] != w_out.shape[1]:
         raise ValueError(
@@ -62,9 +68,9 @@ def neuron_status(
             f"{tuple(w_out.shape)}"
         )
     h = activations.detach().double()
-    fires = h > 0
+    fires = h != 0
     active_fraction = fires.double().mean(dim=0)
-    peak = h.amax(dim=0).clamp_min(0.0) if len(h) else h.new_zeros(h.shape[1])
+    peak = h.abs().amax(dim=0) if len(h) else h.new_zeros(h.shape[1])
     contribution = peak * w_out.detach().double().norm(dim=0)
     dead = ~fires.any(dim=0)
     weak = contribution < min_relative_contribution * contribution.max()

@@ -6,8 +6,11 @@ producing a new pair with ``w_in`` (k, D), ``b_in`` (k,), ``w_out`` (M, k), ``b_
 rest of the network is untouched.
 
 Every no-training method is a callable with the signature of :class:`MergeMethod`; they all take
-the probe activations (words x N, post-ReLU) even when they ignore them, so the wiring has no
-special cases.
+the probe activations (words x N) even when they ignore them, so the wiring has no special cases.
+Head sites give post-ReLU (non-negative) activations; the LSTM site gives signed ones
+(h = o * tanh(c)), and everything that reads an activation's size reads |h|, which changes
+nothing on non-negative activations. A signed unit can stand in for another through a negative
+factor, so "alike" means alike up to sign (:mod:`src.analysis.similarity`).
 """
 
 from __future__ import annotations
@@ -47,7 +50,8 @@ class LayerPair:
         return self.w_in.shape[0]
 
     def hidden(self, x: Tensor) -> Tensor:
-        """Post-ReLU activations of the layer for inputs ``x`` (words, D)."""
+        """Post-ReLU activations of a head layer for inputs ``x`` (words, D); the LSTM site's
+        units are computed by the LSTM itself."""
         return torch.relu(x @ self.w_in.T + self.b_in)
 
     def next_preactivation(self, hidden: Tensor) -> Tensor:
@@ -70,7 +74,8 @@ class LayerPair:
 class MergeMethod(Protocol):
     """A way to shrink a layer without training.
 
-    ``activations``: post-ReLU outputs of the layer over the probe words, (words, N).
+    ``activations``: outputs of the layer over the probe words, (words, N): post-ReLU at head
+    sites, signed at the LSTM.
     ``labels``: a cluster id per neuron (N,) from the configured clustering, -1 for neurons found
     dead or nearly dead (:mod:`src.analysis.neurons`) and left out of the clustering; ``None``
     for methods that pick neurons themselves. Returns a pair of width ``target_width`` (or less
@@ -120,13 +125,17 @@ def choose_representatives(
     """One neuron index per cluster id ``0..k-1`` (neurons labelled -1 are ignored), shape (k,).
 
     ``random`` is the source's choice. ``medoid`` takes the member whose trace, divided by its
-    peak so only the shape counts, has the smallest total mean absolute difference to the other
-    members' traces: the most typical member, so the merged neuron is the best stand-in for all of
-    them. ``max_activation`` takes the member with the largest mean activation.
+    peak |x| so only the shape counts, has the smallest total mean absolute difference to the
+    other members' traces: the most typical member, so the merged neuron is the best stand-in for
+    all of them. With signed activations (any negative) a trace is compared with each other
+    member's trace or its negation, whichever is closer, as the signed shape measure does.
+    ``max_activation`` takes the member with the largest mean |activation|.
     """
     check_choice(how, REPRESENTATIVES, "compress.representative")
-    traces = activations / activations.amax(dim=0).clamp_min(torch.finfo(activations.dtype).tiny)
-    means = activations.mean(dim=0)
+    peaks = activations.abs().amax(dim=0)
+    traces = activations / peaks.clamp_min(torch.finfo(activations.dtype).tiny)
+    signed = bool((activations < 0).any())
+    means = activations.abs().mean(dim=0)
     clusters = cluster_count(labels)
     chosen = []
     for cluster in range(clusters):
@@ -137,7 +146,10 @@ def choose_representatives(
             pick = int(torch.randint(members.numel(), (1,), generator=generator))
         elif how == "medoid":
             member_traces = traces[:, members].T
-            pick = int(torch.cdist(member_traces, member_traces, p=1).sum(dim=1).argmin())
+            apart = torch.cdist(member_traces, member_traces, p=1)
+            if signed:
+                apart = torch.minimum(apart, torch.cdist(member_traces, -member_traces, p=1))
+            pick = int(apart.sum(dim=1).argmin())
         else:
             pick = int(means[members].argmax())
         chosen.append(members[pick])

@@ -9,6 +9,7 @@ the weight-sum step of the project's own merge buys.
 Adaptation: the paper cuts the dendrogram at a distance threshold; here it is cut at the target
 width. Dead and nearly dead neurons (:func:`~src.analysis.neurons.neuron_status`) are left out
 first: they carry nothing, and their traces, uncorrelated with anything, would each take a cluster.
+At a signed site (the LSTM) ``|corr|`` already puts a unit and its negation together.
 """
 
 from __future__ import annotations

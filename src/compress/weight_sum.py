@@ -3,6 +3,8 @@
 A member m whose activation is close to ``a * h_r`` (r its cluster's representative) contributes
 ``w_out[:, m] * h_m ~ (a * w_out[:, m]) * h_r`` to the next layer, so adding ``a * w_out[:, m]``
 onto r's column keeps the next layer's input roughly unchanged. ``a`` is fitted on the probe words.
+It may be negative: at a signed site (the LSTM) a unit and its negation merge exactly, with
+``a = -1`` (``scale=ls`` or ``affine``; the source's plain sum assumes ``a = 1``).
 """
 
 from __future__ import annotations
