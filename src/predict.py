@@ -1,0 +1,286 @@
+"""Ask a trained model about new sentences: P(positive), the words it did not know, and with
+``--layer`` what a site's units do at every word.
+
+    python -m src.predict <checkpoint> "a gorgeous, heartfelt film" "two hours I'll never get back"
+    python -m src.predict <checkpoint> --file reviews.txt          # one sentence a line
+    echo "a dull, lifeless remake" | python -m src.predict <checkpoint>
+    python -m src.predict <checkpoint> "not bad at all" --layer head.2 --plot traces.png
+
+A checkpoint carries its tokenizer and its shape (a compressed one its own head widths), so it is
+all this needs: a plain argparse command, not a Hydra app, loading nothing but the file. It is
+loaded by :func:`src.baseline.load_checkpoint` (tensors and plain data only), so a file that is
+not a checkpoint is refused in one line. Heavy imports wait until the arguments are read, so
+``--help`` and a bad argument answer at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, TextIO
+
+if TYPE_CHECKING:
+    from tokenizers import Tokenizer
+    from torch import Tensor
+
+    from src.model import SentimentLSTM
+    from src.sites import Site
+
+PROG = "python -m src.predict"
+ALL_UNITS = 16  # a site this wide or narrower shows every unit; a wider one its loudest ones
+BATCH = 256  # sentences per padded batch: memory, not results
+
+
+class PredictError(Exception):
+    """Input this command cannot use; the message is one line naming the argument."""
+
+
+@dataclass
+class Prediction:
+    """One sentence through the network."""
+
+    sentence: str
+    words: list[str]  # as typed, one per token
+    unknown: list[str]  # the words the tokenizer maps to [UNK]
+    prob: float  # P(positive) at the last word: the model's prediction
+    word_probs: list[float]  # P(positive) had the sentence ended at each word
+    activations: Tensor | None = None  # (words, units) at the --layer site
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=PROG,
+        description="P(positive) of each sentence by a trained checkpoint (a baseline or a "
+        "compressed one), with the words its tokenizer did not know. Sentences come from the "
+        "arguments, from --file, or from standard input (one a line; blank lines are skipped).",
+    )
+    p.add_argument(
+        "checkpoint",
+        type=Path,
+        help="a .ckpt written by src.run (best, last, ...) or a compressed.ckpt",
+    )
+    p.add_argument("sentences", nargs="*", help="sentences to classify")
+    p.add_argument("--file", type=Path, help="read sentences from FILE, one a line (- for stdin)")
+    p.add_argument(
+        "--layer",
+        help="also show this site's activation after every word: a site name (head.2) or a "
+        "head index (-1 is the last hidden layer)",
+    )
+    p.add_argument(
+        "--top",
+        type=int,
+        default=8,
+        help=f"with --layer, on a site wider than {ALL_UNITS} units, show this many of its "
+        "loudest units per sentence (default 8)",
+    )
+    p.add_argument("--plot", type=Path, help="with --layer, draw the per-word traces to FILE.png")
+    p.add_argument("--json", action="store_true", help="one JSON object per sentence instead")
+    return p
+
+
+def read_lines(stream: TextIO) -> list[str]:
+    return [line.strip() for line in stream if line.strip()]
+
+
+def gather_sentences(args: argparse.Namespace, stdin: TextIO) -> list[str]:
+    """The arguments' sentences, then --file's (or standard input's when there are none)."""
+    for i, sentence in enumerate(args.sentences, start=1):
+        if not sentence.strip():
+            raise PredictError(f"sentence {i} is empty: give each sentence some words")
+    sentences = [s.strip() for s in args.sentences]
+    from_stdin = str(args.file) == "-" if args.file is not None else not sentences
+    if from_stdin and (args.file is not None or not stdin.isatty()):
+        sentences += read_lines(stdin)
+        source = "standard input"
+    elif args.file is not None:
+        try:
+            with args.file.open(encoding="utf-8") as stream:
+                sentences += read_lines(stream)
+        except (OSError, UnicodeDecodeError) as error:
+            why = error.strerror if isinstance(error, OSError) else "it is not UTF-8 text"
+            raise PredictError(f"--file {args.file} cannot be read: {why or error}") from None
+        source = f"--file {args.file}"
+    else:
+        source = "the arguments"
+    if not sentences:
+        raise PredictError(
+            f"no sentence in {source}: give sentences as arguments, --file FILE (one a line) "
+            "or pipe them in"
+        )
+    return sentences
+
+
+def load(path: Path) -> tuple[SentimentLSTM, Tokenizer]:
+    """The checkpoint's network (in eval mode) and its tokenizer."""
+    from tokenizers import Tokenizer
+
+    from src.baseline import CheckpointError, load_checkpoint
+
+    model = load_checkpoint(path, "the checkpoint")
+    try:
+        tokenizer = Tokenizer.from_str(model.tokenizer_json or "")
+    except Exception as error:  # the tokenizers library raises its own exception kinds
+        reason = " ".join(str(error).split())[:120]
+        raise CheckpointError(
+            f"the checkpoint {path} holds no usable tokenizer ({reason}): retrain it"
+        ) from None
+    return model.network.eval(), tokenizer
+
+
+def predict(
+    network: SentimentLSTM, tokenizer: Tokenizer, sentences: Sequence[str], site: Site | None
+) -> list[Prediction]:
+    """The sentences in padded batches of :data:`BATCH`: the model's own sentence logits, and per
+    word the logits (and the site's activations) from the LSTM states."""
+    from src.data import UNK
+
+    sentences = list(sentences)
+    encodings = tokenizer.encode_batch(sentences)
+    for i, (sentence, encoding) in enumerate(zip(sentences, encodings, strict=True), start=1):
+        if not encoding.ids:
+            raise PredictError(f"sentence {i} ({sentence!r}) holds no word the tokenizer reads")
+    unk = tokenizer.token_to_id(UNK)
+    predictions = []
+    for start in range(0, len(sentences), BATCH):
+        chunk = slice(start, start + BATCH)
+        ids = [encoding.ids for encoding in encodings[chunk]]
+        outputs = _forward(network, ids, site)
+        texts = sentences[chunk]
+        for b, (sentence, encoding) in enumerate(zip(texts, encodings[chunk], strict=True)):
+            n = len(encoding.ids)
+            words = [sentence[begin:end] for begin, end in encoding.offsets]
+            predictions.append(
+                Prediction(
+                    sentence,
+                    words,
+                    [w for w, i in zip(words, encoding.ids, strict=True) if i == unk],
+                    float(outputs["probs"][b]),
+                    outputs["word_probs"][b, :n].tolist(),
+                    outputs["activations"][b, :n] if site is not None else None,
+                )
+            )
+    return predictions
+
+
+def _forward(network: SentimentLSTM, ids: list[list[int]], site: Site | None) -> dict[str, Tensor]:
+    import torch
+
+    from src.data import collate
+
+    batch = collate([(torch.tensor(i, dtype=torch.long), 0) for i in ids])
+    with torch.no_grad():
+        outputs = {
+            "probs": torch.sigmoid(network.sentence_logits(batch["ids"], batch["lengths"])),
+        }
+        states = network.states(batch["ids"], batch["lengths"])  # (B, T, H)
+        outputs["word_probs"] = torch.sigmoid(network.head_from(0, states))  # (B, T)
+        if site is not None:
+            outputs["activations"] = site.activations(network, states)  # (B, T, N)
+    return outputs
+
+
+def shown_units(activations: Tensor, top: int) -> list[int]:
+    """Every unit of a narrow site; the ``top`` loudest (largest |activation|) of a wide one."""
+    width = activations.shape[1]
+    if width <= ALL_UNITS:
+        return list(range(width))
+    peak = activations.abs().amax(dim=0)
+    return sorted(sorted(range(width), key=lambda u: -float(peak[u]))[:top])
+
+
+def text(prediction: Prediction, site: Site | None, top: int) -> str:
+    """The sentence's line, its unknown words, and with a site the per-word table."""
+    verdict = "positive" if prediction.prob > 0.5 else "negative"
+    lines = [f"{prediction.prob:.4f}  {verdict}  {prediction.sentence}"]
+    if prediction.unknown:
+        lines.append(f"        unknown words: {', '.join(prediction.unknown)}")
+    if site is not None and prediction.activations is not None:
+        acts = prediction.activations
+        units = shown_units(acts, top)
+        which = "its units" if len(units) == acts.shape[1] else f"its {len(units)} loudest units"
+        legend = "; [word]: unknown" if prediction.unknown else ""
+        lines.append(f"        {site.label}, {which}; P+: P(positive) had it ended there{legend}")
+        unknown = set(prediction.unknown)
+        known = [f"[{w}]" if w in unknown else w for w in prediction.words]
+        width = max(4, *(len(w) for w in known))
+        cells = [f"{u:>6}" for u in units]
+        lines.append(f"        {'word':<{width}}  {'P+':>5}" + "".join(cells))
+        for t, word in enumerate(known):
+            values = "".join(f"{float(acts[t, u]):>6.2f}" for u in units)
+            lines.append(f"        {word:<{width}}  {prediction.word_probs[t]:>5.2f}{values}")
+    return "\n".join(lines)
+
+
+def as_json(prediction: Prediction, site: Site | None) -> str:
+    record = {
+        "sentence": prediction.sentence,
+        "p_positive": prediction.prob,
+        "words": prediction.words,
+        "unknown": prediction.unknown,
+        "word_p_positive": prediction.word_probs,
+    }
+    if site is not None and prediction.activations is not None:
+        record["site"] = site.name
+        record["activations"] = prediction.activations.tolist()  # (words, units)
+    return json.dumps(record)
+
+
+def draw(predictions: Sequence[Prediction], site: Site, path: Path) -> None:
+    """The per-word traces of every sentence, as the run's word_traces.png draws them."""
+    from src.analysis.figures import Trace, word_traces
+
+    traces = [Trace(p.sentence, p.words, p.activations, p.prob) for p in predictions]
+    figure = word_traces(traces, site.label)
+    try:
+        figure.savefig(path, dpi=120)
+    except OSError as error:
+        raise PredictError(f"--plot {path} cannot be written: {error.strerror or error}") from None
+
+
+def main(argv: Sequence[str] | None = None, stdin: TextIO | None = None) -> int:
+    args = parser().parse_args(argv)
+    if args.plot is not None and args.layer is None:
+        raise PredictError("--plot draws a site's activations: give --layer too (head.2, -1, ...)")
+    if args.top < 1:
+        raise PredictError(f"--top must be at least 1, got {args.top}")
+    sentences = gather_sentences(args, stdin or sys.stdin)
+    network, tokenizer = load(args.checkpoint)
+    site = None
+    if args.layer is not None:
+        from src.sites import ModelShape, SiteError, resolve_site
+
+        try:
+            site = resolve_site(args.layer, ModelShape.of(network))
+        except SiteError as error:  # its message names the config key, not the flag
+            raise PredictError(str(error).replace("layer=", "--layer ", 1)) from None
+    predictions = predict(network, tokenizer, sentences, site)
+    for prediction in predictions:
+        print(as_json(prediction, site) if args.json else text(prediction, site, args.top))
+    if args.plot is not None and site is not None:
+        draw(predictions, site, args.plot)
+        print(f"drew {args.plot}", file=sys.stderr)
+    return 0
+
+
+def run(argv: Sequence[str] | None = None) -> int:
+    """:func:`main`, with every refusal printed as one line and exit status 2."""
+    try:
+        return main(argv)
+    except PredictError as error:
+        message = str(error)
+    except Exception as error:
+        from src.errors import SettingError  # CheckpointError
+
+        if not isinstance(error, SettingError):
+            raise
+        message = str(error)
+    print(f"{PROG}: {message}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(run())
