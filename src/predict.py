@@ -176,10 +176,10 @@ def _forward(network: SentimentLSTM, ids: list[list[int]], site: Site | None) ->
         outputs = {
             "probs": torch.sigmoid(network.sentence_logits(batch["ids"], batch["lengths"])),
         }
-        states = network.states(batch["ids"], batch["lengths"])  # (B, T, H)
-        outputs["word_probs"] = torch.sigmoid(network.head_from(0, states))  # (B, T)
+        layers = network.layer_states(batch["ids"], batch["lengths"])  # each (B, T, H_l)
+        outputs["word_probs"] = torch.sigmoid(network.head_from(0, layers[-1]))  # (B, T)
         if site is not None:
-            outputs["activations"] = site.activations(network, states)  # (B, T, N)
+            outputs["activations"] = site.activations(network, layers)  # (B, T, N)
     return outputs
 
 

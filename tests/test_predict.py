@@ -19,7 +19,7 @@ from src.baseline import load_checkpoint
 from src.data import collate, train_tokenizer
 from src.model import SentimentClassifier
 from src.predict import run
-from src.sites import ModelShape, resolve_site
+from src.sites import ModelShape, all_sites, resolve_site
 from src.workbench import save_compressed
 from tests.conftest import APP_ENV, ROOT
 
@@ -202,8 +202,8 @@ def test_a_compressed_checkpoint_needs_no_extra_flags(checkpoints: dict[str, Pat
     for answer in got:
         ids = torch.tensor([tokenizer.encode(answer["sentence"]).ids])
         with torch.no_grad():
-            states = network.states(ids, torch.tensor([ids.shape[1]]))
-            expected_acts = site.activations(network, states)[0]
+            layers = network.layer_states(ids, torch.tensor([ids.shape[1]]))
+            expected_acts = site.activations(network, layers)[0]
         torch.testing.assert_close(torch.tensor(answer["activations"]), expected_acts)
         assert len(answer["activations"]) == len(answer["words"])
 
@@ -229,16 +229,18 @@ def test_unusable_arguments_are_refused_in_one_line_before_loading_anything(
     assert err.count("\n") == 1 and message in err
 
 
-def test_batches_change_nothing(
+def test_batches_change_nothing_at_any_site(
     checkpoints: dict[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Sentences of other lengths padded beside a sentence leave its answer as it is."""
     network, tokenizer = predict_module.load(checkpoints["baseline"])
-    site = resolve_site("head.0", ModelShape.of(network))
-    together = predict_module.predict(network, tokenizer, ASKED, site)
-    monkeypatch.setattr(predict_module, "BATCH", 1)
-    alone = predict_module.predict(network, tokenizer, ASKED, site)
-    for a, b in zip(together, alone, strict=True):
-        assert a.prob == pytest.approx(b.prob, abs=1e-6)
-        assert a.word_probs == pytest.approx(b.word_probs, abs=1e-6)
-        torch.testing.assert_close(a.activations, b.activations)
+    for site in all_sites(ModelShape.of(network)):
+        together = predict_module.predict(network, tokenizer, ASKED, site)
+        with monkeypatch.context() as patch:
+            patch.setattr(predict_module, "BATCH", 1)
+            alone = predict_module.predict(network, tokenizer, ASKED, site)
+        for a, b in zip(together, alone, strict=True):
+            assert a.prob == pytest.approx(b.prob, abs=1e-6)
+            assert a.word_probs == pytest.approx(b.word_probs, abs=1e-6)
+            assert a.activations.shape == (len(a.words), site.width)
+            torch.testing.assert_close(a.activations, b.activations)
