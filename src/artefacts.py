@@ -194,11 +194,11 @@ def viewer_data(
     """The viewer's page: the probe words, the clusters, and the example sentences through the
     baseline and (after a compression) through the shrunk site beside them."""
     examples, merged_clusters = [], None
-    if evaluation is not None:
+    if evaluation is not None and evaluation.pair is not None:
         merged_clusters = kept_clusters(site.pair(bench.network), evaluation.pair, analysis.labels)
     for trace in drawn:
         merged: Tensor | None = None
-        if evaluation is not None:
+        if merged_clusters is not None:
             ids = bench.datamodule.tokenizer.encode(trace.sentence).ids
             merged, _ = bench.sentence(site, ids, evaluation.network)
         caption = trace.title.split("\n")[-1]

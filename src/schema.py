@@ -39,6 +39,7 @@ COMPRESSED_DEAD = "compressed/dead_neurons"  # kept units that never fire at a l
 COMPRESSED_PARAMS = "compressed/params"
 COMPRESSED_LAYER_PARAMS = "compressed/layer_params"
 COMPRESSED_WIDTH = "compressed/width"
+COMPRESSED_DRIFT_LAST = "compressed/drift_last_word"  # an LSTM site: the consumer's relative error
 DELTA_ACC = "delta_acc"  # compressed minus baseline test accuracy
 COMPRESS_SECONDS = "compress_seconds"  # the compression step alone
 

@@ -5,8 +5,9 @@ activations and the weights that read them. The merge methods see a site as a
 :class:`~src.compress.base.LayerPair` (the units' incoming weights and the next layer), so a new
 place to cut is one new site class here and no change to the methods or to the evaluation core.
 
-Today's sites are the head's hidden layers, named ``head.<index>`` (``head.2`` is the 16-neuron
-layer of the default model) and labelled with their width in figures and tables
+The sites are the LSTM's hidden units, named ``lstm`` (``lstm.0``, ``lstm.1``, ... when the LSTM
+has several layers), and the head's hidden layers, named ``head.<index>`` (``head.2`` is the
+16-neuron layer of the default model). Figures and tables label a site with its width
 (``head.2 (16)``). The config's ``layer=`` takes a site's name, or a head index (``-1`` is the
 last hidden layer).
 """
@@ -14,12 +15,11 @@ last hidden layer).
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader
 
 from src.analysis.layer import Probe
 from src.compress.base import LayerPair
@@ -33,14 +33,24 @@ class SiteError(SettingError):
 
 @dataclass(frozen=True)
 class ModelShape:
-    """What decides which sites exist: read from the config before any model is built, or from
-    a network."""
+    """What decides which sites exist: read from the config or a checkpoint before any model is
+    built, or from a network."""
 
     head_widths: tuple[int, ...]
+    lstm_widths: tuple[int, ...] = field(default=())
 
     @classmethod
     def of(cls, network: SentimentLSTM) -> ModelShape:
-        return cls(tuple(network.hidden_widths))
+        return cls(tuple(network.hidden_widths), tuple(network.lstm_widths))
+
+    @classmethod
+    def of_settings(cls, model: Mapping) -> ModelShape:
+        """From the model's settings: the config's ``model`` node or a checkpoint's
+        hyperparameters (a shrunk model records its LSTM's widths)."""
+        lstm = model.get("lstm") or {}
+        hidden, layers = int(lstm.get("hidden_size", 128)), int(lstm.get("num_layers", 1))
+        widths = lstm.get("widths") or [hidden] * layers
+        return cls(tuple(map(int, model["head_widths"])), tuple(map(int, widths)))
 
 
 @dataclass(frozen=True)
@@ -67,21 +77,25 @@ class HeadSite:
     def rebuild(self, network: SentimentLSTM, pair: LayerPair) -> SentimentLSTM:
         """A copy of ``network`` with this layer (and the next) replaced by ``pair``."""
         shrunk = copy.deepcopy(network)
-        replaced = ((self.index, pair.w_in, pair.b_in), (self.index + 1, pair.w_out, pair.b_out))
-        for index, weight, bias in replaced:
-            linear = nn.Linear(weight.shape[1], weight.shape[0])
-            linear.weight.data.copy_(weight)
-            linear.bias.data.copy_(bias)
-            shrunk.head[index] = linear
+        shrunk.head[self.index] = _linear(pair.w_in, pair.b_in)
+        shrunk.head[self.index + 1] = _linear(pair.w_out, pair.b_out)
         return shrunk
 
+    signed = False  # post-ReLU activations
+
     def inputs(self, network: SentimentLSTM, states: Tensor) -> Tensor:
-        """What the layer reads, (..., D), from the LSTM states (..., H)."""
+        """What the layer reads, (..., D), from the top LSTM states (..., H)."""
         return network.layer_input(states, self.index)
 
-    def activations(self, network: SentimentLSTM, states: Tensor) -> Tensor:
-        """The layer's activations, (..., N), from the LSTM states (..., H)."""
-        return torch.relu(network.head[self.index](self.inputs(network, states)))
+    def activations(self, network: SentimentLSTM, layer_states: Sequence[Tensor]) -> Tensor:
+        """The layer's activations, (..., N), from every LSTM layer's states (the top one)."""
+        return torch.relu(network.head[self.index](self.inputs(network, layer_states[-1])))
+
+    def probe(self, network: SentimentLSTM, layer_states: Sequence[Tensor]) -> Probe:
+        """What the layer reads and outputs at the probe words (``layer_states``: each LSTM
+        layer's states there, (words, H_l))."""
+        x = self.inputs(network, layer_states[-1])
+        return Probe(x, torch.relu(network.head[self.index](x)))
 
     def logits(self, network: SentimentLSTM, pair: LayerPair, inputs: Tensor) -> Tensor:
         """Sentence logits from the layer's ``inputs`` (sentences, D) with ``pair`` in place:
@@ -91,39 +105,185 @@ class HeadSite:
             return y.squeeze(-1)
         return network.head_from(self.index + 2, torch.relu(y))
 
-    @torch.no_grad()
-    def probe(self, network: SentimentLSTM, loader: DataLoader) -> Probe:
-        """The layer's inputs and activations at every real word of ``loader``'s sentences."""
-        inputs, activations = zip(*self._words(network, loader), strict=True)
-        return Probe(torch.cat(inputs), torch.cat(activations))
-
-    def _words(self, network: SentimentLSTM, loader: DataLoader) -> Iterator[tuple[Tensor, ...]]:
-        network.eval()
-        for batch in loader:
-            states = network.states(batch["ids"], batch["lengths"])  # (B, T, H)
-            real = torch.arange(states.shape[1])[None, :] < batch["lengths"][:, None]  # (B, T)
-            x = self.inputs(network, states[real])  # (words, D)
-            yield x, torch.relu(network.head[self.index](x))
-
-    @staticmethod
-    def params(pair: LayerPair) -> tuple[int, int]:
-        """Parameters of the layer, and of it plus the layer that reads it."""
-        layer = pair.w_in.numel() + pair.b_in.numel()
-        return layer, layer + pair.w_out.numel() + pair.b_out.numel()
+    def own_params(self, network: SentimentLSTM) -> int:
+        """The parameters of this layer in ``network`` (its weights and biases)."""
+        return sum(p.numel() for p in network.head[self.index].parameters())
 
 
-Site = HeadSite
+GATES = 4  # an LSTM's gate blocks, in PyTorch's order: input, forget, cell, output
+
+
+@dataclass(frozen=True)
+class LstmSite:
+    """LSTM layer ``layer``'s hidden units: unit j is index j of the hidden state.
+
+    A unit owns row j of each of the four gate blocks of ``weight_ih``, ``weight_hh`` and the two
+    biases, and its cell state; what reads it is column j of ``weight_hh`` (every gate, at the
+    next word) and column j of its consumer (the head's first layer, or the next LSTM layer's
+    ``weight_ih``). The methods see it as a :class:`~src.compress.base.LayerPair`:
+
+    - ``w_in`` (N, 4 (D + N)): each unit's rows in the four gates of ``weight_ih`` and
+      ``weight_hh``, side by side (the biases stay out, as in Torch-Pruning's magnitude);
+    - ``w_out`` (M + 4N, N): the consumer's columns stacked over ``weight_hh``'s columns, and
+      ``b_out`` the consumer's bias over ``bias_hh``, so a merge's rewritten columns and any
+      offset moved into the biases land in both places at once.
+
+    Methods that keep units (and rewrite what reads them) apply unchanged; :meth:`rebuild`
+    finds the kept units by their rows and removes everything the others own together.
+    """
+
+    layer: int
+    layers: int
+    width: int
+    signed = True  # h = o * tanh(c), in (-1, 1)
+
+    @property
+    def name(self) -> str:
+        return "lstm" if self.layers == 1 else f"lstm.{self.layer}"
+
+    @property
+    def label(self) -> str:
+        return f"{self.name} ({self.width})"
+
+    def _cell(self, network: SentimentLSTM) -> nn.LSTM:
+        cell = network.lstm[self.layer]
+        if not isinstance(cell, nn.LSTM) or cell.bidirectional or cell.num_layers != 1:
+            raise SiteError(
+                f"layer={self.name}: the LSTM site takes a unidirectional single-layer "
+                f"nn.LSTM per layer, not {type(cell).__name__}"
+                + (" (bidirectional)" if getattr(cell, "bidirectional", False) else "")
+            )
+        return cell
+
+    def _consumer(self, network: SentimentLSTM) -> tuple[Tensor, Tensor]:
+        """What reads the units: the head's first layer, or the next LSTM layer's input."""
+        if self.layer + 1 == len(network.lstm):
+            return network.head[0].weight, network.head[0].bias
+        after = network.lstm[self.layer + 1]
+        return after.weight_ih_l0, after.bias_ih_l0
+
+    def pair(self, network: SentimentLSTM) -> LayerPair:
+        cell = self._cell(network)
+        n = self.width
+        w_ih, w_hh = cell.weight_ih_l0.detach(), cell.weight_hh_l0.detach()
+        rows = torch.cat([w_ih.view(GATES, n, -1), w_hh.view(GATES, n, n)], dim=2)
+        consumer_w, consumer_b = (t.detach() for t in self._consumer(network))
+        return LayerPair(
+            rows.permute(1, 0, 2).reshape(n, -1),
+            torch.zeros(n, dtype=w_ih.dtype),
+            torch.cat([consumer_w, w_hh]),
+            torch.cat([consumer_b, cell.bias_hh_l0.detach()]),
+        )
+
+    def kept_units(self, network: SentimentLSTM, pair: LayerPair) -> Tensor:
+        """The original unit behind each of ``pair``'s rows (exact copies of a unit each take
+        one of its twins); refused when a method built new units (averaged or rescaled rows),
+        which this site cannot hold."""
+        rows = self.pair(network).w_in
+        keep: list[int] = []
+        for row in pair.w_in:
+            same = [int(i) for i in (rows == row).all(dim=1).nonzero().flatten()]
+            free = [i for i in same if i not in keep]
+            if not free:
+                raise SiteError(
+                    f"layer={self.name}: the method built new units; the LSTM site takes "
+                    "methods that keep units and rewrite what reads them (weight_sum, ls_refit, "
+                    "interpolative, prune, keep_one, spectral_pruning, cluster_init, "
+                    "freeze_retrain), without compress.repair"
+                )
+            keep.append(free[0])
+        return torch.tensor(keep, dtype=torch.long)
+
+    def rebuild(self, network: SentimentLSTM, pair: LayerPair) -> SentimentLSTM:
+        """A copy of ``network`` with only the kept units: their rows in every gate, and the
+        columns ``pair`` gives every reader (the consumer and ``weight_hh``)."""
+        keep = self.kept_units(network, pair)
+        cell = self._cell(network)
+        n, k = self.width, len(keep)
+        consumer_rows = len(pair.w_out) - GATES * n
+        gate_rows = (torch.arange(GATES)[:, None] * n + keep[None, :]).flatten()  # (4k,)
+        recurrent = pair.w_out[consumer_rows:][gate_rows]  # (4k, k)
+        shrunk = copy.deepcopy(network)
+        new = nn.LSTM(cell.input_size, k, batch_first=True)
+        with torch.no_grad():
+            new.weight_ih_l0.copy_(cell.weight_ih_l0[gate_rows])
+            new.weight_hh_l0.copy_(recurrent)
+            new.bias_ih_l0.copy_(cell.bias_ih_l0[gate_rows])
+            new.bias_hh_l0.copy_(pair.b_out[consumer_rows:][gate_rows])
+        shrunk.lstm[self.layer] = new
+        weight, bias = pair.w_out[:consumer_rows], pair.b_out[:consumer_rows]
+        if self.layer + 1 == len(network.lstm):
+            shrunk.head[0] = _linear(weight, bias)
+        else:
+            after = shrunk.lstm[self.layer + 1]
+            replaced = nn.LSTM(k, after.hidden_size, batch_first=True)
+            with torch.no_grad():
+                for name, value in after.named_parameters():
+                    getattr(replaced, name).copy_(weight if name == "weight_ih_l0" else value)
+                replaced.bias_ih_l0.copy_(bias)
+            shrunk.lstm[self.layer + 1] = replaced
+        return shrunk
+
+    def fresh(
+        self, network: SentimentLSTM, width: int, generator: torch.Generator
+    ) -> SentimentLSTM:
+        """A copy of ``network`` with this layer replaced by a freshly initialised one of
+        ``width`` units, and a fresh reader (freeze_retrain's start)."""
+        cell = self._cell(network)
+        shrunk = copy.deepcopy(network)
+        with torch.random.fork_rng():
+            torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=generator)))
+            shrunk.lstm[self.layer] = nn.LSTM(cell.input_size, width, batch_first=True)
+            if self.layer + 1 == len(network.lstm):
+                shrunk.head[0] = nn.Linear(width, network.head[0].out_features)
+            else:
+                after = network.lstm[self.layer + 1]
+                shrunk.lstm[self.layer + 1] = nn.LSTM(width, after.hidden_size, batch_first=True)
+        return shrunk
+
+    def activations(self, network: SentimentLSTM, layer_states: Sequence[Tensor]) -> Tensor:
+        return layer_states[self.layer]
+
+    def probe(self, network: SentimentLSTM, layer_states: Sequence[Tensor]) -> Probe:
+        """The units' states at the probe words; what they read is the layer below's states
+        (or the embedding, which the probe does not keep: nothing here needs it)."""
+        below = layer_states[self.layer - 1] if self.layer else layer_states[self.layer][:, :0]
+        return Probe(below, layer_states[self.layer])
+
+    def reads(self, pair: LayerPair, states: Tensor) -> Tensor:
+        """What the consumer computes from the units' states (..., N): its pre-activation."""
+        consumer_rows = len(pair.w_out) - GATES * self.width  # the original's gate rows follow
+        return states @ pair.w_out[:consumer_rows].T + pair.b_out[:consumer_rows]
+
+    def own_params(self, network: SentimentLSTM) -> int:
+        return sum(p.numel() for p in network.lstm[self.layer].parameters())
+
+
+Site = HeadSite | LstmSite
+
+
+def _linear(weight: Tensor, bias: Tensor) -> nn.Linear:
+    linear = nn.Linear(weight.shape[1], weight.shape[0])
+    with torch.no_grad():
+        linear.weight.copy_(weight)
+        linear.bias.copy_(bias)
+    return linear
 
 
 def all_sites(shape: ModelShape) -> list[Site]:
     """Every site of a model of this shape, in the order the network computes them."""
-    return [HeadSite(i, w) for i, w in enumerate(shape.head_widths)]
+    layers = len(shape.lstm_widths)
+    return [LstmSite(i, layers, w) for i, w in enumerate(shape.lstm_widths)] + [
+        HeadSite(i, w) for i, w in enumerate(shape.head_widths)
+    ]
 
 
 def resolve_site(layer: int | str, shape: ModelShape) -> Site:
-    """The site ``layer`` names: a site's name (``head.2``) or a head index (``2``, ``-1``)."""
+    """The site ``layer`` names: a site's name (``lstm``, ``head.2``) or a head index (``2``,
+    ``-1``)."""
     sites = all_sites(shape)
-    n = len(sites)
+    heads = [site for site in sites if isinstance(site, HeadSite)]
+    n = len(heads)
     names = ", ".join(site.name for site in sites)
     indices = ", ".join(str(i) for i in [*range(n), *range(-1, -n - 1, -1)])
     choose = f"choose one of {names} (or a head index: {indices})"
@@ -138,7 +298,7 @@ def resolve_site(layer: int | str, shape: ModelShape) -> Site:
         raise SiteError(f"layer={layer} is the output layer, which has nothing to merge; {choose}")
     if not -n <= index < n:
         raise SiteError(f"layer={layer} is out of range; {choose}")
-    return sites[index % n]
+    return heads[index % n]
 
 
 def check_target_width(target_width: int, site: Site) -> None:
@@ -148,7 +308,3 @@ def check_target_width(target_width: int, site: Site) -> None:
             f"target_width={target_width} must be between 1 and {site.width - 1}: "
             f"layer={site.name} has {site.width} units"
         )
-
-
-def site_names(sites: Sequence[Site]) -> list[str]:
-    return [site.name for site in sites]

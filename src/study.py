@@ -88,7 +88,7 @@ def run_configs(cfg: DictConfig) -> dict[tuple[str, int], DictConfig]:
         run = configs[data, seed] = compose("config", overrides=overrides)
         check_shape(run.model.head_widths, run.model.lstm.hidden_size, run.model.embedding_dim)
         AnalysisSettings.of(run)
-        site_grid(cfg, ModelShape(tuple(run.model.head_widths)))
+        site_grid(cfg, ModelShape.of_settings(run.model))
     return configs
 
 
@@ -228,7 +228,7 @@ def main(cfg: DictConfig) -> pd.DataFrame:
     start = time.perf_counter()
     runs, methods = run_configs(cfg), method_configs(cfg)  # bad settings fail here, in seconds
     last = list(runs.values())[-1]
-    claims_site = resolve_site(cfg.claims.layer, ModelShape(tuple(last.model.head_widths)))
+    claims_site = resolve_site(cfg.claims.layer, ModelShape.of_settings(last.model))
     folder = Path(cfg.output_dir)
     rows = Rows(*([] for _ in TABLES))
     try:

@@ -36,11 +36,11 @@ from src.analysis.stats import mcnemar_exact_interval, mcnemar_p
 from src.baseline import read_checkpoint
 from src.compress.base import LayerPair, MergeMethod
 from src.compress.repair import repair_statistics
-from src.compress.retrain import Features, train_pair
+from src.compress.retrain import Features, FreshLayer, train_pair
 from src.data import SentimentDataModule, collate, probe_loader
 from src.errors import SettingError
 from src.model import SentimentClassifier, SentimentLSTM, last_word
-from src.sites import ModelShape, Site, check_target_width, resolve_site
+from src.sites import HeadSite, LstmSite, ModelShape, Site, check_target_width, resolve_site
 from src.store import ArtefactStore
 
 CHUNK_SIZE = 8192  # probe words per chunk of the similarity measures: memory, not results
@@ -83,9 +83,9 @@ def run_site(cfg: DictConfig) -> Site:
     """The site a run analyses and shrinks (``layer``), checked against ``target_width``; the
     model's shape is the checkpoint's own when ``ckpt_path`` is given."""
     if cfg.ckpt_path:
-        shape = ModelShape(tuple(read_checkpoint(cfg.ckpt_path)["hyper_parameters"]["head_widths"]))
+        shape = ModelShape.of_settings(read_checkpoint(cfg.ckpt_path)["hyper_parameters"])
     else:
-        shape = ModelShape(tuple(cfg.model.head_widths))
+        shape = ModelShape.of_settings(cfg.model)
     site = resolve_site(cfg.layer, shape)
     check_target_width(cfg.target_width, site)
     return site
@@ -147,14 +147,33 @@ class CompressStep:
 
 
 @dataclass
+class Shrunk:
+    """A compression's result: the whole shrunk network, and the shrunk site as a pair of the
+    original's view (None once training has moved weights the view does not hold)."""
+
+    pair: LayerPair | None
+    network: SentimentLSTM
+
+
+@dataclass
+class Drift:
+    """What the consumer of a merged LSTM layer reads, against the original network's."""
+
+    by_position: Tensor  # (T,) relative error at word position t, over the sentences reaching it
+    sentences: Tensor  # (T,) how many test sentences reach each position
+    last_word: float  # relative error at each sentence's last word, over all of them
+
+
+@dataclass
 class Evaluation:
     """One method on one site at one width: the row of measures and what they were taken on."""
 
     metrics: dict[str, float | int]  # the compressed/... keys of src.schema
-    pair: LayerPair  # the shrunk site
+    pair: LayerPair | None  # the shrunk site (None after training a site inside the LSTM)
     network: SentimentLSTM  # the whole shrunk network
     correct: Tensor  # (test sentences,) bool: the shrunk model is right
     features: Tensor  # (test sentences, k): the shrunk site's activations at the last word
+    drift: Drift | None = None  # a site inside the LSTM: the error along the sentence
 
 
 def accuracy(logits: Tensor, labels: Tensor) -> Tensor:
@@ -234,31 +253,36 @@ class Workbench:
 
     def probe_words(self) -> dict[str, Tensor]:
         """The probe sentences (a seeded sample of the training split): their word ids (words,),
-        lengths (sentences,) and LSTM states at every word (words, H), in sentence order."""
+        lengths (sentences,) and every LSTM layer's states at every word (``states.<layer>``,
+        (words, H_l)), in sentence order."""
         n, seed = self.settings.probe_sentences, self.settings.seed
 
         @torch.no_grad()
         def compute() -> dict[str, Tensor]:
             loader = probe_loader(self.datamodule.splits["train"], n, seed)
-            ids, lengths, states = [], [], []
+            ids, lengths, layers = [], [], []
             for batch in loader:
                 real = torch.arange(batch["ids"].shape[1])[None, :] < batch["lengths"][:, None]
-                states.append(self.network.states(batch["ids"], batch["lengths"])[real])
+                states = self.network.layer_states(batch["ids"], batch["lengths"])
+                layers.append([layer[real] for layer in states])
                 ids.append(batch["ids"][real])
                 lengths.append(batch["lengths"])
-            return {
-                "ids": torch.cat(ids),
-                "lengths": torch.cat(lengths),
-                "states": torch.cat(states),
-            }
+            words = {"ids": torch.cat(ids), "lengths": torch.cat(lengths)}
+            for index, per_batch in enumerate(zip(*layers, strict=True)):
+                words[f"states.{index}"] = torch.cat(per_batch)
+            return words
 
         return self.store.get(f"probe-{n}-{seed}", compute)
 
+    def probe_states(self) -> list[Tensor]:
+        """Every LSTM layer's states at the probe words, each (words, H_l)."""
+        words = self.probe_words()
+        return [words[f"states.{i}"] for i in range(len(self.network.lstm))]
+
     @torch.no_grad()
     def probe(self, site: Site) -> Probe:
-        """The site's inputs and activations at every probe word."""
-        states = self.probe_words()["states"]
-        return Probe(site.inputs(self.network, states), site.activations(self.network, states))
+        """What the site reads and outputs at every probe word."""
+        return site.probe(self.network, self.probe_states())
 
     def dissimilarity(self, site: Site) -> Tensor:
         """(N, N) dissimilarity of the site's units over the probe words (``analysis.measure``)."""
@@ -291,16 +315,31 @@ class Workbench:
 
     def compress(
         self, step: CompressStep, method: MergeMethod, site: Site, width: int
-    ) -> tuple[LayerPair, float]:
+    ) -> tuple[Shrunk, float]:
         """The site shrunk to ``width`` by ``method`` (then repaired and trained as ``step``
         says), and the seconds this took."""
         analysis = self.analyse(site, width)
         original = site.pair(self.network)
         generator = torch.Generator().manual_seed(self.settings.seed)
+        if step.repair and site.signed:
+            raise CompressionConfigError(
+                f"compress.repair=true matches ReLU pre-activations; layer={site.name} has none: "
+                "drop compress.repair"
+            )
         start = time.perf_counter()
+        if isinstance(method, FreshLayer) and isinstance(site, LstmSite):
+            shrunk = site.fresh(self.network, width, generator)
+            shrunk = self._train_lstm(step, shrunk, site, generator)
+            return Shrunk(None, shrunk), time.perf_counter() - start
         pair = method(original, analysis.probe.activations, analysis.labels, width, generator)
         if step.repair:
             pair = repair_statistics(original, pair, analysis.probe.inputs)
+        if isinstance(site, LstmSite):
+            shrunk = site.rebuild(self.network, pair)
+            if step.epochs > 0:
+                shrunk = self._train_lstm(step, shrunk, site, generator)
+                pair = None  # training moved every weight: no longer a pair of the original's
+            return Shrunk(pair, shrunk), time.perf_counter() - start
         if step.epochs > 0:
             train = self.states("train")
             with torch.no_grad():  # what the site reads is fixed: computed once, no graph
@@ -316,7 +355,31 @@ class Workbench:
                     self.datamodule.batch_size,
                     generator,
                 )
-        return pair, time.perf_counter() - start
+        return Shrunk(pair, site.rebuild(self.network, pair)), time.perf_counter() - start
+
+    def _train_lstm(
+        self, step: CompressStep, shrunk: SentimentLSTM, site: LstmSite, generator: torch.Generator
+    ) -> SentimentLSTM:
+        """``step.epochs`` over the training sentences of the shrunk LSTM and the head's first
+        layer, the embedding and the rest of the head frozen (Adam, BCE, gradients clipped as in
+        the baseline's training)."""
+        trained = [*shrunk.lstm.parameters(), *shrunk.head[0].parameters()]
+        shrunk.requires_grad_(False)
+        for parameter in trained:
+            parameter.requires_grad_(True)
+        optimizer = torch.optim.Adam(trained, lr=step.lr)
+        loss_fn = torch.nn.BCEWithLogitsLoss()
+        shrunk.train()
+        with torch.enable_grad(), torch.random.fork_rng():
+            torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=generator)))
+            for _ in range(step.epochs):
+                for batch in self.datamodule.train_dataloader():
+                    optimizer.zero_grad(set_to_none=True)
+                    logits = shrunk.sentence_logits(batch["ids"], batch["lengths"])
+                    loss_fn(logits, batch["labels"]).backward()
+                    torch.nn.utils.clip_grad_norm_(trained, 1.0)
+                    optimizer.step()
+        return shrunk.requires_grad_(False).eval()
 
     @torch.no_grad()
     def evaluate(
@@ -324,21 +387,18 @@ class Workbench:
     ) -> Evaluation:
         """Compress, then measure against the baseline on the same sentences: accuracy,
         agreement, logit error, the paired interval and McNemar's p (src.schema's keys)."""
-        pair, seconds = self.compress(step, method, site, width)
-        original = site.pair(self.network)
+        result, seconds = self.compress(step, method, site, width)
         metrics: dict[str, float | int] = {}
         for split in EVALUATED:
             states = self.states(split)
-            inputs = site.inputs(self.network, states.inputs)
-            before = site.logits(self.network, original, inputs)
-            after = site.logits(self.network, pair, inputs)
+            before = self.network.head_from(0, states.inputs)
+            after, features = self._outputs(site, result, split)
             correct = accuracy(after, states.labels)
             if split == "validation":
                 metrics[schema.COMPRESSED_VAL_ACC] = correct.float().mean().item()
                 continue
             baseline_correct = accuracy(before, states.labels)
             low, high = mcnemar_exact_interval(correct, baseline_correct)
-            features = pair.hidden(inputs)
             metrics |= {
                 schema.COMPRESSED_TEST_ACC: correct.float().mean().item(),
                 schema.DELTA_ACC: (correct.float().mean() - baseline_correct.float().mean()).item(),
@@ -350,18 +410,63 @@ class Workbench:
                     (after - before).norm() / before.norm().clamp_min(1e-12)
                 ).item(),
                 # Kept units that never fire at a test sentence's last word: a fresh layer can die.
-                schema.COMPRESSED_DEAD: int((~(features > 0).any(dim=0)).sum()),
+                schema.COMPRESSED_DEAD: int((~(features != 0).any(dim=0)).sum()),
             }
-        shrunk = site.rebuild(self.network, pair)
-        (old_layer, _), (new_layer, _) = site.params(original), site.params(pair)
+        if isinstance(site, LstmSite) and result.pair is not None:
+            drift = self.drift(site, result)
+            metrics[schema.COMPRESSED_DRIFT_LAST] = drift.last_word
+        else:
+            drift = None
+        shrunk = result.network
         metrics |= {
-            schema.BASELINE_LAYER_PARAMS: old_layer,
-            schema.COMPRESSED_LAYER_PARAMS: new_layer,
+            schema.BASELINE_LAYER_PARAMS: site.own_params(self.network),
+            schema.COMPRESSED_LAYER_PARAMS: site.own_params(shrunk),
             schema.COMPRESSED_PARAMS: sum(p.numel() for p in shrunk.parameters()),
-            schema.COMPRESSED_WIDTH: pair.width,
+            schema.COMPRESSED_WIDTH: features.shape[1],
             schema.COMPRESS_SECONDS: seconds,
         }
-        return Evaluation(metrics, pair, shrunk, correct, features)
+        return Evaluation(metrics, result.pair, shrunk, correct, features, drift)
+
+    def _outputs(self, site: Site, result: Shrunk, split: str) -> tuple[Tensor, Tensor]:
+        """The shrunk model's logits and the shrunk site's activations at each sentence's last
+        word, in the order of the stored states. A head site reads the stored LSTM states; a
+        site inside the LSTM makes the shrunk network read every sentence again."""
+        if isinstance(site, HeadSite):
+            inputs = site.inputs(self.network, self.states(split).inputs)
+            return site.logits(self.network, result.pair, inputs), result.pair.hidden(inputs)
+        network = result.network.eval()
+        logits, features = [], []
+        for batch in self.datamodule.loader(split):
+            layers = network.layer_states(batch["ids"], batch["lengths"])
+            logits.append(network.head_from(0, last_word(layers[-1], batch["lengths"])))
+            features.append(last_word(layers[site.layer], batch["lengths"]))
+        return torch.cat(logits), torch.cat(features)
+
+    @torch.no_grad()
+    def drift(self, site: LstmSite, result: Shrunk) -> Drift:
+        """How far what the consumer reads drifts from the original network's along the
+        sentence: per word position, the relative error of the consumer's pre-activation over
+        the test sentences that reach it (the merged units' errors feed back through
+        ``weight_hh``), and at each sentence's last word."""
+        original, pair = site.pair(self.network), result.pair
+        longest = max(len(ids) for ids, _ in self.datamodule.splits["test"])
+        error, size, reaching = (torch.zeros(longest, dtype=torch.float64) for _ in range(3))
+        last_error = last_size = 0.0
+        for batch in self.datamodule.loader("test"):
+            ids, lengths = batch["ids"], batch["lengths"]
+            before = site.reads(original, self.network.layer_states(ids, lengths)[site.layer])
+            after = site.reads(pair, result.network.layer_states(ids, lengths)[site.layer])
+            real = torch.arange(ids.shape[1])[None, :] < lengths[:, None]  # (B, T)
+            t = ids.shape[1]
+            error[:t] += ((after - before).square().sum(-1) * real).sum(0).double()
+            size[:t] += (before.square().sum(-1) * real).sum(0).double()
+            reaching[:t] += real.sum(0).double()
+            last_error += float(
+                (last_word(after, lengths) - last_word(before, lengths)).square().sum()
+            )
+            last_size += float(last_word(before, lengths).square().sum())
+        by_position = (error / size.clamp_min(1e-12)).sqrt().float()
+        return Drift(by_position, reaching.long(), (last_error / max(last_size, 1e-12)) ** 0.5)
 
     @torch.no_grad()
     def probabilities(self, sentences: list[Tensor]) -> Tensor:
@@ -375,9 +480,9 @@ class Workbench:
         after every word (T, N) and P(positive)."""
         network = (network or self.network).eval()
         ids_t, lengths = torch.tensor([ids]), torch.tensor([len(ids)])
-        states = network.states(ids_t, lengths)  # (1, T, H)
-        prob = torch.sigmoid(last_word(network.head_from(0, states), lengths))[0].item()
-        return site.activations(network, states)[0], prob
+        layers = network.layer_states(ids_t, lengths)  # each (1, T, H_l)
+        prob = torch.sigmoid(last_word(network.head_from(0, layers[-1]), lengths))[0].item()
+        return site.activations(network, layers)[0], prob
 
 
 def save_compressed(
@@ -387,6 +492,9 @@ def save_compressed(
     records its own shape, its tokenizer, and what it was shrunk from and how (``record``)."""
     hparams = dict(model.hparams)
     hparams["head_widths"] = shrunk.hidden_widths
+    lstm = dict(hparams.get("lstm") or {})
+    if shrunk.lstm_widths != [lstm.get("hidden_size", 128)] * lstm.get("num_layers", 1):
+        hparams["lstm"] = lstm | {"widths": shrunk.lstm_widths}
     compressed = SentimentClassifier(**hparams)
     compressed.network.load_state_dict(shrunk.state_dict())
     checkpoint = {

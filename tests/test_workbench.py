@@ -12,7 +12,7 @@ from src.compress.base import LayerPair
 from src.compress.weight_sum import WeightSum
 from src.data import SentimentDataModule, collate
 from src.model import SentimentClassifier
-from src.sites import ModelShape, all_sites, resolve_site
+from src.sites import HeadSite, ModelShape, SiteError, all_sites, resolve_site
 from src.store import ArtefactStore
 from src.workbench import (
     AnalysisSettings,
@@ -69,7 +69,7 @@ def test_a_site_with_its_own_pair_gives_the_networks_prediction(datamodule) -> N
     wb = bench(datamodule)
     states = wb.states("test")
     expected = sentence_logits(wb.network, datamodule, "test")
-    for site in all_sites(ModelShape.of(wb.network)):
+    for site in [s for s in all_sites(ModelShape.of(wb.network)) if isinstance(s, HeadSite)]:
         inputs = site.inputs(wb.network, states.inputs)
         got = site.logits(wb.network, site.pair(wb.network), inputs)
         torch.testing.assert_close(got, expected)
@@ -235,3 +235,36 @@ def test_a_group_without_a_method_builds_nothing() -> None:
 def test_bad_method_settings_name_the_setting(override: str, setting: str) -> None:
     with pytest.raises(CompressionConfigError, match=setting):
         build_method(compose_config("compress=weight_sum", override).compress)
+
+
+BUILDS_NEW_UNITS = {"model_folding"}  # averages units: the LSTM site cannot hold them
+
+
+@pytest.mark.parametrize("method", method_choices())
+def test_every_method_that_keeps_units_shrinks_the_lstm(shared: Workbench, method: str) -> None:
+    compress = compose_config(f"compress={method}").compress
+    site = resolve_site("lstm", ModelShape.of(shared.network))
+    step, built = CompressStep.of(compress), build_method(compress)
+    if method in BUILDS_NEW_UNITS:
+        with pytest.raises(SiteError, match="the method built new units"):
+            shared.evaluate(step, built, site, 6)
+        return
+    evaluation = shared.evaluate(step, built, site, 6)
+    assert evaluation.network.lstm_widths == [6]
+    assert evaluation.features.shape == (len(shared.states("test").labels), 6)
+    metrics = evaluation.metrics
+    assert metrics[schema.COMPRESSED_PARAMS] < shared.baseline_scores()[schema.BASELINE_PARAMS]
+    assert metrics[schema.COMPRESSED_LAYER_PARAMS] == 4 * 6 * (8 + 6 + 2)
+    if step.epochs == 0:  # an untrained merge: how far the consumer's input drifts
+        assert 0 <= metrics[schema.COMPRESSED_DRIFT_LAST] < 10
+        drift = evaluation.drift
+        assert len(drift.by_position) == len(drift.sentences) and drift.sentences[0] == len(
+            shared.states("test").labels
+        )
+
+
+def test_repair_is_refused_at_the_lstm(shared: Workbench) -> None:
+    site = resolve_site("lstm", ModelShape.of(shared.network))
+    method = build_method(compose_config("compress=weight_sum").compress)
+    with pytest.raises(CompressionConfigError, match="compress.repair=true"):
+        shared.evaluate(CompressStep(True, 0, 0.01), method, site, 6)

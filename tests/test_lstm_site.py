@@ -1,0 +1,159 @@
+"""The LSTM's own units as a site: exact merges of exact twins over whole sentences, every gate of
+a removed unit gone with it, stacked layers, and the refusals."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from src.compress.interpolative import InterpolativeDecomposition
+from src.compress.weight_sum import WeightSum
+from src.model import SentimentLSTM
+from src.sites import LstmSite, ModelShape, SiteError, check_target_width, resolve_site
+
+H = 6
+
+
+def network(num_layers: int = 1, seed: int = 0) -> SentimentLSTM:
+    torch.manual_seed(seed)
+    return SentimentLSTM(40, 5, H, num_layers, [12, 4], dropout=0.0).eval()
+
+
+def sentences(seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(1, 15, (24,), generator=gen)
+    ids = torch.randint(2, 40, (24, int(lengths.max())), generator=gen)
+    ids[torch.arange(ids.shape[1])[None, :] >= lengths[:, None]] = 0
+    return ids, lengths
+
+
+def gate_rows(unit: int) -> list[int]:
+    return [g * H + unit for g in range(4)]
+
+
+def twin(cell: nn.LSTM, copy: int, of: int, negate: bool = False) -> None:
+    """Make unit ``copy`` compute what unit ``of`` computes (or its negation: the cell gate
+    negated, so c and h change sign while the other gates stay)."""
+    with torch.no_grad():
+        for name in ("weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0"):
+            weight = getattr(cell, name)
+            for gate, (target, source) in enumerate(
+                zip(gate_rows(copy), gate_rows(of), strict=True)
+            ):
+                weight[target] = -weight[source] if negate and gate == 2 else weight[source]
+
+
+def probe(net: SentimentLSTM, site: LstmSite) -> torch.Tensor:
+    ids, lengths = sentences(seed=7)
+    real = torch.arange(ids.shape[1])[None, :] < lengths[:, None]
+    return net.layer_states(ids, lengths)[site.layer][real]
+
+
+def logits(net: SentimentLSTM) -> torch.Tensor:
+    ids, lengths = sentences()
+    return net.sentence_logits(ids, lengths)
+
+
+@torch.no_grad()
+def test_an_exact_twin_merges_exactly_over_whole_sentences() -> None:
+    net = network()
+    twin(net.lstm[0], copy=4, of=1)
+    with torch.no_grad():  # what reads the twins is split between them: only the sum matters
+        head = net.head[0].weight
+        total = head[:, 1] + head[:, 4]
+        head[:, 4] = torch.randn(12)
+        head[:, 1] = total - head[:, 4]
+        recurrent = net.lstm[0].weight_hh_l0  # the same split in every row keeps the twins' rows
+        total = recurrent[:, 1] + recurrent[:, 4]
+        recurrent[:, 1], recurrent[:, 4] = 0.3 * total, 0.7 * total
+    site = resolve_site("lstm", ModelShape.of(net))
+    activations = probe(net, site)
+    torch.testing.assert_close(activations[:, 4], activations[:, 1])
+    labels = torch.tensor([0, 1, 2, 3, 1, 4])
+    merged = WeightSum(representative="medoid", scale="ls")(
+        site.pair(net), activations, labels, 5, torch.Generator()
+    )
+    shrunk = site.rebuild(net, merged)
+    assert shrunk.lstm_widths == [5] and shrunk.head[0].in_features == 5
+    torch.testing.assert_close(logits(shrunk), logits(net), atol=1e-5, rtol=1e-5)
+
+
+@torch.no_grad()
+def test_every_gate_of_a_removed_unit_goes_with_it() -> None:
+    net = network()
+    site = resolve_site("lstm", ModelShape.of(net))
+    keep = site.pair(net).select(torch.tensor([0, 1, 2, 4, 5]))  # unit 3 removed
+    before = logits(site.rebuild(net, keep))
+    for row in gate_rows(3):  # each gate's row of the removed unit, one at a time
+        changed = network()
+        changed.lstm[0].weight_ih_l0[row] += 5.0
+        changed.lstm[0].bias_hh_l0[row] -= 3.0
+        pair = site.pair(changed).select(torch.tensor([0, 1, 2, 4, 5]))
+        torch.testing.assert_close(logits(site.rebuild(changed, pair)), before)
+    assert not torch.allclose(logits(net), before)  # removing it did change the network
+
+
+@torch.no_grad()
+def test_interpolative_is_exact_when_the_states_have_rank_k() -> None:
+    net = network(seed=3)
+    twin(net.lstm[0], copy=3, of=0)
+    twin(net.lstm[0], copy=4, of=1, negate=True)  # a negation: the same information
+    twin(net.lstm[0], copy=5, of=2)
+    site = resolve_site("lstm", ModelShape.of(net))
+    activations = probe(net, site)
+    torch.testing.assert_close(activations[:, 4], -activations[:, 1])
+    merged = InterpolativeDecomposition()(site.pair(net), activations, None, 3, torch.Generator())
+    shrunk = site.rebuild(net, merged)
+    assert shrunk.lstm_widths == [3]
+    torch.testing.assert_close(logits(shrunk), logits(net), atol=1e-5, rtol=1e-5)
+
+
+@torch.no_grad()
+def test_two_stacked_layers_give_two_sites_with_the_right_shapes() -> None:
+    net = network(num_layers=2)
+    shape = ModelShape.of(net)
+    lower, upper = resolve_site("lstm.0", shape), resolve_site("lstm.1", shape)
+    keep = torch.tensor([0, 2, 5])
+    shrunk = lower.rebuild(net, lower.pair(net).select(keep))
+    assert shrunk.lstm_widths == [3, H] and shrunk.lstm[1].weight_ih_l0.shape == (4 * H, 3)
+    assert logits(shrunk).shape == (24,)
+    shrunk = upper.rebuild(net, upper.pair(net).select(keep))
+    assert shrunk.lstm_widths == [H, 3] and shrunk.head[0].weight.shape == (12, 3)
+    assert logits(shrunk).shape == (24,)
+
+
+def test_a_site_that_does_not_exist_lists_the_sites() -> None:
+    with pytest.raises(SiteError, match="layer=lstm.2 names no site; choose one of lstm, head.0"):
+        resolve_site("lstm.2", ModelShape((12, 4), (H,)))
+    shape = ModelShape((12, 4), (H, H))
+    assert [resolve_site(n, shape).name for n in ("lstm.0", "lstm.1")] == ["lstm.0", "lstm.1"]
+    with pytest.raises(SiteError, match="layer=lstm names no site; choose one of lstm.0, lstm.1"):
+        resolve_site("lstm", shape)
+
+
+def test_a_width_at_or_above_the_hidden_size_is_refused_naming_it() -> None:
+    site = resolve_site("lstm", ModelShape((12, 4), (H,)))
+    with pytest.raises(SiteError, match=f"target_width={H} must be between 1 and {H - 1}"):
+        check_target_width(H, site)
+
+
+@pytest.mark.parametrize(
+    "cell",
+    [nn.GRU(5, H, batch_first=True), nn.LSTM(5, H // 2, batch_first=True, bidirectional=True)],
+)
+def test_a_gru_or_a_bidirectional_lstm_is_refused(cell: nn.Module) -> None:
+    net = network()
+    net.lstm[0] = cell
+    with pytest.raises(SiteError, match="unidirectional single-layer nn.LSTM"):
+        LstmSite(0, 1, H).pair(net)
+
+
+def test_a_method_that_builds_new_units_is_refused_at_the_lstm() -> None:
+    net = network()
+    site = resolve_site("lstm", ModelShape.of(net))
+    pair = site.pair(net)
+    averaged = pair.select(torch.tensor([0, 1]))
+    averaged = type(pair)(averaged.w_in * 0.5, averaged.b_in, averaged.w_out, averaged.b_out)
+    with pytest.raises(SiteError, match="the method built new units"):
+        site.rebuild(net, averaged)
