@@ -41,7 +41,8 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from torch.utils.data import DataLoader
 
 from src.data import SentimentDataModule
-from src.model import SentimentClassifier, SentimentLSTM, last_word
+from src.model import SentimentClassifier
+from src.network import SentimentLSTM, last_word
 from src.threads import job_threads, machine_cores
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -246,9 +247,10 @@ def report(rows: list[dict]) -> None:
         )
     for data in dict.fromkeys(r["data"] for r in rows):
         rate = {r["form"]: r["words/s"] for r in rows if r["data"] == data}
+        limit = rate["project step"] / rate["arithmetic limit"]
         print(
-            f"{data}: the project step runs at {rate['project step'] / rate['arithmetic limit']:.1%}"
-            " of the arithmetic limit; two side by side reach "
+            f"{data}: the project step runs at {limit:.1%} of the arithmetic limit; "
+            "two side by side reach "
             f"{2 * rate['project step, 2 side by side'] / rate['project step']:.0%} of one alone"
         )
 

@@ -26,8 +26,8 @@ from src.analysis.neurons import NeuronStatus
 from src.analysis.similarity import affinity_from_dissimilarity, degenerate_neurons
 from src.analysis.stats import effective_rank
 from src.compress.base import LayerPair
-from src.data import check_known_words
 from src.sites import Site
+from src.tokens import check_known_words
 from src.viewer import Example, ViewerData, wandb_html, write_viewer
 from src.workbench import Evaluation, Workbench
 

@@ -16,18 +16,14 @@ import hashlib
 import io
 import json
 import logging
-import pickle
-import re
 import shutil
 import time
 import warnings
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import lightning as L
-import torch
 from filelock import FileLock
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -35,7 +31,14 @@ from tokenizers import Tokenizer
 
 from src.checkpoints import SETTINGS_KEY, TrainingSettings
 from src.data import SentimentDataModule
-from src.errors import SettingError
+from src.loading import (
+    CheckpointError,
+    Refused,
+    parse_checkpoint,
+    read_checkpoint,
+    read_file,
+    setting_label,
+)
 from src.model import SentimentClassifier
 
 log = logging.getLogger(__name__)
@@ -56,14 +59,6 @@ CHECKPOINT, METRICS = "model.ckpt", "baseline.json"
 # Settings a resume must share with the checkpoint it goes on from (keys of weight_settings,
 # flattened): what is trained on and the model's shape. The trainer's may change (more epochs).
 RESUME_MUST_MATCH = ("seed", "data.", "model.")
-
-
-class CheckpointError(SettingError):
-    """A checkpoint that does not load; the message names the setting or file to change."""
-
-
-class _Refused(Exception):
-    """Why some bytes are not a checkpoint we load; the caller names the file."""
 
 
 def weight_settings(cfg: DictConfig) -> dict[str, Any]:
@@ -88,75 +83,25 @@ def cache_key(cfg: DictConfig) -> str:
     return f"{cfg.data.name}-{hashlib.sha256(blob.encode()).hexdigest()[:16]}"
 
 
-def _parse(data: bytes) -> dict[str, Any]:
-    """The checkpoint in ``data``, unpickled with ``weights_only=True`` (a pickled object that
-    would run code is refused, never built), with every floating weight finite."""
-    if not zipfile.is_zipfile(io.BytesIO(data)):
-        raise _Refused("is not a PyTorch checkpoint (the zip archive torch.save writes)")
-    try:
-        checkpoint = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        found = re.search(r"GLOBAL (\S+)", str(error))
-        held = f" ({found.group(1)})" if found else ""
-        raise _Refused(
-            f"holds Python objects beyond tensors and plain data{held}, which loading could run"
-        ) from None
-    except Exception as error:  # a damaged archive: torch raises many kinds
-        raise _Refused(f"is a damaged PyTorch checkpoint ({type(error).__name__})") from None
-    state = checkpoint.get("state_dict") if isinstance(checkpoint, dict) else None
-    if not isinstance(state, dict) or "hyper_parameters" not in checkpoint:
-        raise _Refused("holds no state_dict and hyper_parameters: not a model checkpoint")
-    bad = [
-        name
-        for name, value in state.items()
-        if torch.is_tensor(value) and value.is_floating_point() and not value.isfinite().all()
-    ]
-    if bad:
-        others = f" and {len(bad) - 1} more" if len(bad) > 1 else ""
-        raise _Refused(f"holds non-finite weights ({bad[0]}{others})")
-    return checkpoint
-
-
 def _model(data: bytes) -> SentimentClassifier:
-    """Lightning's own loading of checkpoint bytes that :func:`_parse` accepted."""
+    """Lightning's own loading of checkpoint bytes that :func:`parse_checkpoint` accepted."""
     try:
         return SentimentClassifier.load_from_checkpoint(
             io.BytesIO(data), map_location="cpu", weights_only=True
         )
     except Exception as error:  # hyperparameters or weights of another model
         reason = " ".join(str(error).split())[:300]
-        raise _Refused(f"does not fit this model ({reason})") from None
-
-
-def _label(path: str | Path, setting: str) -> str:
-    return f"{setting}={path}" if re.fullmatch(r"[\w.]+", setting) else f"{setting} {path}"
-
-
-def _read(path: str | Path, setting: str) -> bytes:
-    try:
-        return Path(path).read_bytes()
-    except OSError as error:
-        raise CheckpointError(
-            f"{_label(path, setting)} cannot be read: {error.strerror or error}"
-        ) from None
-
-
-def read_checkpoint(path: str | Path, setting: str = "ckpt_path") -> dict[str, Any]:
-    """The checkpoint's contents, loaded safely; refused in one line naming ``setting``."""
-    try:
-        return _parse(_read(path, setting))
-    except _Refused as why:
-        raise CheckpointError(f"{_label(path, setting)} is refused: it {why}") from None
+        raise Refused(f"does not fit this model ({reason})") from None
 
 
 def load_checkpoint(path: str | Path, setting: str = "ckpt_path") -> SentimentClassifier:
     """Load a trained classifier; a file that does not load gets a message naming ``setting``."""
-    data = _read(path, setting)
+    data = read_file(path, setting)
     try:
-        _parse(data)
+        parse_checkpoint(data)
         return _model(data)
-    except _Refused as why:
-        raise CheckpointError(f"{_label(path, setting)} is refused: it {why}") from None
+    except Refused as why:
+        raise CheckpointError(f"{setting_label(path, setting)} is refused: it {why}") from None
 
 
 @dataclass
@@ -199,7 +144,7 @@ class BaselineCache:
             return None
         try:
             baseline = self._verified(entry)
-        except _Refused as why:
+        except Refused as why:
             log.warning("baseline cache entry %s is damaged (%s): rebuilding it", entry, why)
             shutil.rmtree(entry, ignore_errors=True)
             return None
@@ -214,16 +159,16 @@ class BaselineCache:
             seconds, digest = float(record["train_seconds"]), record.get("sha256")
             data = (entry / CHECKPOINT).read_bytes()
         except (OSError, ValueError, TypeError, KeyError) as error:
-            raise _Refused(f"{METRICS} or {CHECKPOINT} does not read: {error}") from None
+            raise Refused(f"{METRICS} or {CHECKPOINT} does not read: {error}") from None
         if digest is None:
-            raise _Refused(f"{METRICS} holds no sha256 of {CHECKPOINT} (an older entry)")
+            raise Refused(f"{METRICS} holds no sha256 of {CHECKPOINT} (an older entry)")
         if hashlib.sha256(data).hexdigest() != digest:
-            raise _Refused(f"{CHECKPOINT} does not match the sha256 stored in {METRICS}")
+            raise Refused(f"{CHECKPOINT} does not match the sha256 stored in {METRICS}")
         try:
-            _parse(data)
+            parse_checkpoint(data)
             model = _model(data)
-        except _Refused as why:
-            raise _Refused(f"{CHECKPOINT} {why}") from None
+        except Refused as why:
+            raise Refused(f"{CHECKPOINT} {why}") from None
         return Baseline(model, seconds, False, entry / CHECKPOINT)
 
     def store(self, key: str, baseline: Baseline, config_yaml: str) -> None:

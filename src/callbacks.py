@@ -11,7 +11,7 @@ import time
 
 import lightning as L
 
-from src.data import check_known_words
+from src.tokens import check_known_words
 
 log = logging.getLogger(__name__)
 

@@ -23,17 +23,15 @@ from pathlib import Path
 import lightning as L
 import torch
 from datasets import Dataset, DatasetDict, load_dataset
-from tokenizers import Encoding, Tokenizer, models, normalizers, pre_tokenizers, trainers
+from tokenizers import Tokenizer
 from torch import Tensor
-from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import DataLoader, Sampler, Subset
 
 from src.errors import SettingError
+from src.tokens import collate, train_tokenizer
 
 log = logging.getLogger(__name__)
 
-PAD, UNK = "[PAD]", "[UNK]"
-PAD_ID = 0  # the first special token; the model's embedding uses it as padding_idx
 SPLITS = ("train", "validation", "test")
 VALIDATION_SEED = 1234  # fixed, so a carved validation split never depends on the run's seed
 
@@ -139,20 +137,6 @@ def complete_splits(raw: DatasetDict, val_fraction: float) -> DatasetDict:
     return DatasetDict(splits)
 
 
-def train_tokenizer(texts: list[str], vocab_size: int, min_frequency: int) -> Tokenizer:
-    """A lower-casing word-level tokenizer; words it never saw (or saw too rarely) map to [UNK]."""
-    tokenizer = Tokenizer(models.WordLevel(unk_token=UNK))
-    tokenizer.normalizer = normalizers.Sequence(
-        [normalizers.Replace("<br />", " "), normalizers.NFKC(), normalizers.Lowercase()]
-    )
-    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
-    trainer = trainers.WordLevelTrainer(
-        vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=[PAD, UNK]
-    )
-    tokenizer.train_from_iterator(texts, trainer=trainer)
-    return tokenizer
-
-
 def check_truncation_side(truncation_side: str) -> None:
     if truncation_side not in ("right", "left"):
         raise DataConfigError(
@@ -175,16 +159,6 @@ def encode(
         kept = e.ids[:max_length] if truncation_side == "right" else e.ids[-max_length:]
         ids.append(torch.tensor(kept, dtype=torch.long))
     return ids, truncated
-
-
-def collate(batch: list[tuple[Tensor, int]]) -> dict[str, Tensor]:
-    """Pad to the longest sentence of this batch only."""
-    ids, labels = zip(*batch, strict=True)
-    return {
-        "ids": pad_sequence(list(ids), batch_first=True, padding_value=PAD_ID),  # (B, T)
-        "lengths": torch.tensor([len(x) for x in ids]),  # (B,)
-        "labels": torch.tensor(labels, dtype=torch.float),  # (B,)
-    }
 
 
 class LengthBatchSampler(Sampler[list[int]]):
@@ -333,16 +307,3 @@ def probe_sample(sentences: Sequence, size: int, seed: int) -> Subset:
 def probe_loader(sentences: Sequence, size: int, seed: int) -> DataLoader:
     """Batches of :func:`probe_sample`, in the sample's order."""
     return DataLoader(probe_sample(sentences, size, seed), batch_size=256, collate_fn=collate)
-
-
-def check_known_words(
-    tokenizer: Tokenizer, sentence: str, setting: str = "analysis.sentences"
-) -> Encoding:
-    """The sentence's encoding, refused when it has no word the tokenizer knows."""
-    encoding = tokenizer.encode(sentence)
-    unk = tokenizer.token_to_id(UNK)
-    if not encoding.ids or all(i == unk for i in encoding.ids):
-        raise DataConfigError(
-            f"{setting}: {sentence!r} has no word the tokenizer knows; choose another"
-        )
-    return encoding

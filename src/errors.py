@@ -15,9 +15,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
-
 T = TypeVar("T")
 HYDRA_OWN = {".hydra"}  # what Hydra writes into every run folder before the task starts
 
@@ -42,6 +39,9 @@ def reported(task: Callable[..., T]) -> Callable[..., T]:
         try:
             return task(*args, **kwargs)
         except SettingError as error:
+            from hydra.core.hydra_config import HydraConfig  # here: src.predict needs no Hydra
+            from hydra.types import RunMode
+
             hydra = HydraConfig.get() if HydraConfig.initialized() else None
             full = os.environ.get("HYDRA_FULL_ERROR") == "1"
             if full or hydra is None or hydra.mode == RunMode.MULTIRUN:

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from tokenizers import Tokenizer
     from torch import Tensor
 
-    from src.model import SentimentLSTM
+    from src.network import SentimentLSTM
     from src.sites import Site
 
 PROG = "python -m src.predict"
@@ -118,17 +118,17 @@ def load(path: Path) -> tuple[SentimentLSTM, Tokenizer]:
     """The checkpoint's network (in eval mode) and its tokenizer."""
     from tokenizers import Tokenizer
 
-    from src.baseline import CheckpointError, load_checkpoint
+    from src.loading import CheckpointError, load_network
 
-    model = load_checkpoint(path, "the checkpoint")
+    network, checkpoint = load_network(path, "the checkpoint")
     try:
-        tokenizer = Tokenizer.from_str(model.tokenizer_json or "")
+        tokenizer = Tokenizer.from_str(checkpoint.get("tokenizer") or "")
     except Exception as error:  # the tokenizers library raises its own exception kinds
         reason = " ".join(str(error).split())[:120]
         raise CheckpointError(
             f"the checkpoint {path} holds no usable tokenizer ({reason}): retrain it"
         ) from None
-    return model.network.eval(), tokenizer
+    return network, tokenizer
 
 
 def predict(
@@ -136,7 +136,7 @@ def predict(
 ) -> list[Prediction]:
     """The sentences in padded batches of :data:`BATCH`: the model's own sentence logits, and per
     word the logits (and the site's activations) from the LSTM states."""
-    from src.data import UNK
+    from src.tokens import UNK
 
     sentences = list(sentences)
     encodings = tokenizer.encode_batch(sentences)
@@ -169,7 +169,7 @@ def predict(
 def _forward(network: SentimentLSTM, ids: list[list[int]], site: Site | None) -> dict[str, Tensor]:
     import torch
 
-    from src.data import collate
+    from src.tokens import collate
 
     batch = collate([(torch.tensor(i, dtype=torch.long), 0) for i in ids])
     with torch.no_grad():

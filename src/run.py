@@ -25,7 +25,7 @@ from src import schema
 from src.artefacts import write_site_analysis
 from src.baseline import obtain_baseline
 from src.errors import reported
-from src.model import check_shape
+from src.network import check_shape
 from src.report import summary_table, write_metrics
 from src.threads import use_job_threads
 from src.workbench import (

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from src.analysis.layer import Probe
 from src.compress.base import LayerPair
 from src.errors import SettingError
-from src.model import SentimentLSTM
+from src.network import SentimentLSTM
 
 
 class SiteError(SettingError):

@@ -36,7 +36,7 @@ from src.baseline import obtain_baseline
 from src.claims import TABLES, StudyTables, judge, write_tables
 from src.compress.base import MergeMethod
 from src.errors import SettingError, reported
-from src.model import check_shape
+from src.network import check_shape
 from src.report import log_summary_run, pairwise_similarity
 from src.sites import ModelShape, Site, check_target_width, resolve_site
 from src.workbench import (

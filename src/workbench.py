@@ -33,15 +33,17 @@ from src import schema
 from src.analysis.layer import CLUSTERINGS, LayerAnalysis, Probe, cluster_layer
 from src.analysis.similarity import MEASURES, dissimilarity_matrix
 from src.analysis.stats import mcnemar_exact_interval, mcnemar_p
-from src.baseline import read_checkpoint
 from src.compress.base import LayerPair, MergeMethod
 from src.compress.repair import repair_statistics
 from src.compress.retrain import Features, FreshLayer, train_pair
-from src.data import SentimentDataModule, collate, probe_loader
+from src.data import SentimentDataModule, probe_loader
 from src.errors import SettingError
-from src.model import SentimentClassifier, SentimentLSTM, last_word
+from src.loading import read_checkpoint
+from src.model import SentimentClassifier
+from src.network import SentimentLSTM, last_word
 from src.sites import HeadSite, LstmSite, ModelShape, Site, check_target_width, resolve_site
 from src.store import ArtefactStore
+from src.tokens import collate
 
 CHUNK_SIZE = 8192  # probe words per chunk of the similarity measures: memory, not results
 EVALUATED = ("validation", "test")

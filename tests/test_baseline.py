@@ -23,8 +23,8 @@ from src.baseline import (
     check_resume,
     load_checkpoint,
 )
-from src.data import collate
 from src.model import SentimentClassifier
+from src.tokens import collate
 from tests.conftest import ROOT, compose_config
 
 

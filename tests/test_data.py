@@ -14,15 +14,14 @@ from tokenizers import Tokenizer
 from src import data
 from src.data import (
     EMBEDDED,
-    PAD_ID,
     DataConfigError,
     SentimentDataModule,
-    collate,
     complete_splits,
     encode,
     load_raw_splits,
     locate_corpus,
 )
+from src.tokens import PAD_ID, collate
 from tests.conftest import DATA_DIR, ROOT, compose_config
 
 

@@ -9,7 +9,7 @@ from torch import nn
 
 from src.compress.interpolative import InterpolativeDecomposition
 from src.compress.weight_sum import WeightSum
-from src.model import SentimentLSTM
+from src.network import SentimentLSTM
 from src.sites import LstmSite, ModelShape, SiteError, check_target_width, resolve_site
 
 H = 6

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from benchmarks.bench_train import packed_every_word_logits
-from src.model import ModelConfigError, SentimentClassifier, SentimentLSTM, last_word
+from src.model import SentimentClassifier
+from src.network import ModelConfigError, SentimentLSTM, last_word
 
 
 def network(**kwargs) -> SentimentLSTM:
@@ -119,7 +120,7 @@ def test_a_checkpoint_of_the_stacked_lstm_loads_into_per_layer_modules() -> None
     old = {k: v for k, v in net.state_dict().items() if not k.startswith("lstm.")}
     old |= {f"lstm.{k}": v for k, v in stacked.state_dict().items()}
     net.load_state_dict(old)
-    ids, lengths = torch.randint(2, 50, (3, 6)), torch.tensor([6, 2, 4])
+    ids = torch.randint(2, 50, (3, 6))
     embedded = net.embedding(ids)
     expected, _ = stacked(embedded)
     torch.testing.assert_close(net.layer_outputs(ids)[-1], expected)

@@ -16,10 +16,10 @@ from torch.utils.data import DataLoader
 
 from src import predict as predict_module
 from src.baseline import load_checkpoint
-from src.data import collate, train_tokenizer
 from src.model import SentimentClassifier
 from src.predict import run
 from src.sites import ModelShape, all_sites, resolve_site
+from src.tokens import collate, train_tokenizer
 from src.workbench import save_compressed
 from tests.conftest import APP_ENV, ROOT
 

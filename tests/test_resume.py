@@ -22,8 +22,8 @@ from torch.utils.data import DataLoader
 
 from src.baseline import CheckpointError, check_resume, weight_settings
 from src.checkpoints import SETTINGS_KEY, TrainingSettings
-from src.data import collate
 from src.model import SentimentClassifier
+from src.tokens import collate
 from tests.conftest import QUICK, compose_config, read_metrics, run_app
 
 SENTENCES = [(torch.tensor([2, 3, 4]), 1), (torch.tensor([5, 6]), 0), (torch.tensor([7]), 1)]

@@ -10,10 +10,11 @@ from src import schema
 from src.baseline import load_checkpoint
 from src.compress.base import LayerPair
 from src.compress.weight_sum import WeightSum
-from src.data import SentimentDataModule, collate
+from src.data import SentimentDataModule
 from src.model import SentimentClassifier
 from src.sites import HeadSite, ModelShape, SiteError, all_sites, resolve_site
 from src.store import ArtefactStore
+from src.tokens import collate
 from src.workbench import (
     AnalysisSettings,
     CompressionConfigError,

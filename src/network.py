@@ -1,0 +1,154 @@
+"""The source's sentiment network as a plain ``nn.Module``, apart from the LightningModule that
+trains it (:mod:`src.model`), so that using a trained network imports no Lightning.
+
+Embedding -> LSTM -> Linear 256 -> Linear 64 -> Linear 16 -> Linear 1, ReLU between the hidden
+linear layers. The head can run on the LSTM state at *every* word, so each hidden neuron has an
+activation per word (what the analysis looks at); the sentence's prediction is the output at its
+last real word, and that is all that training, validation and testing compute.
+
+The LSTM runs on the padded batch, not on packed sequences. It is unidirectional and padding sits on
+the right, so a real word's state never sees padding and is the state a packed batch would give;
+packing only buys a slower kernel on the CPU (tests/test_model.py checks logits and gradients).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from src.errors import SettingError
+from src.tokens import PAD_ID
+
+
+class ModelConfigError(SettingError):
+    """A model setting that cannot work; the message names the setting to change."""
+
+
+def check_shape(head_widths: Sequence[int], hidden_size: int, embedding_dim: int) -> None:
+    """Refuse impossible shapes before any data is loaded."""
+    if not head_widths or any(int(w) < 1 for w in head_widths):
+        raise ModelConfigError(
+            "model.head_widths must be a non-empty list of positive widths, "
+            f"got {list(head_widths)}"
+        )
+    if hidden_size < 1:
+        raise ModelConfigError(f"model.lstm.hidden_size must be >= 1, got {hidden_size}")
+    if embedding_dim < 1:
+        raise ModelConfigError(f"model.embedding_dim must be >= 1, got {embedding_dim}")
+
+
+def last_word(per_word: Tensor, lengths: Tensor) -> Tensor:
+    """Pick each sentence's value at its last real word: (B, T, ...) -> (B, ...)."""
+    index = (lengths - 1).to(per_word.device).view(-1, *([1] * (per_word.dim() - 1)))
+    return per_word.gather(1, index.expand(-1, 1, *per_word.shape[2:])).squeeze(1)
+
+
+class SentimentLSTM(nn.Module):
+    """A unidirectional LSTM reader with a per-word MLP head."""
+
+    def __init__(
+        self,
+        vocab_size: int,
+        embedding_dim: int,
+        hidden_size: int,
+        num_layers: int,
+        head_widths: Sequence[int],
+        dropout: float,
+        lstm_widths: Sequence[int] | None = None,
+    ) -> None:
+        """``lstm_widths``: each LSTM layer's units when they differ (a shrunk model); by
+        default ``num_layers`` layers of ``hidden_size``."""
+        super().__init__()
+        check_shape(head_widths, hidden_size, embedding_dim)
+        widths = list(map(int, lstm_widths or [hidden_size] * num_layers))
+        self.embedding = nn.Embedding(vocab_size, embedding_dim, padding_idx=PAD_ID)
+        # One single-layer LSTM per layer, so that layers can have their own width and each
+        # layer's states can be read (a stacked nn.LSTM computes the same, one layer at a time).
+        self.lstm = nn.ModuleList(
+            nn.LSTM(a, b, batch_first=True) for a, b in itertools.pairwise([embedding_dim, *widths])
+        )
+        self.dropout = nn.Dropout(dropout)
+        head = [widths[-1], *map(int, head_widths), 1]
+        self.head = nn.ModuleList(nn.Linear(a, b) for a, b in itertools.pairwise(head))
+        self._register_load_state_dict_pre_hook(_stacked_lstm_keys)
+
+    @property
+    def lstm_widths(self) -> list[int]:
+        return [layer.hidden_size for layer in self.lstm]
+
+    @property
+    def hidden_widths(self) -> list[int]:
+        return [layer.out_features for layer in self.head[:-1]]
+
+    def layer_outputs(self, ids: Tensor) -> list[Tensor]:
+        """Every LSTM layer's output after every position of the padded batch, each (B, T, H_l),
+        before the last dropout; positions past a sentence's end hold states that read padding,
+        never used as such. Dropout sits between layers, as in a stacked nn.LSTM."""
+        x = self.dropout(self.embedding(ids))  # (B, T, E)
+        outputs = []
+        for index, layer in enumerate(self.lstm):
+            if index:
+                x = self.dropout(x)
+            x, _ = layer(x)
+            outputs.append(x)
+        return outputs
+
+    def layer_states(self, ids: Tensor, lengths: Tensor) -> list[Tensor]:
+        """Every LSTM layer's state after every word, each (B, T, H_l); zeros at padding."""
+        real = (
+            torch.arange(ids.shape[1], device=ids.device)[None, :] < lengths.to(ids.device)[:, None]
+        )
+        return [out * real[..., None] for out in self.layer_outputs(ids)]
+
+    def states(self, ids: Tensor, lengths: Tensor) -> Tensor:
+        """The top LSTM layer's state after every word, (B, T, H) (dropout applied as in
+        training); zeros at padding."""
+        return self.dropout(self.layer_states(ids, lengths)[-1])
+
+    def last_states(self, ids: Tensor, lengths: Tensor) -> Tensor:
+        """The top LSTM state at each sentence's last real word, (B, H): all the prediction
+        reads."""
+        return self.dropout(last_word(self.layer_outputs(ids)[-1], lengths))
+
+    def sentence_logits(self, ids: Tensor, lengths: Tensor) -> Tensor:
+        """One logit per sentence, (B,), computing the head at the last word only."""
+        return self.head_from(0, self.last_states(ids, lengths))
+
+    def head_from(self, start: int, x: Tensor) -> Tensor:
+        """Run the head from layer ``start`` on its input ``x`` (..., D) to the logit (...)."""
+        for layer in self.head[start:-1]:
+            x = torch.relu(layer(x))
+        return self.head[-1](x).squeeze(-1)
+
+    def activations(self, states: Tensor) -> list[Tensor]:
+        """Post-ReLU output of every hidden head layer, each (..., width)."""
+        outs, x = [], states
+        for layer in self.head[:-1]:
+            x = torch.relu(layer(x))
+            outs.append(x)
+        return outs
+
+    def layer_input(self, states: Tensor, layer: int) -> Tensor:
+        """What hidden head layer ``layer`` reads, (..., D): the LSTM states or the layer below's
+        activations (computing only the layers below it)."""
+        for below in self.head[:layer]:
+            states = torch.relu(below(states))
+        return states
+
+    def forward(self, ids: Tensor, lengths: Tensor) -> Tensor:
+        """Logit after every word, (B, T); use :func:`last_word` for the sentence's prediction."""
+        return self.head_from(0, self.states(ids, lengths))
+
+
+def _stacked_lstm_keys(state_dict: dict, prefix: str, *args: object) -> None:
+    """Checkpoints written when the LSTM was one stacked nn.LSTM name its layers
+    ``lstm.weight_ih_l1``; here every layer is its own module, ``lstm.1.weight_ih_l0``."""
+    for key in [k for k in state_dict if k.startswith(f"{prefix}lstm.") and "_l" in k]:
+        name = key.removeprefix(f"{prefix}lstm.")
+        if name[0].isdigit():
+            continue
+        stem, layer = name.rsplit("_l", 1)
+        state_dict[f"{prefix}lstm.{layer}.{stem}_l0"] = state_dict.pop(key)
