@@ -179,7 +179,7 @@ def _forward(network: SentimentLSTM, ids: list[list[int]], site: Site | None) ->
         layers = network.layer_states(batch["ids"], batch["lengths"])  # each (B, T, H_l)
         outputs["word_probs"] = torch.sigmoid(network.head_from(0, layers[-1]))  # (B, T)
         if site is not None:
-            outputs["activations"] = site.activations(network, layers)  # (B, T, N)
+            outputs["activations"] = site.activations(network, batch["ids"], layers)  # (B, T, N)
     return outputs
 
 

@@ -5,11 +5,11 @@ activations and the weights that read them. The merge methods see a site as a
 :class:`~src.compress.base.LayerPair` (the units' incoming weights and the next layer), so a new
 place to cut is one new site class here and no change to the methods or to the evaluation core.
 
-The sites are the LSTM's hidden units, named ``lstm`` (``lstm.0``, ``lstm.1``, ... when the LSTM
-has several layers), and the head's hidden layers, named ``head.<index>`` (``head.2`` is the
-16-neuron layer of the default model). Figures and tables label a site with its width
-(``head.2 (16)``). The config's ``layer=`` takes a site's name, or a head index (``-1`` is the
-last hidden layer).
+The sites are the embedding's dimensions (``embedding``), the LSTM's hidden units (``lstm``, or
+``lstm.0``, ``lstm.1``, ... when the LSTM has several layers), and the head's hidden layers
+(``head.<index>``; ``head.2`` is the 16-neuron layer of the default model). Figures and tables
+label a site with its width (``head.2 (16)``). The config's ``layer=`` takes a site's name, or a
+head index (``-1`` is the last hidden layer).
 """
 
 from __future__ import annotations
@@ -38,10 +38,15 @@ class ModelShape:
 
     head_widths: tuple[int, ...]
     lstm_widths: tuple[int, ...] = field(default=())
+    embedding_dim: int = 0  # 0: no embedding site (a shape given by its head alone)
 
     @classmethod
     def of(cls, network: SentimentLSTM) -> ModelShape:
-        return cls(tuple(network.hidden_widths), tuple(network.lstm_widths))
+        return cls(
+            tuple(network.hidden_widths),
+            tuple(network.lstm_widths),
+            network.embedding.embedding_dim,
+        )
 
     @classmethod
     def of_settings(cls, model: Mapping) -> ModelShape:
@@ -50,7 +55,11 @@ class ModelShape:
         lstm = model.get("lstm") or {}
         hidden, layers = int(lstm.get("hidden_size", 128)), int(lstm.get("num_layers", 1))
         widths = lstm.get("widths") or [hidden] * layers
-        return cls(tuple(map(int, model["head_widths"])), tuple(map(int, widths)))
+        return cls(
+            tuple(map(int, model["head_widths"])),
+            tuple(map(int, widths)),
+            int(model.get("embedding_dim", 0)),
+        )
 
 
 @dataclass(frozen=True)
@@ -87,13 +96,15 @@ class HeadSite:
         """What the layer reads, (..., D), from the top LSTM states (..., H)."""
         return network.layer_input(states, self.index)
 
-    def activations(self, network: SentimentLSTM, layer_states: Sequence[Tensor]) -> Tensor:
-        """The layer's activations, (..., N), from every LSTM layer's states (the top one)."""
+    def activations(
+        self, network: SentimentLSTM, ids: Tensor, layer_states: Sequence[Tensor]
+    ) -> Tensor:
+        """The layer's activations, (..., N), at words ``ids`` (...) whose every LSTM layer's
+        states are ``layer_states`` (each (..., H_l)): it reads the top one."""
         return torch.relu(network.head[self.index](self.inputs(network, layer_states[-1])))
 
-    def probe(self, network: SentimentLSTM, layer_states: Sequence[Tensor]) -> Probe:
-        """What the layer reads and outputs at the probe words (``layer_states``: each LSTM
-        layer's states there, (words, H_l))."""
+    def probe(self, network: SentimentLSTM, ids: Tensor, layer_states: Sequence[Tensor]) -> Probe:
+        """What the layer reads and outputs at the probe words."""
         x = self.inputs(network, layer_states[-1])
         return Probe(x, torch.relu(network.head[self.index](x)))
 
@@ -176,23 +187,9 @@ class LstmSite:
         )
 
     def kept_units(self, network: SentimentLSTM, pair: LayerPair) -> Tensor:
-        """The original unit behind each of ``pair``'s rows (exact copies of a unit each take
-        one of its twins); refused when a method built new units (averaged or rescaled rows),
-        which this site cannot hold."""
-        rows = self.pair(network).w_in
-        keep: list[int] = []
-        for row in pair.w_in:
-            same = [int(i) for i in (rows == row).all(dim=1).nonzero().flatten()]
-            free = [i for i in same if i not in keep]
-            if not free:
-                raise SiteError(
-                    f"layer={self.name}: the method built new units; the LSTM site takes "
-                    "methods that keep units and rewrite what reads them (weight_sum, ls_refit, "
-                    "interpolative, prune, keep_one, spectral_pruning, cluster_init, "
-                    "freeze_retrain), without compress.repair"
-                )
-            keep.append(free[0])
-        return torch.tensor(keep, dtype=torch.long)
+        """The original unit behind each of ``pair``'s rows (refused when a method built new
+        units, which this site cannot hold)."""
+        return _kept_rows(self.pair(network).w_in, pair.w_in, self.name)
 
     def rebuild(self, network: SentimentLSTM, pair: LayerPair) -> SentimentLSTM:
         """A copy of ``network`` with only the kept units: their rows in every gate, and the
@@ -241,10 +238,12 @@ class LstmSite:
                 shrunk.lstm[self.layer + 1] = nn.LSTM(width, after.hidden_size, batch_first=True)
         return shrunk
 
-    def activations(self, network: SentimentLSTM, layer_states: Sequence[Tensor]) -> Tensor:
+    def activations(
+        self, network: SentimentLSTM, ids: Tensor, layer_states: Sequence[Tensor]
+    ) -> Tensor:
         return layer_states[self.layer]
 
-    def probe(self, network: SentimentLSTM, layer_states: Sequence[Tensor]) -> Probe:
+    def probe(self, network: SentimentLSTM, ids: Tensor, layer_states: Sequence[Tensor]) -> Probe:
         """The units' states at the probe words; what they read is the layer below's states
         (or the embedding, which the probe does not keep: nothing here needs it)."""
         below = layer_states[self.layer - 1] if self.layer else layer_states[self.layer][:, :0]
@@ -259,7 +258,93 @@ class LstmSite:
         return sum(p.numel() for p in network.lstm[self.layer].parameters())
 
 
-Site = HeadSite | LstmSite
+@dataclass(frozen=True)
+class EmbeddingSite:
+    """The embedding's dimensions: dimension d is a feature of every word, which the first LSTM
+    layer reads through column d of its ``weight_ih``.
+
+    As a :class:`~src.compress.base.LayerPair`: ``w_in`` (E, vocabulary) holds each dimension's
+    value for every word (the embedding matrix's column), ``w_out`` is the first LSTM layer's
+    ``weight_ih`` and ``b_out`` its ``bias_ih``. Keeping dimensions and rewriting the columns
+    the LSTM reads them through is what the selection methods do; the embedding matrix loses
+    columns.
+    """
+
+    width: int
+    name = "embedding"
+    signed = True  # embedding values have either sign
+
+    @property
+    def label(self) -> str:
+        return f"{self.name} ({self.width})"
+
+    def pair(self, network: SentimentLSTM) -> LayerPair:
+        first = network.lstm[0]
+        return LayerPair(
+            network.embedding.weight.detach().T,
+            torch.zeros(self.width, dtype=network.embedding.weight.dtype),
+            first.weight_ih_l0.detach(),
+            first.bias_ih_l0.detach(),
+        )
+
+    def kept_units(self, network: SentimentLSTM, pair: LayerPair) -> Tensor:
+        return _kept_rows(self.pair(network).w_in, pair.w_in, self.name)
+
+    def rebuild(self, network: SentimentLSTM, pair: LayerPair) -> SentimentLSTM:
+        """A copy of ``network`` with only the kept dimensions: the embedding keeps their
+        columns, the first LSTM layer reads them through ``pair``'s columns and bias."""
+        keep = self.kept_units(network, pair)
+        shrunk = copy.deepcopy(network)
+        old = network.embedding
+        embedding = nn.Embedding(old.num_embeddings, len(keep), padding_idx=old.padding_idx)
+        first = network.lstm[0]
+        replaced = nn.LSTM(len(keep), first.hidden_size, batch_first=True)
+        with torch.no_grad():
+            embedding.weight.copy_(old.weight[:, keep])
+            for name, value in first.named_parameters():
+                getattr(replaced, name).copy_(value if name != "weight_ih_l0" else pair.w_out)
+            replaced.bias_ih_l0.copy_(pair.b_out)
+        shrunk.embedding, shrunk.lstm[0] = embedding, replaced
+        return shrunk
+
+    def activations(
+        self, network: SentimentLSTM, ids: Tensor, layer_states: Sequence[Tensor]
+    ) -> Tensor:
+        """The words' embedding vectors, (..., E) (dropout off)."""
+        return network.embedding(ids)
+
+    def probe(self, network: SentimentLSTM, ids: Tensor, layer_states: Sequence[Tensor]) -> Probe:
+        """The probe words' vectors; a dimension reads nothing but the word."""
+        vectors = network.embedding(ids)
+        return Probe(vectors[:, :0], vectors)
+
+    def reads(self, pair: LayerPair, vectors: Tensor) -> Tensor:
+        """What the first LSTM layer computes from the vectors: its input pre-activation."""
+        return vectors @ pair.w_out.T + pair.b_out
+
+    def own_params(self, network: SentimentLSTM) -> int:
+        return network.embedding.weight.numel()
+
+
+def _kept_rows(rows: Tensor, kept: Tensor, name: str) -> Tensor:
+    """The original unit behind each kept row (exact copies of a unit each take one of its
+    twins); refused when a method built new units (averaged or rescaled rows)."""
+    keep: list[int] = []
+    for row in kept:
+        same = [int(i) for i in (rows == row).all(dim=1).nonzero().flatten()]
+        free = [i for i in same if i not in keep]
+        if not free:
+            raise SiteError(
+                f"layer={name}: the method built new units; this site takes methods that keep "
+                "units and rewrite what reads them (weight_sum, ls_refit, interpolative, prune, "
+                "keep_one, spectral_pruning, cluster_init, freeze_retrain), without "
+                "compress.repair"
+            )
+        keep.append(free[0])
+    return torch.tensor(keep, dtype=torch.long)
+
+
+Site = HeadSite | LstmSite | EmbeddingSite
 
 
 def _linear(weight: Tensor, bias: Tensor) -> nn.Linear:
@@ -273,8 +358,11 @@ def _linear(weight: Tensor, bias: Tensor) -> nn.Linear:
 def all_sites(shape: ModelShape) -> list[Site]:
     """Every site of a model of this shape, in the order the network computes them."""
     layers = len(shape.lstm_widths)
-    return [LstmSite(i, layers, w) for i, w in enumerate(shape.lstm_widths)] + [
-        HeadSite(i, w) for i, w in enumerate(shape.head_widths)
+    embedding = [EmbeddingSite(shape.embedding_dim)] if shape.embedding_dim else []
+    return [
+        *embedding,
+        *(LstmSite(i, layers, w) for i, w in enumerate(shape.lstm_widths)),
+        *(HeadSite(i, w) for i, w in enumerate(shape.head_widths)),
     ]
 
 

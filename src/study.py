@@ -145,7 +145,7 @@ def open_workbench(run: DictConfig) -> tuple[Workbench, float]:
     finally:
         wandb.finish()  # a W&B run exists only when a baseline was trained now
     store = shared_store(run.cache_dir, baseline.checkpoint, datamodule)
-    bench = Workbench(baseline.model, datamodule, AnalysisSettings.of(run), store)
+    bench = Workbench(baseline.model.network, datamodule, AnalysisSettings.of(run), store)
     return bench, baseline.train_seconds
 
 

@@ -41,7 +41,15 @@ from src.errors import SettingError
 from src.loading import read_checkpoint
 from src.model import SentimentClassifier
 from src.network import SentimentLSTM, last_word
-from src.sites import HeadSite, LstmSite, ModelShape, Site, check_target_width, resolve_site
+from src.sites import (
+    EmbeddingSite,
+    HeadSite,
+    LstmSite,
+    ModelShape,
+    Site,
+    check_target_width,
+    resolve_site,
+)
 from src.store import ArtefactStore
 from src.tokens import collate
 
@@ -211,13 +219,13 @@ class Workbench:
 
     def __init__(
         self,
-        model: SentimentClassifier,
+        network: SentimentLSTM,
         datamodule: SentimentDataModule,
         settings: AnalysisSettings,
         store: ArtefactStore | None = None,
     ) -> None:
-        self.model, self.datamodule, self.settings = model, datamodule, settings
-        self.network = model.network.eval()
+        self.datamodule, self.settings = datamodule, settings
+        self.network = network.eval()
         self.store = store or ArtefactStore(None)
 
     # ---- shared by every job on this baseline ----
@@ -284,7 +292,7 @@ class Workbench:
     @torch.no_grad()
     def probe(self, site: Site) -> Probe:
         """What the site reads and outputs at every probe word."""
-        return site.probe(self.network, self.probe_states())
+        return site.probe(self.network, self.probe_words()["ids"], self.probe_states())
 
     def dissimilarity(self, site: Site) -> Tensor:
         """(N, N) dissimilarity of the site's units over the probe words (``analysis.measure``)."""
@@ -329,6 +337,11 @@ class Workbench:
                 "drop compress.repair"
             )
         start = time.perf_counter()
+        if step.epochs > 0 and isinstance(site, EmbeddingSite):
+            raise CompressionConfigError(
+                f"compress={type(method).__name__}: layer=embedding takes methods without "
+                "training (compress.epochs=0)"
+            )
         if isinstance(method, FreshLayer) and isinstance(site, LstmSite):
             shrunk = site.fresh(self.network, width, generator)
             shrunk = self._train_lstm(step, shrunk, site, generator)
@@ -336,7 +349,7 @@ class Workbench:
         pair = method(original, analysis.probe.activations, analysis.labels, width, generator)
         if step.repair:
             pair = repair_statistics(original, pair, analysis.probe.inputs)
-        if isinstance(site, LstmSite):
+        if not isinstance(site, HeadSite):
             shrunk = site.rebuild(self.network, pair)
             if step.epochs > 0:
                 shrunk = self._train_lstm(step, shrunk, site, generator)
@@ -414,7 +427,7 @@ class Workbench:
                 # Kept units that never fire at a test sentence's last word: a fresh layer can die.
                 schema.COMPRESSED_DEAD: int((~(features != 0).any(dim=0)).sum()),
             }
-        if isinstance(site, LstmSite) and result.pair is not None:
+        if not isinstance(site, HeadSite) and result.pair is not None:
             drift = self.drift(site, result)
             metrics[schema.COMPRESSED_DRIFT_LAST] = drift.last_word
         else:
@@ -439,13 +452,14 @@ class Workbench:
         network = result.network.eval()
         logits, features = [], []
         for batch in self.datamodule.loader(split):
-            layers = network.layer_states(batch["ids"], batch["lengths"])
-            logits.append(network.head_from(0, last_word(layers[-1], batch["lengths"])))
-            features.append(last_word(layers[site.layer], batch["lengths"]))
+            ids, lengths = batch["ids"], batch["lengths"]
+            layers = network.layer_states(ids, lengths)
+            logits.append(network.head_from(0, last_word(layers[-1], lengths)))
+            features.append(last_word(site.activations(network, ids, layers), lengths))
         return torch.cat(logits), torch.cat(features)
 
     @torch.no_grad()
-    def drift(self, site: LstmSite, result: Shrunk) -> Drift:
+    def drift(self, site: LstmSite | EmbeddingSite, result: Shrunk) -> Drift:
         """How far what the consumer reads drifts from the original network's along the
         sentence: per word position, the relative error of the consumer's pre-activation over
         the test sentences that reach it (the merged units' errors feed back through
@@ -456,8 +470,8 @@ class Workbench:
         last_error = last_size = 0.0
         for batch in self.datamodule.loader("test"):
             ids, lengths = batch["ids"], batch["lengths"]
-            before = site.reads(original, self.network.layer_states(ids, lengths)[site.layer])
-            after = site.reads(pair, result.network.layer_states(ids, lengths)[site.layer])
+            before = site.reads(original, self._site_states(site, self.network, ids, lengths))
+            after = site.reads(pair, self._site_states(site, result.network, ids, lengths))
             real = torch.arange(ids.shape[1])[None, :] < lengths[:, None]  # (B, T)
             t = ids.shape[1]
             error[:t] += ((after - before).square().sum(-1) * real).sum(0).double()
@@ -469,6 +483,10 @@ class Workbench:
             last_size += float(last_word(before, lengths).square().sum())
         by_position = (error / size.clamp_min(1e-12)).sqrt().float()
         return Drift(by_position, reaching.long(), (last_error / max(last_size, 1e-12)) ** 0.5)
+
+    @staticmethod
+    def _site_states(site: Site, network: SentimentLSTM, ids: Tensor, lengths: Tensor) -> Tensor:
+        return site.activations(network, ids, network.layer_states(ids, lengths))
 
     @torch.no_grad()
     def probabilities(self, sentences: list[Tensor]) -> Tensor:
@@ -484,7 +502,7 @@ class Workbench:
         ids_t, lengths = torch.tensor([ids]), torch.tensor([len(ids)])
         layers = network.layer_states(ids_t, lengths)  # each (1, T, H_l)
         prob = torch.sigmoid(last_word(network.head_from(0, layers[-1]), lengths))[0].item()
-        return site.activations(network, layers)[0], prob
+        return site.activations(network, ids_t, layers)[0], prob
 
 
 def save_compressed(

@@ -203,7 +203,7 @@ def test_a_compressed_checkpoint_needs_no_extra_flags(checkpoints: dict[str, Pat
         ids = torch.tensor([tokenizer.encode(answer["sentence"]).ids])
         with torch.no_grad():
             layers = network.layer_states(ids, torch.tensor([ids.shape[1]]))
-            expected_acts = site.activations(network, layers)[0]
+            expected_acts = site.activations(network, ids, layers)[0]
         torch.testing.assert_close(torch.tensor(answer["activations"]), expected_acts)
         assert len(answer["activations"]) == len(answer["words"])
 

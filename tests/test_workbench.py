@@ -51,7 +51,7 @@ def model(datamodule: SentimentDataModule, seed: int = 0) -> SentimentClassifier
 
 
 def bench(datamodule: SentimentDataModule, store: ArtefactStore | None = None) -> Workbench:
-    return Workbench(model(datamodule), datamodule, SETTINGS, store)
+    return Workbench(model(datamodule).network, datamodule, SETTINGS, store)
 
 
 @pytest.fixture(scope="module")
@@ -172,8 +172,8 @@ def test_retraining_changes_only_the_pair_and_lowers_the_training_loss(datamodul
     site = resolve_site("head.2", ModelShape.of(wb.network))
     fresh = build_method(compose_config("compress=freeze_retrain").compress)
     before = {k: v.clone() for k, v in wb.network.state_dict().items()}
-    trained, _ = wb.compress(CompressStep(False, 20, 0.01), fresh, site, 4)
-    untrained, _ = wb.compress(NO_STEP, fresh, site, 4)
+    trained = wb.compress(CompressStep(False, 20, 0.01), fresh, site, 4)[0].pair
+    untrained = wb.compress(NO_STEP, fresh, site, 4)[0].pair
     assert all(torch.equal(before[k], v) for k, v in wb.network.state_dict().items())
     assert all(p.grad is None for p in wb.network.parameters())
     train = wb.states("train")
@@ -191,10 +191,11 @@ def test_the_saved_compressed_model_records_its_shape_and_predicts_what_was_meas
     method = build_method(compose_config("compress=prune").compress)
     evaluation = wb.evaluate(NO_STEP, method, site, 3)
     record = {"layer": site.name, "method": "prune"}
-    path = save_compressed(wb.model, evaluation.network, tmp_path / "compressed.ckpt", record)
+    original = model(datamodule)
+    path = save_compressed(original, evaluation.network, tmp_path / "compressed.ckpt", record)
     loaded = load_checkpoint(path)
     assert loaded.hparams["head_widths"] == [24, 3, 8]
-    assert loaded.tokenizer_json == wb.model.tokenizer_json
+    assert loaded.tokenizer_json == original.tokenizer_json
     inputs = site.inputs(wb.network, wb.states("test").inputs)
     expected = site.logits(wb.network, evaluation.pair, inputs)
     torch.testing.assert_close(sentence_logits(loaded.network, datamodule, "test"), expected)
@@ -269,3 +270,34 @@ def test_repair_is_refused_at_the_lstm(shared: Workbench) -> None:
     method = build_method(compose_config("compress=weight_sum").compress)
     with pytest.raises(CompressionConfigError, match="compress.repair=true"):
         shared.evaluate(CompressStep(True, 0, 0.01), method, site, 6)
+
+
+@pytest.mark.parametrize("method", ["weight_sum", "ls_refit", "interpolative", "prune"])
+def test_the_embedding_loses_dimensions_and_the_first_lstm_layer_reads_the_rest(
+    shared: Workbench, method: str
+) -> None:
+    compress = compose_config(f"compress={method}").compress
+    site = resolve_site("embedding", ModelShape.of(shared.network))
+    evaluation = shared.evaluate(CompressStep.of(compress), build_method(compress), site, 4)
+    network = evaluation.network
+    assert network.embedding.weight.shape == (shared.network.embedding.num_embeddings, 4)
+    assert network.lstm[0].weight_ih_l0.shape == (4 * 16, 4)
+    assert (
+        evaluation.metrics[schema.COMPRESSED_LAYER_PARAMS] == 4 * network.embedding.num_embeddings
+    )
+    assert evaluation.metrics[schema.COMPRESSED_DRIFT_LAST] >= 0
+
+
+def test_the_embedding_site_is_exact_when_the_vectors_span_k_dimensions(datamodule) -> None:
+    """Every word's vector a combination of 3 directions: interpolative keeps 3 dimensions and
+    the network computes what it did."""
+    wb = bench(datamodule)
+    embedding = wb.network.embedding.weight
+    with torch.no_grad():
+        embedding.copy_(torch.randn(len(embedding), 3) @ torch.randn(3, embedding.shape[1]))
+        embedding[0] = 0  # padding
+    site = resolve_site("embedding", ModelShape.of(wb.network))
+    method = build_method(compose_config("compress=interpolative").compress)
+    evaluation = wb.evaluate(NO_STEP, method, site, 3)
+    assert evaluation.metrics[schema.COMPRESSED_LOGIT_ERROR] < 1e-4
+    assert evaluation.metrics[schema.COMPRESSED_AGREEMENT] == 1.0
