@@ -189,6 +189,30 @@ def accuracy_figure(jobs: pd.DataFrame) -> Figure:
     return fig
 
 
+def front_figure(
+    candidates: pd.DataFrame, baseline_params: int, baseline_val: float, target: float
+) -> Figure:
+    """What the whole-model search explored: parameters against validation accuracy, one colour
+    per site, the models it kept joined in order, the baseline and the budget's line."""
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    for site, rows in candidates.groupby("site", sort=False):
+        ax.scatter(rows["params"], rows["val_acc"], label=site, s=18, alpha=0.8)
+    kept = candidates[candidates["accepted"]].groupby("site", sort=False).tail(1)
+    path = pd.concat([pd.DataFrame({"params": [baseline_params], "val_acc": [baseline_val]}), kept])
+    ax.plot(
+        path["params"], path["val_acc"], color="black", marker="*", ms=9, label="chosen, in order"
+    )
+    ax.axhline(baseline_val, color="0.5", linestyle="--", label="baseline")
+    ax.axhline(target, color="red", linestyle=":", label="budget")
+    ax.set_xscale("log")
+    ax.set_xlabel("parameters")
+    ax.set_ylabel("validation accuracy")
+    ax.set_title("whole-model search: every candidate it evaluated", fontsize=10)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
 SIBLING_KEYS = [schema.DATA, schema.LAYER, schema.TARGET_WIDTH, schema.SEED]
 SWEEP_FIGURES = ("accuracy.png", "cka.png")
 

@@ -28,6 +28,7 @@ from src.errors import reported
 from src.network import check_shape
 from src.report import summary_table, write_metrics
 from src.threads import use_job_threads
+from src.whole_model import merge_method, shrink_whole_model
 from src.workbench import (
     AnalysisSettings,
     CompressStep,
@@ -49,6 +50,9 @@ def main(cfg: DictConfig) -> dict:
     threads = use_job_threads(cfg.threads)
     settings = AnalysisSettings.of(cfg)
     step, method = CompressStep.of(cfg.compress), build_method(cfg.compress)
+    whole = cfg.compress.name == "whole_model"
+    if whole:
+        step, method = merge_method(cfg.compress)
     site = run_site(cfg)
     cfg.layer = site.name  # one name everywhere: W&B tags and logged settings say head.2, not -1
     L.seed_everything(cfg.seed, workers=True)
@@ -80,7 +84,9 @@ def main(cfg: DictConfig) -> dict:
             schema.BASELINE_TRAINED_NOW: int(baseline.trained_now),
         }
         evaluation = None
-        if method is not None:
+        if whole:
+            metrics |= shrink_whole_model(cfg, bench, baseline.model, loggers)
+        elif method is not None:
             evaluation = bench.evaluate(step, method, site, cfg.target_width)
             metrics |= {schema.TARGET_WIDTH: cfg.target_width, **evaluation.metrics}
             np.save(output_dir / schema.ACTIVATIONS_FILE, evaluation.features.numpy())

@@ -40,6 +40,16 @@ COMPRESSED_PARAMS = "compressed/params"
 COMPRESSED_LAYER_PARAMS = "compressed/layer_params"
 COMPRESSED_WIDTH = "compressed/width"
 COMPRESSED_DRIFT_LAST = "compressed/drift_last_word"  # an LSTM site: the consumer's relative error
+COMPRESSED_WIDTHS = "compressed/widths"  # compress=whole_model: every site's width, site=width,...
+
+# ---- compress=whole_model: the search and its honest anchor ----
+SEARCH_CANDIDATES = "search/candidates"  # models evaluated on validation
+SEARCH_SECONDS = "search/seconds"
+SEARCH_NOTE = "search/note"  # e.g. that no width met the budget
+SCRATCH_VAL_ACC = "scratch/val_acc"  # the chosen widths trained from scratch, same data and seed
+SCRATCH_TEST_ACC = "scratch/test_acc"
+SCRATCH_PARAMS = "scratch/params"
+SCRATCH_TRAIN_SECONDS = "scratch/train_seconds"
 DELTA_ACC = "delta_acc"  # compressed minus baseline test accuracy
 COMPRESS_SECONDS = "compress_seconds"  # the compression step alone
 

@@ -24,7 +24,7 @@ from pathlib import Path
 import lightning as L
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 from torch.utils.data import DataLoader
 from torchmetrics.functional.classification import binary_auroc, binary_f1_score
@@ -54,6 +54,7 @@ from src.store import ArtefactStore
 from src.tokens import collate
 
 CHUNK_SIZE = 8192  # probe words per chunk of the similarity measures: memory, not results
+SHARED_FORMAT = 2  # the layout of the shared artefacts; a change starts a fresh folder
 EVALUATED = ("validation", "test")
 
 
@@ -69,11 +70,12 @@ COMPRESS_DIR = Path(__file__).resolve().parents[1] / "conf" / "compress"
 
 
 def method_choices() -> list[str]:
-    """Every method of conf/compress/: each choice but ``none`` and the shared ``_step``."""
+    """Every method of conf/compress/ that shrinks one site: each choice that builds a method
+    (not ``none``, not ``whole_model``, which searches over sites, not the shared ``_step``)."""
     return sorted(
         p.stem
         for p in COMPRESS_DIR.glob("*.yaml")
-        if p.stem != "none" and not p.stem.startswith("_")
+        if not p.stem.startswith("_") and OmegaConf.load(p).get("method") is not None
     )
 
 
@@ -109,7 +111,8 @@ def shared_store(
     if not cache_dir:
         return ArtefactStore(None)
     model = hashlib.sha256(Path(checkpoint).read_bytes()).hexdigest()[:16]
-    return ArtefactStore(Path(cache_dir) / "shared" / f"{model}-{data_digest(datamodule)}")
+    folder = f"{model}-{data_digest(datamodule)}-v{SHARED_FORMAT}"
+    return ArtefactStore(Path(cache_dir) / "shared" / folder)
 
 
 @dataclass(frozen=True)
@@ -403,11 +406,37 @@ class Workbench:
         """Compress, then measure against the baseline on the same sentences: accuracy,
         agreement, logit error, the paired interval and McNemar's p (src.schema's keys)."""
         result, seconds = self.compress(step, method, site, width)
-        metrics: dict[str, float | int] = {}
+        logits, features = {}, {}
+        for split in EVALUATED:
+            logits[split], features[split] = self._outputs(site, result, split)
+        metrics, correct = self.against_baseline(logits)
+        # Kept units that never fire at a test sentence's last word: a fresh layer can die.
+        metrics[schema.COMPRESSED_DEAD] = int((~(features["test"] != 0).any(dim=0)).sum())
+        features = features["test"]
+        if not isinstance(site, HeadSite) and result.pair is not None:
+            drift = self.drift(site, result)
+            metrics[schema.COMPRESSED_DRIFT_LAST] = drift.last_word
+        else:
+            drift = None
+        shrunk = result.network
+        metrics |= {
+            schema.BASELINE_LAYER_PARAMS: site.own_params(self.network),
+            schema.COMPRESSED_LAYER_PARAMS: site.own_params(shrunk),
+            schema.COMPRESSED_PARAMS: sum(p.numel() for p in shrunk.parameters()),
+            schema.COMPRESSED_WIDTH: features.shape[1],
+            schema.COMPRESS_SECONDS: seconds,
+        }
+        return Evaluation(metrics, result.pair, shrunk, correct, features, drift)
+
+    def against_baseline(self, logits: dict[str, Tensor]) -> tuple[dict[str, float], Tensor]:
+        """A shrunk model's measures against the baseline on the same sentences, from its
+        ``logits`` on the validation and test splits (in the stored states' order): accuracy,
+        its change with the paired interval and McNemar's p, agreement and logit error (src.schema's
+        keys); and which test sentences it gets right."""
+        metrics: dict[str, float] = {}
         for split in EVALUATED:
             states = self.states(split)
-            before = self.network.head_from(0, states.inputs)
-            after, features = self._outputs(site, result, split)
+            after, before = logits[split], self.network.head_from(0, states.inputs)
             correct = accuracy(after, states.labels)
             if split == "validation":
                 metrics[schema.COMPRESSED_VAL_ACC] = correct.float().mean().item()
@@ -424,23 +453,15 @@ class Workbench:
                 schema.COMPRESSED_LOGIT_ERROR: (
                     (after - before).norm() / before.norm().clamp_min(1e-12)
                 ).item(),
-                # Kept units that never fire at a test sentence's last word: a fresh layer can die.
-                schema.COMPRESSED_DEAD: int((~(features != 0).any(dim=0)).sum()),
             }
-        if not isinstance(site, HeadSite) and result.pair is not None:
-            drift = self.drift(site, result)
-            metrics[schema.COMPRESSED_DRIFT_LAST] = drift.last_word
-        else:
-            drift = None
-        shrunk = result.network
-        metrics |= {
-            schema.BASELINE_LAYER_PARAMS: site.own_params(self.network),
-            schema.COMPRESSED_LAYER_PARAMS: site.own_params(shrunk),
-            schema.COMPRESSED_PARAMS: sum(p.numel() for p in shrunk.parameters()),
-            schema.COMPRESSED_WIDTH: features.shape[1],
-            schema.COMPRESS_SECONDS: seconds,
-        }
-        return Evaluation(metrics, result.pair, shrunk, correct, features, drift)
+        return metrics, correct
+
+    @torch.no_grad()
+    def logits(self, network: SentimentLSTM, split: str) -> Tensor:
+        """Any network's sentence logits on ``split``, in the stored states' order."""
+        network.eval()
+        batches = self.datamodule.loader(split)
+        return torch.cat([network.sentence_logits(b["ids"], b["lengths"]) for b in batches])
 
     def _outputs(self, site: Site, result: Shrunk, split: str) -> tuple[Tensor, Tensor]:
         """The shrunk model's logits and the shrunk site's activations at each sentence's last
@@ -512,6 +533,7 @@ def save_compressed(
     records its own shape, its tokenizer, and what it was shrunk from and how (``record``)."""
     hparams = dict(model.hparams)
     hparams["head_widths"] = shrunk.hidden_widths
+    hparams["embedding_dim"] = shrunk.embedding.embedding_dim
     lstm = dict(hparams.get("lstm") or {})
     if shrunk.lstm_widths != [lstm.get("hidden_size", 128)] * lstm.get("num_layers", 1):
         hparams["lstm"] = lstm | {"widths": shrunk.lstm_widths}

@@ -31,6 +31,7 @@ LEVELS = {
     "src.report": 7,
     "src.artefacts": 7,
     "src.claims": 7,
+    "src.whole_model": 7,
     "src.run": 8,
     "src.study": 8,
     "src.predict": 8,

@@ -1,0 +1,171 @@
+"""The whole-model search: exact duplicates found at no cost, the budget kept on validation, a
+shrunk checkpoint that reloads as measured, and bad budgets refused before any work."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from src import schema
+from src.compress.base import LayerPair
+from src.compress.weight_sum import WeightSum
+from src.data import SentimentDataModule
+from src.loading import load_network
+from src.model import SentimentClassifier
+from src.network import SentimentLSTM
+from src.sites import ModelShape
+from src.whole_model import check_budget, merge_method, search, search_metrics
+from src.workbench import (
+    AnalysisSettings,
+    CompressionConfigError,
+    CompressStep,
+    Workbench,
+    save_compressed,
+)
+from tests.conftest import DATA_DIR, compose_config
+
+SETTINGS = AnalysisSettings(probe_sentences=120, measure="shape", clustering="spectral", seed=0)
+STEP = CompressStep(repair=False, epochs=0, lr=0.002)
+
+
+@pytest.fixture(scope="module")
+def datamodule() -> SentimentDataModule:
+    dm = SentimentDataModule(
+        "rotten_tomatoes", "hub", root=str(DATA_DIR), limit=400, max_length=10, batch_size=32
+    )
+    dm.setup()
+    return dm
+
+
+def duplicated_network(vocab: int) -> SentimentLSTM:
+    """A network whose every site holds each unit twice: embedding dimensions, LSTM units and
+    head neurons come in identical pairs (the pairs' readers split between them), so half of
+    every site is exactly redundant."""
+    torch.manual_seed(0)
+    net = SentimentLSTM(vocab, 6, 8, 1, [10, 6], dropout=0.0).eval()
+    with torch.no_grad():
+        emb = net.embedding.weight
+        emb[:, 3:] = emb[:, :3]
+        lstm = net.lstm[0]
+        w_ih = lstm.weight_ih_l0.view(4, 8, 6)
+        w_ih[:, :, :3] += w_ih[:, :, 3:]  # the embedding twins' reader, moved onto the first
+        w_ih[:, :, 3:] = 0
+        for name in ("weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0"):
+            rows = getattr(lstm, name).view(4, 8, -1)
+            rows[:, 4:] = rows[:, :4]
+        for weight in (lstm.weight_hh_l0, net.head[0].weight):
+            weight[:, :4] += weight[:, 4:]
+            weight[:, 4:] = 0
+        for layer, width in ((1, 10), (2, 6)):
+            before = net.head[layer - 1]
+            half = width // 2
+            before.weight[half:] = before.weight[:half]
+            before.bias[half:] = before.bias[:half]
+            after = net.head[layer]
+            after.weight[:, :half] += after.weight[:, half:]
+            after.weight[:, half:] = 0
+        for layer in net.head[:-1]:
+            layer.bias.add_(0.5)  # every neuron fires on most words: none is dead
+        net.head[2].weight[0, :3] = torch.tensor([3.0, -3.5, 2.5])  # each one decides sentences
+    return net
+
+
+def own_labels(datamodule: SentimentDataModule, net: SentimentLSTM) -> SentimentDataModule:
+    """The data with the network's own predictions as labels, the output's bias set so half the
+    sentences are positive: any change of its function moves sentences across the boundary and
+    costs accuracy, so the search can only keep exact merges at max_drop=0."""
+
+    def logits(sentences: list) -> torch.Tensor:
+        return torch.cat(
+            [net.sentence_logits(x[None], torch.tensor([len(x)])) for x, _ in sentences]
+        )
+
+    with torch.no_grad():
+        net.head[-1].bias -= logits(datamodule.splits["validation"]).median()
+        for split, sentences in datamodule.splits.items():
+            predicted = logits(sentences) > 0
+            datamodule.splits[split] = [
+                (ids, int(p)) for (ids, _), p in zip(sentences, predicted, strict=True)
+            ]
+    return datamodule
+
+
+def test_the_search_finds_the_duplicate_free_widths_at_no_cost(datamodule) -> None:
+    net = duplicated_network(datamodule.tokenizer.get_vocab_size())
+    data = own_labels(datamodule, net)
+    bench = Workbench(net, data, SETTINGS)
+    assert bench.baseline_scores()[schema.BASELINE_VAL_ACC] == 1.0
+    result = search(bench, STEP, WeightSum(), max_drop=0.0)
+    assert result.widths == {"embedding": 3, "lstm": 4, "head.0": 5, "head.1": 3}
+    assert result.note == ""
+    for split in ("validation", "test"):
+        torch.testing.assert_close(
+            bench.logits(result.network, split), bench.logits(net, split), atol=1e-4, rtol=1e-4
+        )
+    metrics = search_metrics(bench, result)
+    assert metrics[schema.COMPRESSED_AGREEMENT] == 1.0
+    assert metrics[schema.COMPRESSED_WIDTHS] == "embedding=3,lstm=4,head.0=5,head.1=3"
+    assert metrics[schema.SEARCH_CANDIDATES] == len(result.candidates) > 4
+    assert {c.site for c in result.candidates} == {"embedding", "lstm", "head.0", "head.1"}
+
+
+class Breaking:
+    """A merge that keeps the units but cuts every reader: no width keeps any accuracy."""
+
+    def __call__(self, pair: LayerPair, activations, labels, width, generator) -> LayerPair:
+        keep = torch.arange(width)
+        return LayerPair(pair.w_in[keep], pair.b_in[keep], pair.w_out[:, keep] * 0, -pair.b_out)
+
+
+def test_a_budget_no_width_meets_keeps_the_original_model_with_a_note(datamodule) -> None:
+    net = duplicated_network(datamodule.tokenizer.get_vocab_size())
+    bench = Workbench(net, own_labels(datamodule, net), SETTINGS)
+    result = search(bench, STEP, Breaking(), max_drop=0.0)
+    assert result.network is net and "no site could be cut" in result.note
+    assert result.widths == {
+        s: w for s, w in zip(("embedding", "lstm", "head.0", "head.1"), (6, 8, 10, 6), strict=True)
+    }
+    assert not any(c.accepted for c in result.candidates)
+
+
+def test_a_shrunk_model_is_a_checkpoint_that_records_its_widths_and_reloads_as_measured(
+    datamodule, tmp_path
+) -> None:
+    vocab = datamodule.tokenizer.get_vocab_size()
+    net = duplicated_network(vocab)
+    bench = Workbench(net, own_labels(datamodule, net), SETTINGS)
+    result = search(bench, STEP, WeightSum(), max_drop=0.0)
+    model = SentimentClassifier(vocab, 6, {"hidden_size": 8}, [10, 6], dropout=0.0)
+    model.network.load_state_dict(net.state_dict())
+    model.tokenizer_json = datamodule.tokenizer.to_str()
+    path = save_compressed(model, result.network, tmp_path / "compressed.ckpt", {"method": "x"})
+    loaded, checkpoint = load_network(path)
+    assert ModelShape.of(loaded) == ModelShape((5, 3), (4,), 3)
+    assert checkpoint["hyper_parameters"]["embedding_dim"] == 3
+    torch.testing.assert_close(bench.logits(loaded, "test"), bench.logits(result.network, "test"))
+
+
+@pytest.mark.parametrize(
+    ("override", "named"),
+    [
+        ("compress.max_drop=-0.1", "compress.max_drop=-0.1"),
+        ("compress.max_drop=1", "compress.max_drop=1"),
+        ("compress.merge=prune", "compress.merge='prune'"),
+        ("compress.merge=magic", "compress.merge='magic'"),
+    ],
+)
+def test_a_bad_budget_or_merge_is_refused_naming_it(override: str, named: str) -> None:
+    compress = compose_config("compress=whole_model", override).compress
+    with pytest.raises(CompressionConfigError, match=named.replace("(", r"\(")):
+        check_budget(compress)
+    with pytest.raises(CompressionConfigError):
+        merge_method(compress)
+
+
+def test_the_default_budget_builds_its_merge() -> None:
+    compress = compose_config("compress=whole_model").compress
+    step, method = merge_method(compress)
+    assert step.epochs == 0 and not step.repair
+    assert type(method).__name__ in ("WeightSum", "LeastSquaresRefit", "InterpolativeDecomposition")
+    assert OmegaConf.select(compress, "max_drop") == 0.01
