@@ -110,6 +110,7 @@ class Baseline:
     train_seconds: float
     trained_now: bool  # False when it came from the cache or from ckpt_path
     checkpoint: Path
+    compressed: dict | None = None  # a shrunk model's record of how it was shrunk
 
 
 def fit_baseline(
@@ -202,7 +203,9 @@ def obtain_baseline(
     """
     resumed = check_resume(cfg)
     if cfg.ckpt_path:  # its shape is its own: hyperparameters travel in the checkpoint
-        baseline = Baseline(load_checkpoint(cfg.ckpt_path), 0.0, False, Path(cfg.ckpt_path))
+        record = read_checkpoint(cfg.ckpt_path).get("compressed")
+        model = load_checkpoint(cfg.ckpt_path)
+        baseline = Baseline(model, 0.0, False, Path(cfg.ckpt_path), record)
     elif cfg.cache_dir:
         cache, key = BaselineCache(cfg.cache_dir), cache_key(cfg)
         with cache.lock(key):

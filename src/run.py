@@ -10,6 +10,7 @@ it leaves in its folder.
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 from pathlib import Path
@@ -80,9 +81,13 @@ def main(cfg: DictConfig) -> dict:
             schema.LAYER_WIDTH: site.width,
             schema.THREADS: threads,
             **bench.baseline_scores(),
-            schema.BASELINE_TRAIN_SECONDS: baseline.train_seconds,
             schema.BASELINE_TRAINED_NOW: int(baseline.trained_now),
+            schema.CHECKPOINT: "baseline" if baseline.compressed is None else "compressed",
         }
+        if baseline.compressed is None:
+            metrics[schema.BASELINE_TRAIN_SECONDS] = baseline.train_seconds
+        else:  # what is analysed is a shrunk model: say how it was shrunk, not a train time
+            metrics[schema.CHECKPOINT_COMPRESSED_BY] = json.dumps(baseline.compressed)
         evaluation = None
         if whole:
             metrics |= shrink_whole_model(cfg, bench, baseline.model, loggers)

@@ -26,6 +26,8 @@ BASELINE_PARAMS = "baseline/params"
 BASELINE_LAYER_PARAMS = "baseline/layer_params"  # the site's own weights
 BASELINE_TRAIN_SECONDS = "baseline/train_seconds"
 BASELINE_TRAINED_NOW = "baseline/trained_now"  # 0: from the cache or ckpt_path
+CHECKPOINT = "checkpoint"  # what the "baseline" of the run is: baseline | compressed
+CHECKPOINT_COMPRESSED_BY = "checkpoint/compressed_by"  # a compressed one: how it was shrunk
 
 # ---- the shrunk model ----
 COMPRESSED_VAL_ACC = "compressed/val_acc"

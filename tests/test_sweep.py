@@ -151,24 +151,27 @@ def test_a_checkpoint_is_analysed_without_retraining(
     )
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = read_metrics(tmp_path)
-    assert metrics["baseline/trained_now"] == 0 and metrics["layer"] == 1
+    assert metrics["baseline/trained_now"] == 0 and metrics["layer"] == "head.1"
+    assert metrics["checkpoint"] == "baseline"
     assert np.load(tmp_path / "analysis" / "similarity.npy").shape == (64, 64)
 
-    # The shrunk model is a checkpoint like any other: it loads, tests as measured, is analysed.
+    # The shrunk model is a checkpoint like any other: it records its own widths, loads with no
+    # width given, tests as measured, is analysed, and the metrics say what it is.
     compressed, again = tmp_path / "compressed.ckpt", tmp_path / "again"
-    refused = run_app(f"ckpt_path={compressed}", f"hydra.run.dir={again}", "logger=csv")
-    assert refused.returncode != 0 and "model.head_widths=[256, 8, 16]" in refused.stderr
     reloaded = run_app(
         *QUICK,
         f"ckpt_path={compressed}",
-        "model.head_widths=[256,8,16]",
+        "layer=head.1",
         "target_width=4",
         f"hydra.run.dir={again}",
         "logger=csv",
     )
     assert reloaded.returncode == 0, reloaded.stderr[-3000:]
-    tested = read_metrics(again)["baseline/test_acc"]
-    assert tested == pytest.approx(metrics["compressed/test_acc"], abs=2e-3)
+    analysed = read_metrics(again)
+    assert analysed["baseline/test_acc"] == pytest.approx(metrics["compressed/test_acc"], abs=2e-3)
+    assert analysed["checkpoint"] == "compressed" and analysed["layer_width"] == 8
+    assert "weight_sum" in analysed["checkpoint/compressed_by"]
+    assert "baseline/train_seconds" not in analysed
 
 
 @pytest.mark.slow
