@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 # The corpora need no setting here: src/data.py finds ../shared/data beside the checkout, or
 # the embedded rotten_tomatoes (SENTIMENT_DATA_DIR or data.root=... point elsewhere).
 
-.PHONY: install run sweep test test-fast lint format bench bench-train bench-similarity clean compression-sweep claims
+.PHONY: install run sweep test test-fast lint format bench bench-train bench-similarity bench-infer clean compression-sweep claims
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,13 +37,16 @@ format: install
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-bench: bench-train bench-similarity
+bench: bench-train bench-similarity bench-infer
 
 bench-train: install
 	$(BIN)/python benchmarks/bench_train.py
 
 bench-similarity: install
 	$(BIN)/python benchmarks/bench_similarity.py
+
+bench-infer: install  ## the default model and its whole-model shrink: words/s and latency, batch 64 and 1
+	$(BIN)/python benchmarks/bench_infer.py $(ARGS)
 
 clean:
 	rm -rf outputs/20* outputs/multirun .cache wandb

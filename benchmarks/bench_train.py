@@ -7,6 +7,8 @@ training sentences, one epoch of:
   shuffled batches, plain PyTorch loop. The ratios are against it;
 - padded: the LSTM on the padded batch, the head at the last word only, plain shuffled batches;
 - padded + buckets: the same on length-bucketed batches (``data.bucket_pool``);
+- + denormals flushed: the same with denormal floats flushed to zero, as the project's jobs run
+  (:mod:`src.threads`): an LSTM's vanishing gradients otherwise compute in the CPU's slow path;
 - project step: the project's own LightningModule under a real Lightning Trainer, with the
   corpus's data settings as configured (validation and checkpoints off);
 - side by side: two processes at once, each running the project step (with the threads a
@@ -43,7 +45,7 @@ from torch.utils.data import DataLoader
 from src.data import SentimentDataModule
 from src.model import SentimentClassifier
 from src.network import SentimentLSTM, last_word
-from src.threads import job_threads, machine_cores
+from src.threads import job_threads, machine_cores, use_job_cpu
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF_DIR = str(ROOT / "conf")
@@ -121,12 +123,17 @@ def lightning_epoch(model: SentimentClassifier, datamodule: SentimentDataModule,
     return time.perf_counter() - start
 
 
+FORMS = ("reference", "padded", "padded + buckets", "+ denormals flushed", "project step")
+FLUSHED = ("+ denormals flushed", "project step")  # the project's jobs flush (src.threads)
+
+
 def run_form(form: str, model: SentimentClassifier, datamodule: SentimentDataModule, cfg) -> float:
     torch.manual_seed(cfg.seed)
+    torch.set_flush_denormal(form in FLUSHED)
     model = copy.deepcopy(model)
     if form == "project step":
         return lightning_epoch(model, datamodule, cfg)
-    pool = datamodule.bucket_pool if form == "padded + buckets" else None
+    pool = None if form in ("reference", "padded") else datamodule.bucket_pool
     loader = with_buckets(datamodule, pool).train_dataloader()
     return plain_epoch(model, loader, cfg, reference=form == "reference")
 
@@ -166,7 +173,8 @@ def step_macs_per_word(cfg, datamodule: SentimentDataModule) -> float:
 def worker(args: argparse.Namespace) -> None:
     """One side-by-side process: set up, say ready, wait for the go, time one epoch."""
     cfg = corpus_config(args.data, args.overrides)
-    if args.threads:
+    if args.threads:  # the threads a launcher gives each of two parallel jobs
+        use_job_cpu(None)
         torch.set_num_threads(args.threads)
     datamodule = sampled_datamodule(cfg, args.sentences)
     torch.manual_seed(cfg.seed)
@@ -210,7 +218,7 @@ def bench_corpus(data: str, sentences: int, overrides: list[str], gemm: float) -
         flush=True,
     )
     rows = []
-    for form in ("reference", "padded", "padded + buckets", "project step"):
+    for form in FORMS:
         seconds = run_form(form, model, datamodule, cfg)
         rows.append({"data": data, "form": form, "words/s": words / seconds})
         print(f"  {form:<18} {words / seconds:>9.0f} words/s ({seconds:.1f} s)", flush=True)

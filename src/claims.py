@@ -17,7 +17,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from src.report import accuracy_figure, aggregate, cka_figure, width_table
+from src.report import accuracy_figure, aggregate, cka_figure, drift_figure, width_table
 
 SOURCE_BASELINE = 0.7969  # the source's test accuracy on its movie reviews
 ABOUT = 0.015  # "about 79.7 %": at least 1.5 points below it, or anything above
@@ -47,6 +47,8 @@ class StudyTables:
     runs: pd.DataFrame  # data, seed, layer, method, target_width: compressed/test_acc, ...
     comparisons: pd.DataFrame  # data, seed, layer, target_width, a, b: diff, ci_low, ci_high, p
     similarity: pd.DataFrame  # data, seed, layer, target_width, a, b: cka, matched_r
+    drift: pd.DataFrame  # data, seed, layer, method, target_width, position: error, sentences
+    whole: pd.DataFrame  # data, seed: compress=whole_model's widths, scores and scratch anchor
 
 
 @dataclass
@@ -185,6 +187,8 @@ CLAIMS: list[tuple[str, Check]] = [
     ("The retrained layer's features are very similar to the weight-summed layer's",
      retrained_like_weight_sum),
     ("The layer has more neurons than it needs", layer_is_redundant),
+    ("(ours) The LSTM has more units than it needs",
+     lambda t, data, layer, width: layer_is_redundant(t, data, "lstm", width)),
 ]  # fmt: skip
 
 
@@ -232,9 +236,58 @@ def check_claims(tables: StudyTables, layer: str, width: int) -> pd.DataFrame:
 TABLES = tuple(field.name for field in fields(StudyTables))
 
 
+def best_single_site(t: StudyTables, data: str, seed: int) -> pd.Series | None:
+    """The smallest model any one-site merge without training made within a point of the
+    baseline on this corpus and seed (picked on the test split, after the fact: optimistic)."""
+    base = t.baselines.set_index(["data", "seed"]).loc[(data, seed), "baseline/test_acc"]
+    runs = t.runs[(t.runs["data"] == data) & (t.runs["seed"] == seed)]
+    runs = runs[
+        (runs["compress/epochs"] == 0) & (runs["compressed/test_acc"] >= base - NEAR_BASELINE)
+    ]
+    return None if runs.empty else runs.loc[runs["compressed/params"].idxmin()]
+
+
+def whole_table(t: StudyTables) -> str:
+    """Per corpus and seed: the whole model's widths, its size and accuracy against the
+    baseline, the same widths trained from scratch, and the best one-site shrink beside it."""
+    rows = []
+    for record in t.whole.to_dict("records"):
+        data, seed = record["data"], record["seed"]
+        base = t.baselines.set_index(["data", "seed"]).loc[(data, seed)]
+        single = best_single_site(t, data, seed)
+        ratio = base["baseline/params"] / record["compressed/params"]
+        rows.append(
+            {
+                "data": data,
+                "seed": seed,
+                "widths": record["compressed/widths"],
+                "params (x fewer)": f"{record['compressed/params']:,} ({ratio:.1f}x)",
+                "test acc, change": f"{record['compressed/test_acc']:.4f} "
+                f"({100 * record['delta_acc']:+.2f} pts)",
+                "agreement": f"{record['compressed/agreement']:.4f}",
+                "same widths from scratch": f"{record.get('scratch/test_acc', float('nan')):.4f}",
+                "best one-site shrink": "none within a point"
+                if single is None
+                else f"{single['layer']} -> {int(single['target_width'])} by {single['method']}: "
+                f"{int(single['compressed/params']):,} params, {single['compressed/test_acc']:.4f}",
+                "search": f"{int(record['search/candidates'])} models, "
+                f"{record['search/seconds']:.0f} s",
+            }
+        )
+    return pd.DataFrame(rows).to_markdown(index=False)
+
+
 def read_tables(folder: Path) -> StudyTables:
-    """The tables a finished study wrote (:func:`write_tables`)."""
-    return StudyTables(*(pd.read_csv(folder / f"{name}.csv") for name in TABLES))
+    """The tables a finished study wrote (:func:`write_tables`); a table it left empty is an
+    empty frame."""
+
+    def read(name: str) -> pd.DataFrame:
+        try:
+            return pd.read_csv(folder / f"{name}.csv")
+        except pd.errors.EmptyDataError:
+            return pd.DataFrame()
+
+    return StudyTables(*(read(name) for name in TABLES))
 
 
 def write_tables(folder: Path, tables: StudyTables) -> None:
@@ -265,8 +318,15 @@ def judge(folder: Path) -> tuple[pd.DataFrame, list[Path]]:
         f"{width_table(aggregate(tables.runs))}\n\n"
         f"Measured in {record['seconds'] / 60:.1f} min with `{record['command']}`.\n"
     )
+    if not tables.whole.empty:
+        with (folder / "claims.md").open("a") as md:
+            md.write(
+                f"\nThe whole model to a budget (compress=whole_model)\n\n{whole_table(tables)}\n"
+            )
     similarity = tables.similarity[tables.similarity["layer"] == layer]
     figures = {"accuracy": accuracy_figure(tables.runs), "cka": cka_figure(similarity)}
+    if not tables.drift.empty:
+        figures["drift"] = drift_figure(tables.drift)
     paths = []
     for name, figure in figures.items():
         paths.append(folder / f"{name}.png")

@@ -213,6 +213,29 @@ def front_figure(
     return fig
 
 
+def drift_figure(drift: pd.DataFrame, width: int = 32, positions: int = 40) -> Figure:
+    """How far what the consumer of a merged LSTM reads drifts from the original along the
+    sentence: relative error against word position, one line per method (mean over seeds), one
+    panel per corpus, at ``width`` units (the nearest measured), the first ``positions`` words."""
+    panels = sorted(drift[schema.DATA].unique())
+    fig, axes = panel_grid(len(panels), 5, 3.8, per_row=3)
+    for ax, data in zip(axes, panels, strict=False):
+        rows = drift[drift[schema.DATA] == data]
+        widths = rows[schema.TARGET_WIDTH].unique()
+        chosen = min(widths, key=lambda w: abs(w - width))
+        rows = rows[(rows[schema.TARGET_WIDTH] == chosen) & (rows["position"] < positions)]
+        for method, curve in rows.groupby(schema.METHOD):
+            mean = curve.groupby("position")["error"].mean()
+            ax.plot(mean.index + 1, mean.to_numpy(), label=method)
+        ax.set_xlabel("word position")
+        ax.set_ylabel("relative error of what the head reads")
+        ax.set_title(f"{data}, lstm -> {int(chosen)} units", fontsize=9)
+        ax.set_yscale("log")
+        ax.legend(fontsize=6)
+    fig.tight_layout()
+    return fig
+
+
 SIBLING_KEYS = [schema.DATA, schema.LAYER, schema.TARGET_WIDTH, schema.SEED]
 SWEEP_FIGURES = ("accuracy.png", "cka.png")
 

@@ -28,7 +28,7 @@ from src.baseline import obtain_baseline
 from src.errors import reported
 from src.network import check_shape
 from src.report import summary_table, write_metrics
-from src.threads import use_job_threads
+from src.threads import use_job_cpu
 from src.whole_model import merge_method, shrink_whole_model
 from src.workbench import (
     AnalysisSettings,
@@ -48,7 +48,7 @@ log = logging.getLogger(__name__)
 def main(cfg: DictConfig) -> dict:
     # Every setting is checked before any data, W&B run or training.
     check_shape(cfg.model.head_widths, cfg.model.lstm.hidden_size, cfg.model.embedding_dim)
-    threads = use_job_threads(cfg.threads)
+    threads = use_job_cpu(cfg.threads)
     settings = AnalysisSettings.of(cfg)
     step, method = CompressStep.of(cfg.compress), build_method(cfg.compress)
     whole = cfg.compress.name == "whole_model"

@@ -38,7 +38,9 @@ from src.compress.base import MergeMethod
 from src.errors import SettingError, reported
 from src.network import check_shape
 from src.report import log_summary_run, pairwise_similarity
-from src.sites import ModelShape, Site, check_target_width, resolve_site
+from src.sites import LstmSite, ModelShape, Site, check_target_width, resolve_site
+from src.threads import use_job_cpu
+from src.whole_model import merge_method, search, search_metrics, train_from_scratch
 from src.workbench import (
     AnalysisSettings,
     CompressStep,
@@ -64,6 +66,8 @@ class Rows:
     runs: list[dict]
     comparisons: list[dict]
     similarity: list[dict]
+    drift: list[dict]
+    whole: list[dict]
 
     def frames(self) -> StudyTables:
         return StudyTables(*(pd.DataFrame(rows) for rows in vars(self).values()))
@@ -113,6 +117,7 @@ def method_configs(cfg: DictConfig) -> dict[str, Method]:
     conf/compress/. An entry is a choice, optionally followed by its own overrides
     (``"weight_sum compress.method.representative=max_activation"``)."""
     entries = list(cfg.methods) if cfg.methods is not None else method_choices()
+    entries += list(cfg.get("variants") or [])
     if not entries:
         raise StudyConfigError("methods must name at least one compress method")
     methods = {}
@@ -170,18 +175,34 @@ def study_baseline(
             | {"dead": int(status.dead.sum()), "nearly_dead": int(status.nearly_dead.sum())}
             | {"effective_rank": effective_rank(bench.probe(site).activations)}
         )
+        usable = {
+            name: m
+            for name, m in methods.items()
+            if m.step.epochs == 0 or not isinstance(site, LstmSite) or data in cfg.lstm_retraining
+        }
         for width in widths:
             key = {schema.DATA: data, schema.SEED: seed, schema.LAYER: site.name}
             key[schema.LAYER_WIDTH] = site.width
-            shrink_every_way(cfg, bench, site, key | {schema.TARGET_WIDTH: width}, methods, rows)
+            shrink_every_way(cfg, bench, site, key | {schema.TARGET_WIDTH: width}, usable, rows)
         log.info(
             "%s seed %d %s: %d widths x %d methods",
-            data,
-            seed,
-            site.label,
-            len(widths),
-            len(methods),
+            *(data, seed, site.label, len(widths), len(usable)),
         )
+    if cfg.whole_model is not None:
+        rows.whole.append({schema.DATA: data, schema.SEED: seed} | shrink_whole(cfg, run, bench))
+
+
+def shrink_whole(cfg: DictConfig, run: DictConfig, bench: Workbench) -> dict:
+    """compress=whole_model on this baseline (the ``whole_model`` settings), with its anchor."""
+    settings = OmegaConf.merge({"lr": 0.0}, cfg.whole_model)
+    step, method = merge_method(settings)
+    result = search(bench, step, method, settings.max_drop)
+    row = search_metrics(bench, result)
+    row[schema.BASELINE_PARAMS] = bench.baseline_scores()[schema.BASELINE_PARAMS]
+    if settings.scratch and not result.note:
+        row |= train_from_scratch(run, result.widths)
+    log.info("%s seed %d whole model: %s", run.data.name, run.seed, row[schema.COMPRESSED_WIDTHS])
+    return row
 
 
 def shrink_every_way(
@@ -191,7 +212,18 @@ def shrink_every_way(
     test_acc = bench.baseline_scores()[schema.BASELINE_TEST_ACC]
     correct, features = {}, {}
     for name, m in methods.items():
-        evaluation = bench.evaluate(m.step, m.method, site, key[schema.TARGET_WIDTH])
+        try:
+            evaluation = bench.evaluate(m.step, m.method, site, key[schema.TARGET_WIDTH])
+        except SettingError as why:  # e.g. a method that builds new units, at the LSTM
+            log.info("%s at %s: not applicable (%s)", name, site.name, why)
+            continue
+        if evaluation.drift is not None:
+            rows.drift += [
+                key | {schema.METHOD: name, "position": t, "error": float(e), "sentences": int(n)}
+                for t, (e, n) in enumerate(
+                    zip(evaluation.drift.by_position, evaluation.drift.sentences, strict=True)
+                )
+            ]
         rows.runs.append(
             key
             | {schema.METHOD: name, "compress/epochs": m.step.epochs}
@@ -227,6 +259,7 @@ def compare(
 def main(cfg: DictConfig) -> pd.DataFrame:
     start = time.perf_counter()
     runs, methods = run_configs(cfg), method_configs(cfg)  # bad settings fail here, in seconds
+    use_job_cpu(None)
     last = list(runs.values())[-1]
     claims_site = resolve_site(cfg.claims.layer, ModelShape.of_settings(last.model))
     folder = Path(cfg.output_dir)

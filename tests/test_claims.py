@@ -39,7 +39,8 @@ def tables(weight_sum_gain: dict[str, list[float]], p: float = 0.001) -> StudyTa
                 | pair
                 | {"a": "freeze_retrain", "b": "weight_sum", "cka": 0.9, "matched_r": 0.8}
             )
-    return StudyTables(*map(pd.DataFrame, (baselines, layers, runs, comparisons, similarity)))
+    frames = (baselines, layers, runs, comparisons, similarity, [], [])  # no drift, no whole model
+    return StudyTables(*map(pd.DataFrame, frames))
 
 
 def claim(table: pd.DataFrame, number: int) -> pd.Series:

@@ -27,6 +27,9 @@ def run_study(*overrides: str, timeout: int = 600) -> subprocess.CompletedProces
     )
 
 
+SMALL_LAYERS = "layers=[{layer: -1, widths: [2, 4]}, {layer: lstm, widths: [8]}]"
+
+
 def quick_study(output: Path, cache: Path, *overrides: str) -> subprocess.CompletedProcess:
     run_overrides = ",".join(f'"{o}"' for o in [*QUICK, f"cache_dir={cache}"])
     return run_study(
@@ -35,7 +38,10 @@ def quick_study(output: Path, cache: Path, *overrides: str) -> subprocess.Comple
         f"overrides=[{run_overrides}]",
         f"output_dir={output}",
         f"runs_dir={output / 'runs'}",
+        "whole_model=null",  # tests/test_sweep.py runs the search end to end
+        "variants=[]",
         *overrides,
+        *([] if any(o.startswith("layers=") for o in overrides) else [SMALL_LAYERS]),
     )
 
 
@@ -46,7 +52,6 @@ def study(tmp_path_factory: pytest.TempPathFactory) -> Path:
         output,
         tmp_path_factory.mktemp("cache"),
         "methods=[weight_sum,freeze_retrain]",
-        "layers=[{layer: -1, widths: [2, 4]}]",
     )
     assert result.returncode == 0, result.stderr[-3000:]
     return output
@@ -58,8 +63,9 @@ def test_the_study_writes_one_row_per_claim(study: Path) -> None:
     assert claims["claim"].tolist() == list(range(1, len(CLAIMS) + 1))
     assert set(claims["verdict"]) <= VERDICTS
     # cluster_init was left out, so the claim about it is marked, not guessed
-    assert claims.loc[claims["claim"] == 4, "verdict"].item() == "not measured"
-    measured = claims[claims["claim"] != 4]
+    left_out = claims["claim"] == 4
+    assert (claims.loc[left_out, "verdict"] == "not measured").all()
+    measured = claims[~left_out]
     assert (measured["verdict"] != "not measured").all()
     assert measured["rotten_tomatoes"].str.contains(r"\((?:holds|does not hold|depends)\)").all()
     markdown = (study / "claims.md").read_text()
@@ -71,20 +77,25 @@ def test_the_study_writes_one_row_per_claim(study: Path) -> None:
 @pytest.mark.slow
 def test_the_study_measures_every_method_width_and_pair(study: Path) -> None:
     runs = pd.read_csv(study / "runs.csv")
-    assert len(runs) == 4 and set(runs["method"]) == {"weight_sum", "freeze_retrain"}
-    assert set(runs["target_width"]) == {2, 4} and set(runs["layer"]) == {"head.2"}
+    assert len(runs) == 6 and set(runs["method"]) == {"weight_sum", "freeze_retrain"}
+    head, lstm = runs[runs["layer"] == "head.2"], runs[runs["layer"] == "lstm"]
+    assert set(head["target_width"]) == {2, 4} and set(lstm["target_width"]) == {8}
     assert runs["baseline/test_acc"].nunique() == 1  # one baseline, trained once
     assert runs["compressed/test_acc"].between(0, 1).all()
     assert (runs["compressed/width"] <= runs["target_width"]).all()
     pairs = pd.read_csv(study / "comparisons.csv")
-    assert len(pairs) == 2 and (pairs[["a", "b"]].values == ["weight_sum", "freeze_retrain"]).all()
+    assert len(pairs) == 3 and (pairs[["a", "b"]].values == ["weight_sum", "freeze_retrain"]).all()
     assert ((pairs["ci_low"] <= pairs["diff"]) & (pairs["diff"] <= pairs["ci_high"])).all()
     similarity = pd.read_csv(study / "similarity.csv")
-    assert len(similarity) == 2 and similarity["cka"].between(0, 1 + 1e-9).all()
-    layers = pd.read_csv(study / "layers.csv")
-    assert layers["width"].tolist() == [16] and 0 <= layers["dead"].item() <= 16
+    assert len(similarity) == 3 and similarity["cka"].between(0, 1 + 1e-9).all()
+    layers = pd.read_csv(study / "layers.csv").set_index("layer")
+    assert layers["width"].to_dict() == {"head.2": 16, "lstm": 32}
+    assert 0 <= layers.loc["head.2", "dead"] <= 16
+    drift = pd.read_csv(study / "drift.csv")  # the untrained LSTM merge's error by position
+    assert set(drift["method"]) == {"weight_sum"} and (drift["error"] >= 0).all()
+    assert drift["sentences"].iloc[0] == drift["sentences"].max()
     assert list((study / "runs").glob("rotten_tomatoes-seed0/csv/metrics.csv"))  # runs_dir
-    for figure in ("accuracy.png", "cka.png"):
+    for figure in ("accuracy.png", "cka.png", "drift.png"):
         assert (study / figure).stat().st_size > 0
 
 

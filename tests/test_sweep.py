@@ -212,3 +212,59 @@ def test_published_methods_sweep_writes_one_row_per_method(
     assert (summary["baseline/trained_now"] == 0).all()
     assert (summary["compressed/width"] <= 4).all()
     assert summary["compressed/test_acc"].between(0, 1).all()
+
+
+@pytest.mark.slow
+def test_the_lstm_site_is_shrunk_like_any_other(tmp_path: Path, sweep: Path, cache: Path) -> None:
+    result = run_app(
+        *QUICK,
+        "layer=lstm",
+        "target_width=8",
+        "compress=weight_sum",
+        f"hydra.run.dir={tmp_path}",
+        f"cache_dir={cache}",
+        "logger=csv",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = read_metrics(tmp_path)
+    assert metrics.keys() >= COMPRESSED_KEYS and metrics["layer"] == "lstm"
+    assert metrics["compressed/params"] < metrics["baseline/params"]
+    assert metrics["compressed/width"] == 8 and metrics["layer_width"] == 32
+    assert metrics["compressed/drift_last_word"] >= 0
+    assert (tmp_path / "analysis" / "viewer.html").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_the_whole_model_is_shrunk_to_a_budget_beside_its_scratch_anchor(
+    tmp_path: Path, sweep: Path, cache: Path
+) -> None:
+    result = run_app(
+        *QUICK,
+        "compress=whole_model",
+        "compress.max_drop=0.02",
+        f"hydra.run.dir={tmp_path}",
+        f"cache_dir={cache}",
+        "logger=csv",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = read_metrics(tmp_path)
+    widths = dict(w.split("=") for w in metrics["compressed/widths"].split(","))
+    assert list(widths) == ["embedding", "lstm", "head.0", "head.1", "head.2"]
+    assert metrics["compressed/params"] <= metrics["baseline/params"]
+    assert metrics["compressed/val_acc"] >= metrics["baseline/val_acc"] - 0.02
+    assert metrics["search/candidates"] > 5 and metrics["search/seconds"] > 0
+    for key in ("scratch/test_acc", "scratch/params", "compressed/agreement"):
+        assert key in metrics
+    assert metrics["scratch/params"] == metrics["compressed/params"]
+    assert (tmp_path / "front.png").stat().st_size > 0
+    assert len(pd.read_csv(tmp_path / "search.csv")) == metrics["search/candidates"]
+    reloaded = run_app(
+        *QUICK,
+        f"ckpt_path={tmp_path / 'compressed.ckpt'}",
+        f"hydra.run.dir={tmp_path / 'again'}",
+        "logger=csv",
+    )
+    assert reloaded.returncode == 0, reloaded.stderr[-3000:]
+    again = read_metrics(tmp_path / "again")
+    assert again["baseline/test_acc"] == pytest.approx(metrics["compressed/test_acc"], abs=2e-3)
+    assert again["checkpoint"] == "compressed"

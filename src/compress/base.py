@@ -119,7 +119,7 @@ def require_clusters(labels: Tensor | None, target_width: int) -> Tensor:
 def choose_representatives(
     activations: Tensor,
     labels: Tensor,
-    how: str = "medoid",
+    how: str = "max_activation",
     generator: torch.Generator | None = None,
 ) -> Tensor:
     """One neuron index per cluster id ``0..k-1`` (neurons labelled -1 are ignored), shape (k,).

@@ -48,7 +48,7 @@ def refit_next_layer(
 class LeastSquaresRefit:
     """:class:`~src.compress.base.MergeMethod`: one representative per cluster, next layer refit."""
 
-    representative: str = "medoid"
+    representative: str = "max_activation"
     ridge: float = 1e-6
 
     def __post_init__(self) -> None:

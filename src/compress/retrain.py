@@ -51,7 +51,7 @@ class FreshLayer:
 class ClusterInit:
     """``cluster_init``'s start: one neuron per cluster, with its incoming and outgoing weights."""
 
-    representative: str = "medoid"
+    representative: str = "max_activation"
 
     def __post_init__(self) -> None:
         check_choice(self.representative, REPRESENTATIVES, "compress.representative")

@@ -77,7 +77,7 @@ class WeightSum:
     only checked against it.
     """
 
-    representative: str = "medoid"
+    representative: str = "max_activation"
     scale: str = "ls"
 
     def __post_init__(self) -> None:
