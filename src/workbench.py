@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,6 +53,8 @@ from src.sites import (
 )
 from src.store import ArtefactStore
 from src.tokens import collate
+
+log = logging.getLogger(__name__)
 
 CHUNK_SIZE = 8192  # probe words per chunk of the similarity measures: memory, not results
 SHARED_FORMAT = 2  # the layout of the shared artefacts; a change starts a fresh folder
@@ -99,6 +102,11 @@ def run_site(cfg: DictConfig) -> Site:
     else:
         shape = ModelShape.of_settings(cfg.model)
     site = resolve_site(cfg.layer, shape)
+    if cfg.compress.name == "none" and cfg.target_width >= site.width > 1:
+        # Nothing is shrunk, and target_width only counts the analysis's clusters: a narrow
+        # site (a shrunk model's) gets one fewer cluster than units, not a refusal.
+        log.info("layer=%s has %d units: %d clusters", site.name, site.width, site.width - 1)
+        cfg.target_width = site.width - 1
     check_target_width(cfg.target_width, site)
     return site
 
