@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -34,6 +35,21 @@ from src.workbench import Evaluation, Workbench
 log = logging.getLogger(__name__)
 
 SHOWCASE_WORDS = (5, 12)  # test sentences drawn beside the configured ones: this many words
+
+
+LATEST = Path("outputs/latest")  # the last finished single run, for commands to point at
+
+
+def point_latest(output_dir: Path) -> None:
+    """Make ``outputs/latest`` the run just finished, when it sits under ``outputs/``: so
+    ``python -m src.predict outputs/latest/compressed.ckpt ...`` works as typed."""
+    outputs, output_dir = LATEST.parent.resolve(), output_dir.resolve()
+    if outputs not in output_dir.parents:
+        return
+    tmp = LATEST.with_name(f".latest.{os.getpid()}")
+    tmp.unlink(missing_ok=True)
+    tmp.symlink_to(output_dir.relative_to(outputs))
+    tmp.replace(LATEST)
 
 
 def showcase(bench: Workbench) -> list[tuple[str, int]]:

@@ -7,6 +7,7 @@ when the output is not a terminal the run turns the bar off, and this line is wh
 from __future__ import annotations
 
 import logging
+import sys
 import time
 
 import lightning as L
@@ -16,6 +17,11 @@ from src.tokens import check_known_words
 log = logging.getLogger(__name__)
 
 SHOWN = ("train/loss", "val/loss", "val/acc", "val/f1", "val/auroc")
+
+
+def progress_bar(wanted: bool) -> bool:
+    """The progress bar only where it can redraw itself: on a terminal."""
+    return wanted and sys.stderr.isatty()
 
 
 class EpochLog(L.Callback):

@@ -12,19 +12,21 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 from pathlib import Path
 
 import hydra
 import lightning as L
 import numpy as np
 import wandb
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from src import schema
-from src.artefacts import write_site_analysis
+from src.artefacts import point_latest, write_site_analysis
 from src.baseline import obtain_baseline
+from src.callbacks import progress_bar
 from src.errors import reported
 from src.network import check_shape
 from src.report import summary_table, write_metrics
@@ -61,10 +63,8 @@ def main(cfg: DictConfig) -> dict:
     datamodule = instantiate(cfg.data)
     loggers = [instantiate(c) for c in cfg.logger.values()]
     callbacks = [instantiate(c) for c in cfg.callbacks.values()]
-    progress_bar = cfg.trainer.enable_progress_bar and sys.stderr.isatty()
-    trainer = instantiate(
-        cfg.trainer, logger=loggers, callbacks=callbacks, enable_progress_bar=progress_bar
-    )
+    bar = progress_bar(cfg.trainer.enable_progress_bar)
+    trainer = instantiate(cfg.trainer, logger=loggers, callbacks=callbacks, enable_progress_bar=bar)
     for logger in loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
     exit_code = 1  # a failure or Ctrl-C marks the W&B run as failed, and still closes it
@@ -117,6 +117,8 @@ def main(cfg: DictConfig) -> dict:
         for logger in loggers:
             logger.log_metrics({k: v for k, v in metrics.items() if not isinstance(v, str)})
         print(summary_table(metrics, list(schema.CONSOLE)))
+        if HydraConfig.get().mode == RunMode.RUN:
+            point_latest(output_dir)
         exit_code = 0
         return metrics
     finally:

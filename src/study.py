@@ -33,6 +33,7 @@ from omegaconf import DictConfig, OmegaConf
 from src import schema
 from src.analysis.stats import effective_rank, mcnemar_exact_interval, mcnemar_p
 from src.baseline import obtain_baseline
+from src.callbacks import progress_bar
 from src.claims import TABLES, StudyTables, judge, write_tables
 from src.compress.base import MergeMethod
 from src.errors import SettingError, reported
@@ -144,7 +145,8 @@ def open_workbench(run: DictConfig) -> tuple[Workbench, float]:
     datamodule = instantiate(run.data)
     callbacks = [instantiate(c) for c in run.callbacks.values()]
     loggers = [instantiate(c) for c in run.logger.values()]
-    trainer = instantiate(run.trainer, logger=loggers, callbacks=callbacks)
+    bar = progress_bar(run.trainer.enable_progress_bar)
+    trainer = instantiate(run.trainer, logger=loggers, callbacks=callbacks, enable_progress_bar=bar)
     try:
         baseline = obtain_baseline(run, datamodule, trainer)
     finally:
