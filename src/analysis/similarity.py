@@ -235,21 +235,9 @@ def shape_dissimilarity(
         return _signed_shape_dissimilarity(batches, scales, chunk_size)
     n = len(scales)
     n_pad = -(-n // 4) * 4
-    tiles = _triangle_tiles(n_pad)
-    row_sums = np.zeros(n_pad)
-    min_sums = np.zeros((n_pad, n_pad))
-    n_words = 0
-    for chunk in _word_chunks(batches, chunk_size):
-        if chunk.shape[1] != n:
-            raise ValueError(f"{n} scales for activations of width {chunk.shape[1]}")
-        yt = np.zeros((n_pad, len(chunk)), dtype=np.float32)
-        chunk /= scales  # chunks are fresh copies
-        yt[:n] = chunk.T
-        row_sums += yt.sum(axis=1, dtype=np.float64)
-        _add_min_sums(yt, tiles, min_sums)
-        n_words += len(chunk)
-    if not n_words:
-        raise ValueError("the activation source yielded no words")
+    row_sums, min_sums, n_words = _min_sums_pass(
+        batches, scales, chunk_size, n_pad, _triangle_tiles(n_pad), n_pad
+    )
     # sum |a - b| = sum a + sum b - 2 sum min(a, b), in place to hold few (N, N) arrays at once.
     min_sums *= -2.0
     min_sums += row_sums[:, None]
@@ -261,27 +249,45 @@ def shape_dissimilarity(
     return torch.from_numpy(d)
 
 
-def _signed_shape_dissimilarity(batches: Batches, scales: np.ndarray, chunk_size: int) -> Tensor:
-    """The signed shape measure: the kernel on the traces [y, -y], two blocks of its result."""
+def _min_sums_pass(
+    batches: Batches,
+    scales: np.ndarray,
+    chunk_size: int,
+    rows: int,
+    tiles: np.ndarray,
+    sum_rows: int,
+    negated_at: int | None = None,
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """One pass over the words: per row of the normalised traces (``rows``, padded; with the
+    negated traces from row ``negated_at`` when given) the sum over words, and the pairwise
+    sums of minima over ``tiles`` into a (``sum_rows``, ``rows``) float64 array."""
     n = len(scales)
-    offset = -(-n // _TILE) * _TILE  # -y starts on a tile boundary
-    rows = offset + -(-n // 4) * 4
-    tiles = _signed_tiles(offset)
-    row_sums = np.zeros(rows)
-    min_sums = np.zeros((offset, rows))  # every tile's rows are in the first block
-    n_words = 0
+    row_sums, min_sums, n_words = np.zeros(rows), np.zeros((sum_rows, rows)), 0
     for chunk in _word_chunks(batches, chunk_size):
         if chunk.shape[1] != n:
             raise ValueError(f"{n} scales for activations of width {chunk.shape[1]}")
         yt = np.zeros((rows, len(chunk)), dtype=np.float32)
         chunk /= scales  # chunks are fresh copies
         yt[:n] = chunk.T
-        np.negative(yt[:n], out=yt[offset : offset + n])
+        if negated_at is not None:
+            np.negative(yt[:n], out=yt[negated_at : negated_at + n])
         row_sums += yt.sum(axis=1, dtype=np.float64)
         _add_min_sums(yt, tiles, min_sums)
         n_words += len(chunk)
     if not n_words:
         raise ValueError("the activation source yielded no words")
+    return row_sums, min_sums, n_words
+
+
+def _signed_shape_dissimilarity(batches: Batches, scales: np.ndarray, chunk_size: int) -> Tensor:
+    """The signed shape measure: the kernel on the traces [y, -y], two blocks of its result."""
+    n = len(scales)
+    offset = -(-n // _TILE) * _TILE  # -y starts on a tile boundary
+    rows = offset + -(-n // 4) * 4
+    # Every tile's rows are in the first block, so the sums need only ``offset`` rows.
+    row_sums, min_sums, n_words = _min_sums_pass(
+        batches, scales, chunk_size, rows, _signed_tiles(offset), offset, negated_at=offset
+    )
     # sum |y_i -+ y_j| = sum y_i + sum (+-y_j) - 2 sum min(y_i, +-y_j), upper triangles only.
     own, negated = row_sums[:n], row_sums[offset : offset + n]
     minus = own[:, None] + own[None, :] - 2.0 * min_sums[:n, :n]
