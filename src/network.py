@@ -123,14 +123,6 @@ class SentimentLSTM(nn.Module):
             x = torch.relu(layer(x))
         return self.head[-1](x).squeeze(-1)
 
-    def activations(self, states: Tensor) -> list[Tensor]:
-        """Post-ReLU output of every hidden head layer, each (..., width)."""
-        outs, x = [], states
-        for layer in self.head[:-1]:
-            x = torch.relu(layer(x))
-            outs.append(x)
-        return outs
-
     def layer_input(self, states: Tensor, layer: int) -> Tensor:
         """What hidden head layer ``layer`` reads, (..., D): the LSTM states or the layer below's
         activations (computing only the layers below it)."""

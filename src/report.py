@@ -32,7 +32,6 @@ from omegaconf import DictConfig, OmegaConf  # noqa: E402
 from src import schema  # noqa: E402
 from src.analysis.figures import panel_grid  # noqa: E402
 from src.analysis.stats import linear_cka, matched_correlation  # noqa: E402
-from src.schema import ACTIVATIONS_FILE  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +40,7 @@ Metrics = Mapping[str, float | int | str | None]
 
 def write_metrics(folder: str | Path, metrics: Metrics) -> Path:
     """Merge ``metrics`` into ``folder/metrics.json`` (one flat JSON object per run)."""
-    path = Path(folder) / "metrics.json"
+    path = Path(folder) / schema.METRICS_FILE
     existing = json.loads(path.read_text()) if path.is_file() else {}
     path.write_text(json.dumps({**existing, **metrics}, indent=2, sort_keys=True) + "\n")
     return path
@@ -94,8 +93,9 @@ def job_row(sweep_dir: Path, folder: Path) -> dict:
     row = {"job": str(folder.relative_to(sweep_dir)), "status": "unfinished", "error": None}
     if (folder / JOB_ERROR_FILE).is_file():
         return row | {"status": "failed"} | json.loads((folder / JOB_ERROR_FILE).read_text())
-    if (folder / "metrics.json").is_file():
-        return row | {"status": "finished"} | json.loads((folder / "metrics.json").read_text())
+    if (folder / schema.METRICS_FILE).is_file():
+        metrics = json.loads((folder / schema.METRICS_FILE).read_text())
+        return row | {"status": "finished"} | metrics
     return row
 
 
@@ -253,7 +253,7 @@ def sibling_similarity(jobs: pd.DataFrame, sweep_dir: str | Path) -> pd.DataFram
         features = {
             method if unique else job: torch.from_numpy(np.load(path))
             for job, method in zip(group["job"], group["method"], strict=True)
-            if (path := Path(sweep_dir) / job / ACTIVATIONS_FILE).is_file()
+            if (path := Path(sweep_dir) / job / schema.ACTIVATIONS_FILE).is_file()
         }
         key_columns = dict(zip(SIBLING_KEYS, key, strict=True))
         rows += [key_columns | pair for pair in pairwise_similarity(features)]

@@ -31,8 +31,14 @@ from torch.utils.data import DataLoader
 from torchmetrics.functional.classification import binary_auroc, binary_f1_score
 
 from src import schema
-from src.analysis.layer import CLUSTERINGS, LayerAnalysis, Probe, cluster_layer
-from src.analysis.similarity import MEASURES, dissimilarity_matrix
+from src.analysis.layer import (
+    CLUSTERINGS,
+    LayerAnalysis,
+    Probe,
+    cluster_layer,
+    probe_dissimilarity,
+)
+from src.analysis.similarity import MEASURES
 from src.analysis.stats import mcnemar_exact_interval, mcnemar_p
 from src.compress.base import LayerPair, MergeMethod
 from src.compress.repair import repair_statistics
@@ -310,9 +316,7 @@ class Workbench:
         s = self.settings
 
         def compute() -> dict[str, Tensor]:
-            acts = self.probe(site).activations
-            batches = lambda: acts.split(CHUNK_SIZE)  # noqa: E731
-            return {"d": dissimilarity_matrix(batches, s.measure, CHUNK_SIZE).float()}
+            return {"d": probe_dissimilarity(self.probe(site), s.measure, CHUNK_SIZE)}
 
         name = f"dissimilarity-{site.name}-{s.measure}-{s.probe_sentences}-{s.seed}"
         return self.store.get(name, compute)["d"]

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
@@ -33,6 +34,13 @@ QUICK = [
 os.environ["SENTIMENT_DATA_DIR"] = str(DATA_DIR)
 os.environ["WANDB_MODE"] = "offline"
 os.environ["WANDB_SILENT"] = "true"
+
+
+@pytest.fixture(scope="session")
+def quick_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One baseline cache for every end-to-end test with the QUICK settings and seed 42: the
+    baseline they share is trained once per session."""
+    return tmp_path_factory.mktemp("quick-cache")
 
 
 def compose_config(*overrides: str, output_dir: Path | str = "/tmp/unused") -> DictConfig:

@@ -30,8 +30,8 @@ COMPRESSED_KEYS = {
 
 
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("cache")
+def cache(quick_cache: Path) -> Path:
+    return quick_cache
 
 
 @pytest.fixture(scope="module")

@@ -48,7 +48,9 @@ def test_a_run_refuses_a_bad_thread_count_before_any_work(tmp_path) -> None:
 
 
 @pytest.mark.slow
-def test_jobs_under_the_joblib_launcher_report_their_share_of_the_cores(tmp_path) -> None:
+def test_jobs_under_the_joblib_launcher_report_their_share_of_the_cores(
+    tmp_path, quick_cache
+) -> None:
     result = run_app(
         *QUICK,
         "hydra/launcher=joblib",
@@ -56,7 +58,7 @@ def test_jobs_under_the_joblib_launcher_report_their_share_of_the_cores(tmp_path
         "compress=prune",
         "target_width=2,4",
         f"hydra.sweep.dir={tmp_path / 'sweep'}",
-        f"cache_dir={tmp_path / 'cache'}",
+        f"cache_dir={quick_cache}",
         "logger=csv",
         multirun=True,
     )

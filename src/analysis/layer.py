@@ -106,22 +106,3 @@ def cluster_layer(
     labels = cluster_alive(dissimilarity, weights, status.alive, n_clusters, clustering, seed)
     score = silhouette(dissimilarity, labels)  # over the clustered (live) neurons
     return LayerAnalysis(layer, probe, dissimilarity, status, labels, score)
-
-
-def analyse_layer(
-    probe: Probe,
-    weights: Tensor,
-    outgoing: Tensor,
-    layer: str,
-    n_clusters: int,
-    measure: str = "shape",
-    clustering: str = "spectral",
-    seed: int = 0,
-    chunk_size: int = 8192,
-) -> LayerAnalysis:
-    """``weights``: the layer's incoming weights with the bias appended, (N, D + 1);
-    ``outgoing``: the next layer's weights, (M, N)."""
-    dissimilarity = probe_dissimilarity(probe, measure, chunk_size)
-    return cluster_layer(
-        probe, dissimilarity, weights, outgoing, layer, n_clusters, clustering, seed
-    )
