@@ -108,9 +108,9 @@ def run_site(cfg: DictConfig) -> Site:
     else:
         shape = ModelShape.of_settings(cfg.model)
     site = resolve_site(cfg.layer, shape)
-    if cfg.compress.name == "none" and cfg.target_width >= site.width > 1:
-        # Nothing is shrunk, and target_width only counts the analysis's clusters: a narrow
-        # site (a shrunk model's) gets one fewer cluster than units, not a refusal.
+    if cfg.ckpt_path and cfg.compress.name == "none" and cfg.target_width >= site.width > 1:
+        # Analysing a checkpoint, nothing shrunk: target_width only counts the clusters, and a
+        # shrunk model's narrow site gets one fewer than its units rather than a refusal.
         log.info("layer=%s has %d units: %d clusters", site.name, site.width, site.width - 1)
         cfg.target_width = site.width - 1
     check_target_width(cfg.target_width, site)
