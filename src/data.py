@@ -251,10 +251,12 @@ class SentimentDataModule(L.LightningDataModule):
             )
         if self.tokenizer is None:
             self.tokenizer = train_tokenizer(
-                raw["train"]["text"], self.vocab_size, self.min_frequency
+                raw["train"].to_dict()["text"], self.vocab_size, self.min_frequency
             )
         for name, split in raw.items():
-            texts, labels = split["text"], split["label"]
+            # Plain lists: indexing a datasets Column one row at a time costs ~1 ms a row.
+            columns = split.to_dict()
+            texts, labels = columns["text"], columns["label"]
             ids, truncated = encode(self.tokenizer, texts, self.max_length, self.truncation_side)
             kept = [i for i, x in enumerate(ids) if len(x) > 0]
             if truncated:
