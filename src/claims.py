@@ -247,6 +247,33 @@ def best_single_site(t: StudyTables, data: str, seed: int) -> pd.Series | None:
     return None if runs.empty else runs.loc[runs["compressed/params"].idxmin()]
 
 
+COLLAPSE = 0.05  # a merge "collapses" when it loses more than 5 points of test accuracy
+
+
+def variant_table(t: StudyTables, method: str, layer: str, width: int) -> str:
+    """``method`` and its variants (rows named ``method <overrides>``) side by side: test
+    accuracy per corpus and seed at ``layer`` and ``width``, and over every site and width of
+    the study how often each loses more than :data:`COLLAPSE` of the baseline's accuracy."""
+    runs = t.runs[t.runs["method"].str.split().str[0] == method]
+    if runs["method"].nunique() < 2:
+        return ""
+    runs = runs.assign(variant=runs["method"].str.removeprefix(method).str.strip())
+    runs["variant"] = runs["variant"].replace("", "(default)")
+    cell = runs[(runs["layer"] == layer) & (runs["target_width"] == width)]
+    table = cell.pivot_table(
+        index=["data", "seed"], columns="variant", values="compressed/test_acc"
+    ).round(4)
+    base = t.baselines.set_index(["data", "seed"])["baseline/test_acc"]
+    table.insert(0, "baseline", base.reindex(table.index).round(4))
+    lost = runs["baseline/test_acc"] - runs["compressed/test_acc"] > COLLAPSE
+    counts = runs.assign(lost=lost).groupby("variant")["lost"].agg(["sum", "count"])
+    footer = "; ".join(f"{v}: {int(r['sum'])} of {int(r['count'])}" for v, r in counts.iterrows())
+    return (
+        f"{table.to_markdown()}\n\nCells (corpus, seed, site, width) where it loses more than "
+        f"{COLLAPSE * 100:.0f} points: {footer}."
+    )
+
+
 def whole_table(t: StudyTables) -> str:
     """Per corpus and seed: the whole model's widths, its size and accuracy against the
     baseline, the same widths trained from scratch, and the best one-site shrink beside it."""
@@ -318,6 +345,10 @@ def judge(folder: Path) -> tuple[pd.DataFrame, list[Path]]:
         f"{width_table(aggregate(tables.runs))}\n\n"
         f"Measured in {record['seconds'] / 60:.1f} min with `{record['command']}`.\n"
     )
+    variants = variant_table(tables, "weight_sum", layer, width)
+    if variants:
+        with (folder / "claims.md").open("a") as md:
+            md.write(f"\nWeight-sum's representative, {layer} -> {width}\n\n{variants}\n")
     if not tables.whole.empty:
         with (folder / "claims.md").open("a") as md:
             md.write(

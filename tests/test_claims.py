@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pandas as pd
 
-from src.claims import CLAIMS, SOURCE_BASELINE, StudyTables, agreement, check_claims
+from src.claims import (
+    CLAIMS,
+    SOURCE_BASELINE,
+    StudyTables,
+    agreement,
+    check_claims,
+    variant_table,
+)
 
 LAYER, WIDTH = 2, 4
 
@@ -83,3 +90,19 @@ def test_claims_read_from_the_tables() -> None:
     assert "within a point down to width 4.0" in redundancy["a"]  # width 2 costs 5 points
     assert redundancy["verdict"] == "holds"  # 4 <= 16 / 2
     assert claim(table, 4)["verdict"] == "not measured"  # no cluster_init in these tables
+
+
+def test_the_representative_table_counts_each_variants_collapses() -> None:
+    t = tables({"a": [0.01] * 3})
+    close = (t.runs["method"] == "weight_sum") & (t.runs["target_width"] == 2)
+    t.runs.loc[close, "compressed/test_acc"] = SOURCE_BASELINE - 0.01  # a point off: no collapse
+    extra = t.runs[t.runs["method"] == "weight_sum"].copy()
+    extra["method"] = "weight_sum compress.method.representative=medoid"
+    collapsed = extra["target_width"] == WIDTH
+    extra.loc[collapsed, "compressed/test_acc"] = 0.5  # at chance at width 4, every seed
+    t.runs = pd.concat([t.runs, extra])
+    table = variant_table(t, "weight_sum", LAYER, WIDTH)
+    assert "(default)" in table and "representative=medoid" in table
+    assert "representative=medoid: 3 of 6" in table  # at chance at width 4 in every seed
+    assert "(default): 0 of 6" in table
+    assert variant_table(tables({"a": [0.0] * 3}), "weight_sum", LAYER, WIDTH) == ""
