@@ -269,6 +269,7 @@ def main(cfg: DictConfig) -> pd.DataFrame:
     try:
         for run in runs.values():
             study_baseline(cfg, run, methods, rows)
+            write_tables(folder / "partial", rows.frames())  # kept even if the machine goes
     except BaseException:  # Ctrl-C or a failure: keep every measurement taken so far
         write_tables(folder / "partial", rows.frames())
         log.error("study stopped: what it measured is in %s", folder / "partial")

@@ -30,8 +30,10 @@ COMPRESSED_KEYS = {
 
 
 @pytest.fixture(scope="module")
-def cache(quick_cache: Path) -> Path:
-    return quick_cache
+def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The sweep's own empty cache: its jobs must train the one baseline they share exactly once,
+    whichever end-to-end tests ran before it."""
+    return tmp_path_factory.mktemp("sweep-cache")
 
 
 @pytest.fixture(scope="module")
