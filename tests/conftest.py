@@ -8,9 +8,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import lightning as L
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
+from torch.utils.data import DataLoader
+
+from src.tokens import collate
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA_DIR = Path(os.environ.get("SENTIMENT_DATA_DIR") or ROOT.parent / "shared" / "data")
@@ -41,6 +46,23 @@ def quick_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One baseline cache for every end-to-end test with the QUICK settings and seed 42: the
     baseline they share is trained once per session."""
     return tmp_path_factory.mktemp("quick-cache")
+
+
+def save_one_step_checkpoint(
+    model: L.LightningModule, data: list[tuple[torch.Tensor, int]], path: Path, batch_size: int
+) -> Path:
+    """A real Lightning checkpoint of ``model`` after one training step on ``data``."""
+    trainer = L.Trainer(
+        max_steps=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=path.parent,
+    )
+    trainer.fit(model, DataLoader(data, batch_size=batch_size, collate_fn=collate))
+    trainer.save_checkpoint(path)
+    return path
 
 
 def compose_config(*overrides: str, output_dir: Path | str = "/tmp/unused") -> DictConfig:

@@ -10,10 +10,8 @@ import struct
 import zipfile
 from pathlib import Path
 
-import lightning as L
 import pytest
 import torch
-from torch.utils.data import DataLoader
 
 from src.baseline import (
     Baseline,
@@ -24,8 +22,7 @@ from src.baseline import (
     load_checkpoint,
 )
 from src.model import SentimentClassifier
-from src.tokens import collate
-from tests.conftest import ROOT, compose_config
+from tests.conftest import ROOT, compose_config, save_one_step_checkpoint
 
 
 @pytest.mark.parametrize(
@@ -55,18 +52,7 @@ def checkpoint(tmp_path: Path) -> Path:
     model = SentimentClassifier(vocab_size=20, embedding_dim=4, lstm={"hidden_size": 4})
     model.tokenizer_json = "{}"
     data = [(torch.tensor([2, 3, 4]), 1), (torch.tensor([5, 6]), 0)]
-    trainer = L.Trainer(
-        max_steps=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
-    )
-    trainer.fit(model, DataLoader(data, batch_size=2, collate_fn=collate))
-    path = tmp_path / "model.ckpt"
-    trainer.save_checkpoint(path)
-    return path
+    return save_one_step_checkpoint(model, data, tmp_path / "model.ckpt", batch_size=2)
 
 
 def test_a_stored_baseline_loads_back_with_its_weights_and_tokenizer(

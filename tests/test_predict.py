@@ -8,20 +8,18 @@ import subprocess
 import sys
 from pathlib import Path
 
-import lightning as L
 import pytest
 import torch
 from tokenizers import Tokenizer
-from torch.utils.data import DataLoader
 
 from src import predict as predict_module
 from src.baseline import load_checkpoint
 from src.model import SentimentClassifier
 from src.predict import run
 from src.sites import ModelShape, all_sites, resolve_site
-from src.tokens import collate, train_tokenizer
+from src.tokens import train_tokenizer
 from src.workbench import save_compressed
-from tests.conftest import APP_ENV, ROOT
+from tests.conftest import APP_ENV, ROOT, save_one_step_checkpoint
 
 TRAIN = [
     ("a gorgeous , heartfelt film", 1),
@@ -51,17 +49,7 @@ def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     )
     model.tokenizer_json = tokenizer.to_str()
     data = [(torch.tensor(tokenizer.encode(t).ids), label) for t, label in TRAIN]
-    trainer = L.Trainer(
-        max_steps=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=folder,
-    )
-    trainer.fit(model, DataLoader(data, batch_size=6, collate_fn=collate))
-    baseline = folder / "best.ckpt"
-    trainer.save_checkpoint(baseline)
+    baseline = save_one_step_checkpoint(model, data, folder / "best.ckpt", batch_size=6)
     loaded = load_checkpoint(baseline)
     site = resolve_site("head.0", ModelShape.of(loaded.network))
     pair = site.pair(loaded.network).select(torch.tensor([0, 5, 10, 15]))
