@@ -361,7 +361,7 @@ def judge(folder: Path) -> tuple[pd.DataFrame, list[Path]]:
     paths = []
     for name, figure in figures.items():
         paths.append(folder / f"{name}.png")
-        figure.savefig(paths[-1], dpi=100)
+        figure.savefig(paths[-1], dpi=100, bbox_inches="tight")
         plt.close(figure)
     return claims, paths
 

@@ -159,23 +159,50 @@ def site_label(rows: pd.DataFrame, layer: str) -> str:
     return str(layer)
 
 
+def method_styles(methods: list[str]) -> dict[str, dict]:
+    """One look per method, the same in every panel: a colour of its own for each method, and a
+    method's variants (``weight_sum compress.method.representative=medoid``) in its colour,
+    dashed or dotted, labelled by what they change (``weight_sum (representative=medoid)``)."""
+    bases = sorted({m.split()[0] for m in methods})
+    colours = plt.get_cmap("tab20" if len(bases) > 10 else "tab10").colors
+    lines = ["-", "--", ":", "-."]
+    styles, seen = {}, {base: 0 for base in bases}
+    for method in sorted(methods):
+        base, *changes = method.split()
+        label = (
+            base if not changes else f"{base} ({', '.join(c.rsplit('.', 1)[-1] for c in changes)})"
+        )
+        line = lines[seen[base] % len(lines)]
+        seen[base] += 1
+        styles[method] = {"color": colours[bases.index(base) % len(colours)], "linestyle": line}
+        styles[method]["label"] = label
+    return styles
+
+
+def shared_legend(fig: Figure, axes: list) -> None:
+    """One legend for every panel, right of them, so no panel's lines are hidden under it."""
+    handles: dict[str, object] = {}
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            handles.setdefault(label, handle)
+    fig.legend(handles.values(), handles.keys(), loc="center left", bbox_to_anchor=(1.0, 0.5))
+    fig.tight_layout()
+
+
 def accuracy_figure(jobs: pd.DataFrame) -> Figure:
     """Test accuracy against target width, one line per method (mean, spread over seeds), one
     panel per data set and site, the baseline as a dashed line."""
     panels = sorted(jobs.groupby([schema.DATA, schema.LAYER]).groups)
+    styles = method_styles(list(jobs[schema.METHOD].unique()))
     fig, axes = panel_grid(len(panels), 5.5, 4, per_row=jobs[schema.LAYER].nunique())
     for ax, (data, layer) in zip(axes, panels, strict=False):
         panel = jobs[(jobs[schema.DATA] == data) & (jobs[schema.LAYER] == layer)]
         for method, rows in panel.groupby(schema.METHOD):
             acc = rows.groupby(schema.TARGET_WIDTH)[schema.COMPRESSED_TEST_ACC].agg(["mean", "std"])
             ax.errorbar(
-                acc.index,
-                acc["mean"],
-                yerr=acc["std"].fillna(0),
-                marker="o",
-                label=method,
-                capsize=3,
-            )
+                acc.index, acc["mean"], yerr=acc["std"].fillna(0), marker="o", ms=4, capsize=3,
+                **styles[method],
+            )  # fmt: skip
         base = panel.drop_duplicates(schema.SEED)[schema.BASELINE_TEST_ACC].mean()
         ax.axhline(base, color="black", linestyle="--", label="baseline")
         ax.set_xscale("log", base=2)
@@ -184,8 +211,7 @@ def accuracy_figure(jobs: pd.DataFrame) -> Figure:
         ax.set_xlabel("units kept")
         ax.set_ylabel("test accuracy")
         ax.set_title(f"{data}, {site_label(panel, layer)}")
-        ax.legend(fontsize=7)
-    fig.tight_layout()
+    shared_legend(fig, axes)
     return fig
 
 
@@ -218,6 +244,7 @@ def drift_figure(drift: pd.DataFrame, width: int = 32, positions: int = 40) -> F
     sentence: relative error against word position, one line per method (mean over seeds), one
     panel per corpus, at ``width`` units (the nearest measured), the first ``positions`` words."""
     panels = sorted(drift[schema.DATA].unique())
+    styles = method_styles(list(drift[schema.METHOD].unique()))
     fig, axes = panel_grid(len(panels), 5, 3.8, per_row=3)
     for ax, data in zip(axes, panels, strict=False):
         rows = drift[drift[schema.DATA] == data]
@@ -226,13 +253,12 @@ def drift_figure(drift: pd.DataFrame, width: int = 32, positions: int = 40) -> F
         rows = rows[(rows[schema.TARGET_WIDTH] == chosen) & (rows["position"] < positions)]
         for method, curve in rows.groupby(schema.METHOD):
             mean = curve.groupby("position")["error"].mean()
-            ax.plot(mean.index + 1, mean.to_numpy(), label=method)
+            ax.plot(mean.index + 1, mean.to_numpy(), **styles[method])
         ax.set_xlabel("word position")
         ax.set_ylabel("relative error of what the head reads")
         ax.set_title(f"{data}, lstm -> {int(chosen)} units", fontsize=9)
         ax.set_yscale("log")
-        ax.legend(fontsize=6)
-    fig.tight_layout()
+    shared_legend(fig, axes)
     return fig
 
 
@@ -328,7 +354,7 @@ def summarise_sweep(sweep_dir: str | Path) -> pd.DataFrame:
     if stats.empty:
         return jobs
     figure = accuracy_figure(finished.dropna(subset=["target_width"]))
-    figure.savefig(sweep_dir / "accuracy.png", dpi=110)
+    figure.savefig(sweep_dir / "accuracy.png", dpi=110, bbox_inches="tight")
     plt.close(figure)
     pairs = sibling_similarity(finished, sweep_dir)
     if not pairs.empty:

@@ -124,3 +124,31 @@ def test_launchers_compose(launcher: str) -> None:
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         cfg = compose("config", overrides=[f"hydra/launcher={launcher}"], return_hydra_config=True)
     assert cfg.hydra.launcher._target_.startswith("hydra_plugins.")
+
+
+def readme_usage_runs() -> list[list[str]]:
+    """The overrides of every ``python -m src.run`` line in the README's Usage block, a sweep's
+    lists cut to their first value (what its first job composes)."""
+    readme = (Path(CONF_DIR).parent / "README.md").read_text()
+    usage = readme.split("## Usage", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
+    runs = []
+    for line in usage.splitlines():
+        command = line.split("#", 1)[0].split()
+        if command[:3] != ["python", "-m", "src.run"]:
+            continue
+        if "--cfg" in command:  # --cfg job: its value is not an override
+            del command[command.index("--cfg") + 1]
+        overrides = [o.split(",", 1)[0] for o in command[3:] if not o.startswith("-")]
+        runs.append(overrides)
+    return runs
+
+
+def test_the_readme_usage_lines_compose_as_written() -> None:
+    """A line of the Usage block that names a setting or a group that does not exist fails here,
+    not in a reader's terminal."""
+    runs = readme_usage_runs()
+    assert len(runs) >= 8
+    for overrides in runs:
+        cfg = compose_config(*overrides)
+        AnalysisSettings.of(cfg)
+        build_method(cfg.compress)

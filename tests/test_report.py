@@ -15,7 +15,7 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from src.report import SweepSummary, summarise_sweep, write_metrics
+from src.report import SweepSummary, method_styles, summarise_sweep, write_metrics
 from src.schema import ACTIVATIONS_FILE
 
 
@@ -172,3 +172,17 @@ def test_a_job_that_finishes_again_drops_its_old_error(tmp_path: Path) -> None:
 def test_a_single_run_that_fails_leaves_no_error_record(tmp_path: Path) -> None:
     end_job(tmp_path / "run", JobStatus.FAILED, ValueError("data.root=x is no folder"), RunMode.RUN)
     assert not list(tmp_path.glob("run/*"))
+
+
+def test_every_method_has_its_own_colour_and_a_variant_its_methods_colour() -> None:
+    """Twelve methods in one figure: no two share a colour (the default cycle has ten), and a
+    method's variants keep its colour with another line, labelled by what they change."""
+    methods = [f"method_{i}" for i in range(11)]
+    variants = ["method_3 compress.method.representative=medoid", "method_3 compress.repair=true"]
+    styles = method_styles(methods + variants)
+    assert len({styles[m]["color"] for m in methods}) == len(methods)
+    lines = {styles[m]["linestyle"] for m in ["method_3", *variants]}
+    assert {styles[m]["color"] for m in variants} == {styles["method_3"]["color"]}
+    assert len(lines) == 3
+    assert styles[variants[0]]["label"] == "method_3 (representative=medoid)"
+    assert styles[variants[1]]["label"] == "method_3 (repair=true)"
