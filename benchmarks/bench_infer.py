@@ -43,6 +43,7 @@ def baseline_checkpoint(run: Path) -> Path:
     if best.is_file():
         return best
     cfg = OmegaConf.load(run / ".hydra" / "config.yaml")
+    cfg.output_dir = str(run)  # ${hydra:runtime.output_dir} resolves only inside a Hydra job
     return Path(cfg.cache_dir) / cache_key(cfg) / "model.ckpt"
 
 
