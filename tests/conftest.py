@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -78,6 +79,13 @@ def app_command(*overrides: str, multirun: bool = False) -> list[str]:
 APP_ENV = {**os.environ, "HYDRA_FULL_ERROR": "0"}
 
 
+def with_ctrl_c() -> None:
+    """Run in the app's process before it starts: Ctrl-C raises KeyboardInterrupt there even when
+    the tests themselves run in the background, where a shell starts them ignoring SIGINT (and
+    Python then leaves it ignored)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def run_app(
     *overrides: str, multirun: bool = False, timeout: int = 600
 ) -> subprocess.CompletedProcess:
@@ -89,6 +97,7 @@ def run_app(
         capture_output=True,
         text=True,
         timeout=timeout,
+        preexec_fn=with_ctrl_c,
     )
 
 

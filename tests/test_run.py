@@ -19,6 +19,7 @@ from tests.conftest import (
     read_metrics,
     run_app,
     wandb_summary,
+    with_ctrl_c,
 )
 
 BASELINE_KEYS = {
@@ -99,6 +100,7 @@ def test_ctrl_c_keeps_the_last_checkpoint_closes_the_wandb_run_and_can_resume(
         ),
         cwd=ROOT,
         env=APP_ENV,
+        preexec_fn=with_ctrl_c,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
