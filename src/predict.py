@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -270,6 +271,9 @@ def run(argv: Sequence[str] | None = None) -> int:
     """:func:`main`, with every refusal printed as one line and exit status 2."""
     try:
         return main(argv)
+    except BrokenPipeError:  # `... | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except PredictError as error:
         message = str(error)
     except Exception as error:

@@ -131,6 +131,27 @@ def test_sentences_come_from_a_file_and_from_standard_input(
         assert [a["p_positive"] for a in got] == pytest.approx(expected, abs=1e-6)
 
 
+def test_a_reader_that_stops_early_ends_the_answer_quietly(checkpoints: dict[str, Path]) -> None:
+    """``... | head -1``: more answers than a pipe holds, the reader gone after one line; the
+    program stops with status 0 and no traceback."""
+    sentences = "\n".join(ASKED * 2000) + "\n"
+    app = subprocess.Popen(
+        [sys.executable, "-m", "src.predict", str(checkpoints["baseline"]), "--layer", "head.0"],
+        cwd=ROOT,
+        env=APP_ENV,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    app.stdin.write(sentences)
+    app.stdin.close()
+    assert app.stdout.readline()
+    app.stdout.close()
+    assert app.wait(timeout=300) == 0
+    assert "Traceback" not in app.stderr.read()
+
+
 def refusal(done: subprocess.CompletedProcess) -> str:
     """The one line a refused call prints; it exits non-zero and prints no answer."""
     assert done.returncode == 2 and done.stdout == ""
