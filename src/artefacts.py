@@ -119,10 +119,12 @@ def write_site_analysis(
     evaluation: Evaluation | None = None,
     loggers: Sequence[Logger] = (),
     info: dict[str, str] | None = None,
+    figures: bool = True,
 ) -> dict[str, float]:
     """clusters.json, similarity.npy, dissimilarity.npy, word_traces.png, similarity.png,
     clusters.png and viewer.html into ``folder``; the same to W&B. Returns the analysis/ keys
-    of src.schema."""
+    of src.schema. ``figures=False`` leaves out the three PNGs: drawing them is about half of a
+    sweep job's own time, and a sweep's summary draws its own."""
     folder.mkdir(parents=True, exist_ok=True)
     s = bench.settings
     activations = analysis.probe.activations
@@ -158,14 +160,15 @@ def write_site_analysis(
     examples = [(sentence, None) for sentence in sentences] + showcase(bench)
     drawn = traces(bench, site, examples)
     quiet = set(summary["dead"]) | set(summary["nearly_dead"])
-    figures = {
-        "word_traces": word_traces(drawn, site.label, quiet),
-        "similarity": similarity_heatmap(
+    drawings = {
+        "word_traces": lambda: word_traces(drawn, site.label, quiet),
+        "similarity": lambda: similarity_heatmap(
             analysis.dissimilarity, analysis.labels, site.label, s.measure
         ),
-        "clusters": cluster_panels(drawn[: len(sentences)], analysis.labels),
+        "clusters": lambda: cluster_panels(drawn[: len(sentences)], analysis.labels),
     }
-    for name, figure in figures.items():
+    for name, draw in drawings.items() if figures else ():
+        figure = draw()
         figure.savefig(folder / f"{name}.png", dpi=110)
         plt.close(figure)
     viewer = write_viewer(
@@ -180,7 +183,7 @@ def write_site_analysis(
     }
     for logger in loggers:
         if isinstance(logger, WandbLogger):
-            for name in figures:
+            for name in drawings if figures else ():
                 logger.log_image(f"analysis/{name}", images=[str(folder / f"{name}.png")])
             logger.experiment.log({"analysis/viewer": wandb_html(viewer)})
             logger.log_metrics(metrics)

@@ -111,6 +111,7 @@ def main(cfg: DictConfig) -> dict:
             evaluation,
             loggers,
             info,
+            figures=cfg.analysis.figures,
         )
         metrics[schema.COMPUTED] = ",".join(bench.store.computed)
         write_metrics(output_dir, metrics)

@@ -101,6 +101,7 @@ def test_a_failed_job_leaves_the_summary_of_the_others(
         "target_width=2,99",  # 99: wider than the 16-neuron layer, refused by the job
         f"hydra.sweep.dir={tmp_path}",
         f"cache_dir={cache}",  # the sweep's baseline: no training here
+        "analysis.figures=false",  # as +experiment=compression_sweep
         multirun=True,
     )
     assert result.returncode != 0  # the sweep still says that a job failed
@@ -114,7 +115,12 @@ def test_a_failed_job_leaves_the_summary_of_the_others(
     table = (tmp_path / "summary.md").read_text()
     assert "1 of 2 jobs" in table and summary.loc["failed", "error"] in table
     assert "width 2" in table and "width 99" not in table
-    assert (tmp_path / "accuracy.png").stat().st_size > 0
+    assert (tmp_path / "accuracy.png").stat().st_size > 0  # the sweep's own figures, not the jobs'
+    (job,) = [p.parent for p in tmp_path.glob("*/metrics.json")]
+    assert (job / "analysis" / "clusters.json").is_file() and (
+        job / "analysis" / "viewer.html"
+    ).is_file()
+    assert not list(job.glob("analysis/*.png"))
     (offline,) = (tmp_path / "wandb").glob("offline-run-*")  # the W&B summary run
     assert list(offline.glob("files/media/images/**/*.png"))
 
