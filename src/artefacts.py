@@ -167,8 +167,9 @@ def write_site_analysis(
         ),
         "clusters": lambda: cluster_panels(drawn[: len(sentences)], analysis.labels),
     }
-    for name, draw in drawings.items() if figures else ():
-        figure = draw()
+    pngs = list(drawings) if figures else []
+    for name in pngs:
+        figure = drawings[name]()
         figure.savefig(folder / f"{name}.png", dpi=110)
         plt.close(figure)
     viewer = write_viewer(
@@ -183,7 +184,7 @@ def write_site_analysis(
     }
     for logger in loggers:
         if isinstance(logger, WandbLogger):
-            for name in drawings if figures else ():
+            for name in pngs:
                 logger.log_image(f"analysis/{name}", images=[str(folder / f"{name}.png")])
             logger.experiment.log({"analysis/viewer": wandb_html(viewer)})
             logger.log_metrics(metrics)

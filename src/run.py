@@ -90,7 +90,7 @@ def main(cfg: DictConfig) -> dict:
             metrics[schema.CHECKPOINT_COMPRESSED_BY] = json.dumps(baseline.compressed)
         evaluation = None
         if whole:
-            metrics |= shrink_whole_model(cfg, bench, baseline.model, loggers)
+            metrics |= shrink_whole_model(cfg, bench, baseline.model, loggers, step, method)
         elif method is not None:
             evaluation = bench.evaluate(step, method, site, cfg.target_width)
             metrics |= {schema.TARGET_WIDTH: cfg.target_width, **evaluation.metrics}

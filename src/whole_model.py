@@ -20,6 +20,7 @@ import pandas as pd
 from hydra.utils import instantiate
 from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
+from torch import Tensor
 
 from src import schema
 from src.baseline import obtain_baseline
@@ -90,6 +91,7 @@ def search(
     """The cascade of the module docstring, from ``bench``'s network."""
     start = time.perf_counter()
     target = bench.baseline_scores()[schema.BASELINE_VAL_ACC] - max_drop
+    labels = bench.states("validation").labels  # every cut model reads the same sentences
     current = bench
     result = SearchResult(bench.network, {s.name: s.width for s in sites_of(bench.network)})
     for name in list(result.widths):
@@ -99,7 +101,7 @@ def search(
         while low <= high:
             width = (low + high) // 2
             shrunk = current.compress(step, method, site, width)[0].network
-            val_acc = validation_accuracy(current, shrunk)
+            val_acc = validation_accuracy(bench, shrunk, labels)
             params = sum(p.numel() for p in shrunk.parameters())
             accepted = val_acc >= target
             result.candidates.append(Candidate(name, width, params, val_acc, accepted))
@@ -122,9 +124,8 @@ def sites_of(network: SentimentLSTM) -> list[Site]:
     return all_sites(ModelShape.of(network))
 
 
-def validation_accuracy(bench: Workbench, network: SentimentLSTM) -> float:
-    states = bench.states("validation")
-    correct = accuracy(bench.logits(network, "validation"), states.labels)
+def validation_accuracy(bench: Workbench, network: SentimentLSTM, labels: Tensor) -> float:
+    correct = accuracy(bench.logits(network, "validation"), labels)
     return correct.float().mean().item()
 
 
@@ -187,11 +188,16 @@ def train_from_scratch(cfg: DictConfig, widths: dict[str, int]) -> dict[str, flo
 
 
 def shrink_whole_model(
-    cfg: DictConfig, bench: Workbench, model: SentimentClassifier, loggers: list
+    cfg: DictConfig,
+    bench: Workbench,
+    model: SentimentClassifier,
+    loggers: list,
+    step: CompressStep,
+    method: MergeMethod,
 ) -> dict[str, float | int | str]:
-    """A run's ``compress=whole_model``: the search, its measures, its front (front.png, also in
-    W&B), the chosen model as ``compressed.ckpt``, and the anchor trained from scratch."""
-    step, method = merge_method(cfg.compress)
+    """A run's ``compress=whole_model`` with the merge of :func:`merge_method`: the search, its
+    measures, its front (front.png, also in W&B), the chosen model as ``compressed.ckpt``, and
+    the anchor trained from scratch."""
     result = search(bench, step, method, cfg.compress.max_drop)
     metrics = search_metrics(bench, result)
     scores = bench.baseline_scores()

@@ -16,6 +16,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 
+from src.data import SentimentDataModule
 from src.tokens import collate
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -64,6 +65,21 @@ def save_one_step_checkpoint(
     trainer.fit(model, DataLoader(data, batch_size=batch_size, collate_fn=collate))
     trainer.save_checkpoint(path)
     return path
+
+
+def rotten_tomatoes_slice(limit: int, max_length: int, batch_size: int) -> SentimentDataModule:
+    """The first ``limit`` rotten_tomatoes reviews of the offline copy, set up: a corpus small
+    enough for a module's tests to share."""
+    datamodule = SentimentDataModule(
+        "rotten_tomatoes",
+        "hub",
+        root=str(DATA_DIR),
+        limit=limit,
+        max_length=max_length,
+        batch_size=batch_size,
+    )
+    datamodule.setup()
+    return datamodule
 
 
 def compose_config(*overrides: str, output_dir: Path | str = "/tmp/unused") -> DictConfig:

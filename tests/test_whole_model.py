@@ -23,7 +23,7 @@ from src.workbench import (
     Workbench,
     save_compressed,
 )
-from tests.conftest import DATA_DIR, compose_config
+from tests.conftest import compose_config, rotten_tomatoes_slice
 
 SETTINGS = AnalysisSettings(probe_sentences=120, measure="shape", clustering="spectral", seed=0)
 STEP = CompressStep(repair=False, epochs=0, lr=0.002)
@@ -31,11 +31,7 @@ STEP = CompressStep(repair=False, epochs=0, lr=0.002)
 
 @pytest.fixture(scope="module")
 def datamodule() -> SentimentDataModule:
-    dm = SentimentDataModule(
-        "rotten_tomatoes", "hub", root=str(DATA_DIR), limit=400, max_length=10, batch_size=32
-    )
-    dm.setup()
-    return dm
+    return rotten_tomatoes_slice(limit=400, max_length=10, batch_size=32)
 
 
 def duplicated_network(vocab: int) -> SentimentLSTM:

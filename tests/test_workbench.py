@@ -24,7 +24,7 @@ from src.workbench import (
     method_choices,
     save_compressed,
 )
-from tests.conftest import DATA_DIR, compose_config
+from tests.conftest import compose_config, rotten_tomatoes_slice
 
 WIDTHS = [24, 12, 8]
 SETTINGS = AnalysisSettings(probe_sentences=64, measure="shape", clustering="spectral", seed=0)
@@ -35,11 +35,7 @@ LIVE_ONLY = {"weight_sum", "ls_refit", "cluster_init", "keep_one"}
 
 @pytest.fixture(scope="module")
 def datamodule() -> SentimentDataModule:
-    dm = SentimentDataModule(
-        "rotten_tomatoes", "hub", root=str(DATA_DIR), limit=300, max_length=12, batch_size=16
-    )
-    dm.setup()
-    return dm
+    return rotten_tomatoes_slice(limit=300, max_length=12, batch_size=16)
 
 
 def model(datamodule: SentimentDataModule, seed: int = 0) -> SentimentClassifier:
