@@ -1,4 +1,11 @@
-"""Shared fixtures: the offline corpora beside the checkout, and a config composed once per test."""
+"""Shared fixtures: the corpora a fresh clone has, and a config composed once per test.
+
+The suite needs no ``../shared`` and no network: it reads corpora as a user who sets nothing does
+(``shared/data`` beside the checkout where it is there, else the embedded rotten_tomatoes), and
+tests of sst2's and IMDB's loading rules read small Parquet files written in the same layout
+(:func:`small_corpora`). The few tests that need the full corpora skip with the reason where
+they are absent (:data:`needs_full_corpora`).
+"""
 
 from __future__ import annotations
 
@@ -10,18 +17,25 @@ import sys
 from pathlib import Path
 
 import lightning as L
+import numpy as np
+import pandas as pd
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 
-from src.data import SentimentDataModule
+from src.data import DATA_DIR_ENV, SentimentDataModule, holds_corpus, locate_corpus
 from src.tokens import collate
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA_DIR = Path(os.environ.get("SENTIMENT_DATA_DIR") or ROOT.parent / "shared" / "data")
 CONF_DIR = str(ROOT / "conf")
+SHARED_DATA = ROOT.parent / "shared" / "data"  # the full corpora, where they sit beside the checkout
+CORPORA = ("rotten_tomatoes", "sst2", "imdb")
+needs_full_corpora = pytest.mark.skipif(
+    not all(holds_corpus(SHARED_DATA, name) for name in CORPORA),
+    reason=f"the full corpora are not in {SHARED_DATA} (a fresh clone has only rotten_tomatoes)",
+)
 
 # Small and quick, yet learning for sure: 6000 rotten_tomatoes reviews, a narrow LSTM, 8 short
 # epochs (about 20 s on 2 cores; 0.74 test accuracy measured, where chance is 0.5).
@@ -37,8 +51,10 @@ QUICK = [
 ]
 
 
-# Every test, and every app it starts, reads the offline corpora and never talks to W&B.
-os.environ["SENTIMENT_DATA_DIR"] = str(DATA_DIR)
+# Every test, and every app it starts, finds the corpora with no setting (as `make run` does) and
+# never talks to W&B or the hub.
+os.environ.pop(DATA_DIR_ENV, None)
+os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["WANDB_MODE"] = "offline"
 os.environ["WANDB_SILENT"] = "true"
 
@@ -67,13 +83,50 @@ def save_one_step_checkpoint(
     return path
 
 
+def write_corpus(folder: Path, splits: dict[str, pd.DataFrame]) -> Path:
+    """``folder/<split>.parquet`` for each split (columns ``text``, ``label``), as in shared/data."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, rows in splits.items():
+        rows[["text", "label"]].to_parquet(folder / f"{split}.parquet", index=False)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def small_corpora(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A data root laid out like ``shared/data``, written from the rotten_tomatoes a fresh clone
+    has: ``rotten_tomatoes`` itself, an ``sst2`` of lower-cased sentences with its three splits,
+    and an ``imdb`` of multi-sentence reviews joined by ``<br />`` with no validation file (so it
+    is carved from train, as IMDB's is)."""
+    root = tmp_path_factory.mktemp("corpora")
+    source = locate_corpus("rotten_tomatoes", None)
+    (root / "rotten_tomatoes").symlink_to(source)
+    raw = {split: pd.read_parquet(source / f"{split}.parquet") for split in ("train", "test")}
+    sample = {split: rows.sample(600, random_state=0) for split, rows in raw.items()}
+    lower = sample["train"].assign(text=sample["train"]["text"].str.lower())
+    write_corpus(
+        root / "sst2",
+        {"train": lower[:400], "validation": lower[400:500], "test": lower[500:]},
+    )
+
+    def reviews(rows: pd.DataFrame) -> pd.DataFrame:
+        """Three sentences of one label to a review, as a long IMDB review reads."""
+        return pd.DataFrame(
+            {"text": " <br /><br />".join(group["text"]), "label": label}
+            for label, by_label in rows.groupby("label")
+            for _, group in by_label.groupby(np.arange(len(by_label)) // 3)
+        )
+
+    write_corpus(root / "imdb", {split: reviews(rows) for split, rows in sample.items()})
+    return root
+
+
 def rotten_tomatoes_slice(limit: int, max_length: int, batch_size: int) -> SentimentDataModule:
-    """The first ``limit`` rotten_tomatoes reviews of the offline copy, set up: a corpus small
+    """The first ``limit`` rotten_tomatoes reviews a fresh clone has, set up: a corpus small
     enough for a module's tests to share."""
     datamodule = SentimentDataModule(
         "rotten_tomatoes",
         "hub",
-        root=str(DATA_DIR),
+        root=None,
         limit=limit,
         max_length=max_length,
         batch_size=batch_size,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 from datasets import Dataset, DatasetDict
@@ -22,30 +23,49 @@ from src.data import (
     locate_corpus,
 )
 from src.tokens import PAD_ID, collate
-from tests.conftest import DATA_DIR, ROOT, compose_config
+from tests.conftest import CORPORA, ROOT, SHARED_DATA, compose_config, needs_full_corpora
 
 
-def datamodule(name: str = "rotten_tomatoes", **kwargs) -> SentimentDataModule:
+def datamodule(name: str = "rotten_tomatoes", root: Path | None = None, **kwargs):
+    """A corpus as a user with no setting finds it (``root``: a data root, as data.root)."""
     kwargs.setdefault("limit", 400)
-    return SentimentDataModule(name, f"hub/{name}", root=str(DATA_DIR), **kwargs)
+    return SentimentDataModule(name, f"hub/{name}", root=root and str(root), **kwargs)
 
 
-@pytest.mark.parametrize("name", ["rotten_tomatoes", "sst2", "imdb"])
-def test_every_corpus_has_three_labelled_splits(name: str) -> None:
-    dm = datamodule(name, max_length=32)
+@pytest.mark.parametrize("name", CORPORA)
+def test_every_corpus_has_three_labelled_splits(name: str, small_corpora: Path) -> None:
+    dm = datamodule(name, small_corpora, max_length=32)
     dm.setup()
     for split in ("train", "validation", "test"):
         labels = {label for _, label in dm.splits[split]}
         assert labels == {0, 1}, split
-        assert max(len(ids) for ids, _ in dm.splits[split]) <= 32
+        longest = max(len(ids) for ids, _ in dm.splits[split])
+        assert longest == 32 if name == "imdb" else longest <= 32  # long reviews are cut
 
 
-def test_imdb_validation_is_carved_from_train_the_same_way_every_time() -> None:
-    first = complete_splits(load_raw_splits("imdb", str(DATA_DIR), "hub"), val_fraction=0.1)
-    second = complete_splits(load_raw_splits("imdb", str(DATA_DIR), "hub"), val_fraction=0.1)
+def carved_imdb(root: Path) -> tuple[DatasetDict, DatasetDict]:
+    """IMDB's splits completed twice from the Parquet files under ``root``."""
+    return tuple(
+        complete_splits(load_raw_splits("imdb", str(root), "hub"), val_fraction=0.1)
+        for _ in range(2)
+    )
+
+
+def test_imdb_validation_is_carved_from_train_the_same_way_every_time(small_corpora) -> None:
+    first, second = carved_imdb(small_corpora)
+    rows = len(pd.read_parquet(small_corpora / "imdb" / "train.parquet"))
+    assert not (small_corpora / "imdb" / "validation.parquet").exists()
+    assert abs(len(first["validation"]) - rows * 0.1) < 1
+    assert len(first["train"]) + len(first["validation"]) == rows
+    assert first["validation"]["text"] == second["validation"]["text"]
+    assert not set(first["validation"]["text"]) & set(first["train"]["text"])
+
+
+@needs_full_corpora
+def test_the_full_imdb_carves_2500_validation_reviews() -> None:
+    first, second = carved_imdb(SHARED_DATA)
     assert len(first["validation"]) == 2500 and len(first["train"]) == 22500
     assert first["validation"]["text"][:50] == second["validation"]["text"][:50]
-    assert not set(first["validation"]["text"][:200]) & set(first["train"]["text"])
 
 
 def test_unlabelled_test_split_is_replaced_by_validation() -> None:
@@ -118,13 +138,17 @@ def test_rotten_tomatoes_needs_no_setting_and_no_internet_it_is_embedded() -> No
     assert locate_corpus("rotten_tomatoes", None) == EMBEDDED / "rotten_tomatoes"
     assert EMBEDDED.parent == Path(data.__file__).parent  # inside the package, so it installs
     embedded = load_raw_splits("rotten_tomatoes", None, "cornell-movie-review-data/rotten_tomatoes")
-    shared = load_raw_splits("rotten_tomatoes", str(DATA_DIR), "unused")
     assert {split: len(rows) for split, rows in embedded.items()} == {
         "train": 8530,
         "validation": 1066,
         "test": 1066,
     }
-    assert same_rows(embedded, shared)
+
+
+@needs_full_corpora
+def test_the_embedded_rotten_tomatoes_is_the_shared_copy_row_for_row() -> None:
+    embedded = load_raw_splits("rotten_tomatoes", str(EMBEDDED), "unused")
+    assert same_rows(embedded, load_raw_splits("rotten_tomatoes", str(SHARED_DATA), "unused"))
 
 
 @pytest.mark.usefixtures("fresh_machine")
@@ -136,16 +160,17 @@ def test_a_corpus_found_nowhere_is_refused_fast_naming_the_setting() -> None:
 
 
 @pytest.mark.usefixtures("fresh_machine")
-def test_corpora_beside_the_checkout_need_no_setting() -> None:
+def test_corpora_beside_the_checkout_need_no_setting(small_corpora: Path) -> None:
     data.BESIDE_CHECKOUT.mkdir(parents=True)
-    (data.BESIDE_CHECKOUT / "sst2").symlink_to(DATA_DIR / "sst2")
+    (data.BESIDE_CHECKOUT / "sst2").symlink_to(small_corpora / "sst2")
     assert locate_corpus("sst2", None) == data.BESIDE_CHECKOUT / "sst2"
     assert same_rows(
-        load_raw_splits("sst2", None, "unused"), load_raw_splits("sst2", str(DATA_DIR), "unused")
+        load_raw_splits("sst2", None, "unused"),
+        load_raw_splits("sst2", str(small_corpora), "unused"),
     )
     # beside the checkout comes before the embedded copy, which stays the fallback
     assert locate_corpus("rotten_tomatoes", None) == EMBEDDED / "rotten_tomatoes"
-    (data.BESIDE_CHECKOUT / "rotten_tomatoes").symlink_to(DATA_DIR / "rotten_tomatoes")
+    (data.BESIDE_CHECKOUT / "rotten_tomatoes").symlink_to(small_corpora / "rotten_tomatoes")
     assert locate_corpus("rotten_tomatoes", None) == data.BESIDE_CHECKOUT / "rotten_tomatoes"
 
 
@@ -153,28 +178,23 @@ def test_beside_the_checkout_means_shared_data_next_to_this_checkout() -> None:
     assert ROOT.parent / "shared" / "data" == data.BESIDE_CHECKOUT
 
 
-def test_plain_data_sst2_finds_the_folder_beside_the_checkout(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+@needs_full_corpora
+def test_plain_data_sst2_finds_the_folder_beside_the_checkout() -> None:
     """``python -m src.run data=sst2`` as typed, with no SENTIMENT_DATA_DIR (no Makefile)."""
-    if not data.holds_corpus(data.BESIDE_CHECKOUT, "sst2"):
-        pytest.skip(f"no sst2 in {data.BESIDE_CHECKOUT} beside this checkout")
-    monkeypatch.delenv("SENTIMENT_DATA_DIR")
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     dm = instantiate(compose_config("data=sst2").data)
     assert dm.root is None
     assert locate_corpus(dm.name, dm.root) == data.BESIDE_CHECKOUT / "sst2"
 
 
 def test_a_given_folder_is_used_alone_never_routed_around(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, small_corpora: Path
 ) -> None:
     """SENTIMENT_DATA_DIR or data.root that does not hold the corpus is refused, even for the
     embedded rotten_tomatoes, and data.root wins over SENTIMENT_DATA_DIR."""
     monkeypatch.setenv("SENTIMENT_DATA_DIR", str(tmp_path))
     with pytest.raises(DataConfigError, match="data.root"):
         load_raw_splits("rotten_tomatoes", None, "hub")
-    assert locate_corpus("imdb", str(DATA_DIR)) == DATA_DIR / "imdb"
+    assert locate_corpus("imdb", str(small_corpora)) == small_corpora / "imdb"
 
 
 def test_non_positive_max_length_is_refused() -> None:
