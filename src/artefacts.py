@@ -191,16 +191,13 @@ def write_site_analysis(
     return metrics
 
 
-def kept_clusters(original: LayerPair, kept: LayerPair, labels: Tensor) -> list[int]:
-    """Per kept unit, the cluster of the original unit whose incoming weights it kept as they
-    were (a merge that keeps one unit per cluster), or -1 (a unit built anew, repaired or
-    retrained)."""
-    rows = original.incoming()
-    clusters = []
-    for row in kept.incoming():
-        same = (rows == row).all(dim=1).nonzero().flatten()
-        clusters.append(int(labels[same[0]]) if len(same) else -1)
-    return clusters
+def kept_clusters(kept: LayerPair, labels: Tensor) -> list[int]:
+    """Per kept unit, the cluster of the original unit it kept (a merge that keeps one unit per
+    cluster), or -1 for every unit of a pair whose units were built anew, repaired or
+    retrained."""
+    if kept.units is None:
+        return [-1] * kept.width
+    return [int(labels[unit]) for unit in kept.units]
 
 
 def viewer_data(
@@ -215,7 +212,7 @@ def viewer_data(
     baseline and (after a compression) through the shrunk site beside them."""
     examples, merged_clusters = [], None
     if evaluation is not None and evaluation.pair is not None:
-        merged_clusters = kept_clusters(site.pair(bench.network), evaluation.pair, analysis.labels)
+        merged_clusters = kept_clusters(evaluation.pair, analysis.labels)
     for trace in drawn:
         merged: Tensor | None = None
         if merged_clusters is not None:

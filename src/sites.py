@@ -81,7 +81,8 @@ class HeadSite:
     def pair(self, network: SentimentLSTM) -> LayerPair:
         """The layer and the one that reads it, detached."""
         this, after = network.head[self.index], network.head[self.index + 1]
-        return LayerPair(*(t.detach() for t in (this.weight, this.bias, after.weight, after.bias)))
+        weights = (t.detach() for t in (this.weight, this.bias, after.weight, after.bias))
+        return LayerPair(*weights, units=torch.arange(self.width))
 
     def rebuild(self, network: SentimentLSTM, pair: LayerPair) -> SentimentLSTM:
         """A copy of ``network`` with this layer (and the next) replaced by ``pair``."""
@@ -140,7 +141,9 @@ class LstmSite:
       offset moved into the biases land in both places at once.
 
     Methods that keep units (and rewrite what reads them) apply unchanged; :meth:`rebuild`
-    finds the kept units by their rows and removes everything the others own together.
+    takes the kept units by the indices the pair carries and removes everything the others own
+    together. ``weight_hh`` also reads the zero initial state at the first word, so its rows are
+    marked ``reads_zero_state``: a merge keeps their bias there.
     """
 
     layer: int
@@ -184,17 +187,15 @@ class LstmSite:
             torch.zeros(n, dtype=w_ih.dtype),
             torch.cat([consumer_w, w_hh]),
             torch.cat([consumer_b, cell.bias_hh_l0.detach()]),
+            units=torch.arange(n),
+            # weight_hh reads the zero initial state at the first word; the consumer never does
+            reads_zero_state=torch.arange(len(consumer_w) + GATES * n) >= len(consumer_w),
         )
-
-    def kept_units(self, network: SentimentLSTM, pair: LayerPair) -> Tensor:
-        """The original unit behind each of ``pair``'s rows (refused when a method built new
-        units, which this site cannot hold)."""
-        return _kept_rows(self.pair(network).w_in, pair.w_in, self.name)
 
     def rebuild(self, network: SentimentLSTM, pair: LayerPair) -> SentimentLSTM:
         """A copy of ``network`` with only the kept units: their rows in every gate, and the
         columns ``pair`` gives every reader (the consumer and ``weight_hh``)."""
-        keep = self.kept_units(network, pair)
+        keep = kept_units(pair, self.name)
         cell = self._cell(network)
         n, k = self.width, len(keep)
         consumer_rows = len(pair.w_out) - GATES * n
@@ -285,15 +286,13 @@ class EmbeddingSite:
             torch.zeros(self.width, dtype=network.embedding.weight.dtype),
             first.weight_ih_l0.detach(),
             first.bias_ih_l0.detach(),
+            units=torch.arange(self.width),
         )
-
-    def kept_units(self, network: SentimentLSTM, pair: LayerPair) -> Tensor:
-        return _kept_rows(self.pair(network).w_in, pair.w_in, self.name)
 
     def rebuild(self, network: SentimentLSTM, pair: LayerPair) -> SentimentLSTM:
         """A copy of ``network`` with only the kept dimensions: the embedding keeps their
         columns, the first LSTM layer reads them through ``pair``'s columns and bias."""
-        keep = self.kept_units(network, pair)
+        keep = kept_units(pair, self.name)
         shrunk = copy.deepcopy(network)
         old = network.embedding
         embedding = nn.Embedding(old.num_embeddings, len(keep), padding_idx=old.padding_idx)
@@ -326,22 +325,18 @@ class EmbeddingSite:
         return network.embedding.weight.numel()
 
 
-def _kept_rows(rows: Tensor, kept: Tensor, name: str) -> Tensor:
-    """The original unit behind each kept row (exact copies of a unit each take one of its
-    twins); refused when a method built new units (averaged or rescaled rows)."""
-    keep: list[int] = []
-    for row in kept:
-        same = [int(i) for i in (rows == row).all(dim=1).nonzero().flatten()]
-        free = [i for i in same if i not in keep]
-        if not free:
-            raise SiteError(
-                f"layer={name}: the method built new units; this site takes methods that keep "
-                "units and rewrite what reads them (weight_sum, ls_refit, interpolative, prune, "
-                "keep_one, spectral_pruning, cluster_init, freeze_retrain), without "
-                "compress.repair"
-            )
-        keep.append(free[0])
-    return torch.tensor(keep, dtype=torch.long)
+def kept_units(pair: LayerPair, name: str) -> Tensor:
+    """The original unit behind each of ``pair``'s rows, which the pair carries by index;
+    refused when a method built new units (averaged or rescaled rows), which a site whose units
+    own more than their incoming weights cannot hold."""
+    if pair.units is None:
+        raise SiteError(
+            f"layer={name}: the method built new units; this site takes methods that keep "
+            "units and rewrite what reads them (weight_sum, ls_refit, interpolative, prune, "
+            "keep_one, spectral_pruning, cluster_init, freeze_retrain), without "
+            "compress.repair"
+        )
+    return pair.units
 
 
 Site = HeadSite | LstmSite | EmbeddingSite

@@ -30,7 +30,7 @@ from src.tokens import collate
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF_DIR = str(ROOT / "conf")
-SHARED_DATA = ROOT.parent / "shared" / "data"  # the full corpora, where they sit beside the checkout
+SHARED_DATA = ROOT.parent / "shared" / "data"  # the full corpora, where they sit beside a checkout
 CORPORA = ("rotten_tomatoes", "sst2", "imdb")
 needs_full_corpora = pytest.mark.skipif(
     not all(holds_corpus(SHARED_DATA, name) for name in CORPORA),
@@ -84,7 +84,7 @@ def save_one_step_checkpoint(
 
 
 def write_corpus(folder: Path, splits: dict[str, pd.DataFrame]) -> Path:
-    """``folder/<split>.parquet`` for each split (columns ``text``, ``label``), as in shared/data."""
+    """``folder/<split>.parquet`` per split (columns ``text`` and ``label``), as in shared/data."""
     folder.mkdir(parents=True, exist_ok=True)
     for split, rows in splits.items():
         rows[["text", "label"]].to_parquet(folder / f"{split}.parquet", index=False)

@@ -8,7 +8,8 @@ import torch
 from torch import nn
 
 from src.compress.interpolative import InterpolativeDecomposition
-from src.compress.weight_sum import WeightSum
+from src.compress.ls_refit import refit_next_layer
+from src.compress.weight_sum import WeightSum, merge_by_weight_sum
 from src.network import SentimentLSTM
 from src.sites import LstmSite, ModelShape, SiteError, check_target_width, resolve_site
 
@@ -157,3 +158,69 @@ def test_a_method_that_builds_new_units_is_refused_at_the_lstm() -> None:
     averaged = type(pair)(averaged.w_in * 0.5, averaged.b_in, averaged.w_out, averaged.b_out)
     with pytest.raises(SiteError, match="the method built new units"):
         site.rebuild(net, averaged)
+
+
+def constant_unit(cell: nn.LSTM, unit: int) -> float:
+    """Make ``unit`` read nothing, its input gate open and its forget gate shut, so from the
+    first word on h = sigmoid(1) * tanh(tanh(0.5)), a constant; returns that constant."""
+    with torch.no_grad():
+        for name in ("weight_ih_l0", "weight_hh_l0", "bias_hh_l0"):
+            getattr(cell, name)[gate_rows(unit)] = 0.0
+        cell.bias_ih_l0[gate_rows(unit)] = torch.tensor([30.0, -30.0, 0.5, 1.0])
+    return float(torch.sigmoid(torch.tensor(1.0)) * torch.tanh(torch.tanh(torch.tensor(0.5))))
+
+
+def one_word_logits(net: SentimentLSTM) -> torch.Tensor:
+    ids = torch.arange(2, 40)[:, None]
+    return net.sentence_logits(ids, torch.ones(len(ids), dtype=torch.long))
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("method", ["weight_sum affine", "ls_refit"])
+def test_an_offset_merge_is_exact_at_the_first_word_whose_recurrent_read_is_zero(
+    method: str,
+) -> None:
+    """A constant unit is an offset: the consumer can take it into its bias at every word, but
+    weight_hh reads the zero initial state at the first word, where the unit is 0, not the
+    constant; moving the offset into bias_hh too put the logits 0.16 off on one-word sentences."""
+    net = network(seed=4)
+    value = constant_unit(net.lstm[0], 5)
+    site = resolve_site("lstm", ModelShape.of(net))
+    activations = probe(net, site)
+    torch.testing.assert_close(activations[:, 5], torch.full_like(activations[:, 5], value))
+    pair, keep = site.pair(net), torch.arange(5)
+    assert pair.zero_state_rows().sum() == 4 * H and not pair.zero_state_rows()[:12].any()
+    if method == "ls_refit":
+        merged = refit_next_layer(pair, activations, keep)
+    else:
+        labels = torch.tensor([0, 1, 2, 3, 4, 2])
+        merged = merge_by_weight_sum(pair, activations, labels, keep, scale="affine")
+    assert torch.equal(merged.b_out[12:], pair.b_out[12:])  # bias_hh as it was
+    assert not torch.equal(merged.b_out[:12], pair.b_out[:12])  # the consumer took the offset
+    shrunk = site.rebuild(net, merged)
+    torch.testing.assert_close(one_word_logits(shrunk), one_word_logits(net), atol=1e-5, rtol=0)
+
+
+@torch.no_grad()
+def test_kept_units_are_the_ones_selected_even_when_their_weights_are_the_same() -> None:
+    """Units 2 and 5 share every weight row and differ only in bias_ih, which the pair's rows
+    leave out: keeping 5 must keep 5, not its weight twin 2."""
+    net = network(seed=5)
+    cell = net.lstm[0]
+    for name in ("weight_ih_l0", "weight_hh_l0", "bias_hh_l0"):
+        getattr(cell, name)[gate_rows(5)] = getattr(cell, name)[gate_rows(2)]
+    cell.bias_ih_l0[gate_rows(5)] = cell.bias_ih_l0[gate_rows(2)] + 1.0
+    site = resolve_site("lstm", ModelShape.of(net))
+    keep = torch.tensor([0, 1, 3, 4, 5])
+    shrunk = site.rebuild(net, site.pair(net).select(keep))
+    rows = torch.cat([torch.tensor(gate_rows(int(u))) for u in keep]).view(-1, 4).T.flatten()
+    torch.testing.assert_close(shrunk.lstm[0].bias_ih_l0, cell.bias_ih_l0[rows], rtol=0, atol=0)
+    by_hand = network(seed=5)
+    by_hand.lstm[0] = nn.LSTM(5, 5, batch_first=True)
+    by_hand.head[0] = nn.Linear(5, 12)
+    for name, value in cell.named_parameters():
+        kept = value[rows][:, keep] if name == "weight_hh_l0" else value[rows]
+        getattr(by_hand.lstm[0], name).copy_(kept)
+    by_hand.head[0].weight.copy_(net.head[0].weight[:, keep])
+    by_hand.head[0].bias.copy_(net.head[0].bias)
+    torch.testing.assert_close(logits(shrunk), logits(by_hand), rtol=0, atol=1e-6)

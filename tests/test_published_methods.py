@@ -137,7 +137,8 @@ def test_repair_matches_group_statistics() -> None:
     merged = ModelFolding(norm_repair=False)(pair, pair.hidden(x), None, 3, gen())
     groups = assign_groups(pair, merged)
     repaired = repair_statistics(pair, merged, x, groups)
-    assert [t.shape for t in vars(repaired).values()] == [t.shape for t in vars(merged).values()]
+    for name in ("w_in", "b_in", "w_out", "b_out"):
+        assert getattr(repaired, name).shape == getattr(merged, name).shape, name
     assert torch.equal(repaired.w_out, merged.w_out)
 
     z_orig = x @ pair.w_in.T + pair.b_in

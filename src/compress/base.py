@@ -31,13 +31,22 @@ class LayerPair:
     b_in: Tensor  # (N,)
     w_out: Tensor  # (M, N)
     b_out: Tensor  # (M,)
+    # (N,) the original unit behind each row, carried by :meth:`select`, so a site finds the kept
+    # units by index, never by comparing weights; None where a method built new units.
+    units: Tensor | None = None
+    # (M,) bool: the outputs that also read the units at an all-zero state (an LSTM's recurrent
+    # read at the first word, from its zero initial state). A merge must give what the original
+    # gives there, so these outputs keep their bias and are fitted through the origin.
+    reads_zero_state: Tensor | None = None
 
     def __post_init__(self) -> None:
-        n = self.w_in.shape[0]
+        n, m = self.w_in.shape[0], self.w_out.shape[0]
         if (
             self.b_in.shape != (n,)
             or self.w_out.shape[1] != n
-            or self.b_out.shape != (self.w_out.shape[0],)
+            or self.b_out.shape != (m,)
+            or (self.units is not None and self.units.shape != (n,))
+            or (self.reads_zero_state is not None and self.reads_zero_state.shape != (m,))
         ):
             raise ValueError(
                 f"inconsistent layer pair: w_in {tuple(self.w_in.shape)}, b_in "
@@ -66,9 +75,25 @@ class LayerPair:
         methods compare neurons by."""
         return torch.column_stack([self.w_in, self.b_in])
 
-    def select(self, keep: Tensor) -> LayerPair:
-        """Keep only the neurons at ``keep`` (indices), dropping the others' outgoing weights."""
-        return LayerPair(self.w_in[keep], self.b_in[keep], self.w_out[:, keep], self.b_out)
+    def select(
+        self, keep: Tensor, w_out: Tensor | None = None, b_out: Tensor | None = None
+    ) -> LayerPair:
+        """Keep only the neurons at ``keep`` (indices) as they are, read through ``w_out`` (M, k)
+        and ``b_out`` (a merge's rewritten reader), by default the kept columns as they were."""
+        return LayerPair(
+            self.w_in[keep],
+            self.b_in[keep],
+            self.w_out[:, keep] if w_out is None else w_out,
+            self.b_out if b_out is None else b_out,
+            None if self.units is None else self.units[keep],
+            self.reads_zero_state,
+        )
+
+    def zero_state_rows(self) -> Tensor:
+        """(M,) bool: :attr:`reads_zero_state`, all False when not given."""
+        if self.reads_zero_state is None:
+            return torch.zeros(len(self.w_out), dtype=torch.bool)
+        return self.reads_zero_state
 
 
 class MergeMethod(Protocol):

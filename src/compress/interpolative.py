@@ -55,4 +55,4 @@ class InterpolativeDecomposition:
     ) -> LayerPair:
         keep, t = interpolative_decomposition(activations, target_width)
         w_out = (pair.w_out.double() @ t.T).to(pair.w_out.dtype)
-        return LayerPair(pair.w_in[keep], pair.b_in[keep], w_out, pair.b_out)
+        return pair.select(keep, w_out)

@@ -24,24 +24,32 @@ def refit_next_layer(
     Minimises ``|| [H_keep, 1] [W^T; b^T] - (H W_out^T + b_out) ||^2`` over the probe words, in
     float64. ``ridge`` shrinks the weights (not the bias) for kept neurons that are nearly
     collinear; it is relative to the kept activations' mean squared column norm, so unit-free.
+    The outputs that also read an all-zero state (``pair.reads_zero_state``) keep their bias and
+    are fitted through the origin, so the merge gives what the original gives at that state.
     """
     f64 = torch.float64
     h = activations.to(f64)
-    target = h @ pair.w_out.to(f64).T + pair.b_out.to(f64)  # (words, M)
+    b_old = pair.b_out.to(f64)
+    target = h @ pair.w_out.to(f64).T + b_old  # (words, M)
     h_keep = h[:, keep]
     words, k = h_keep.shape
-    design = torch.cat([h_keep, h.new_ones(words, 1)], dim=1)
     lam = ridge * h_keep.square().sum() / max(k, 1)
-    penalty = torch.cat(
-        [lam.sqrt() * torch.eye(k, dtype=f64, device=h.device), h.new_zeros(k, 1)], 1
-    )
-    solution = torch.linalg.lstsq(
-        torch.cat([design, penalty]), torch.cat([target, target.new_zeros(k, target.shape[1])])
-    ).solution  # (k + 1, M): weights of the kept neurons, then the bias
+    penalty = lam.sqrt() * torch.eye(k, dtype=f64, device=h.device)
+
+    def solve(design: Tensor, penalty: Tensor, target: Tensor) -> Tensor:
+        """Ridge least squares: ``design @ solution ~ target``, the penalty rows stacked below."""
+        zeros = target.new_zeros(len(penalty), target.shape[1])
+        return torch.linalg.lstsq(torch.cat([design, penalty]), torch.cat([target, zeros])).solution
+
+    with_bias = torch.cat([h_keep, h.new_ones(words, 1)], dim=1)
+    solution = solve(with_bias, torch.cat([penalty, h.new_zeros(k, 1)], 1), target)  # (k + 1, M)
+    w_out, b_out = solution[:k].T, solution[k]
+    at_zero = pair.zero_state_rows()
+    if at_zero.any():
+        w_out[at_zero] = solve(h_keep, penalty, target[:, at_zero] - b_old[at_zero]).T
+        b_out[at_zero] = b_old[at_zero]
     dtype = pair.w_out.dtype
-    return LayerPair(
-        pair.w_in[keep], pair.b_in[keep], solution[:k].T.to(dtype), solution[k].to(dtype)
-    )
+    return pair.select(keep, w_out.to(dtype), b_out.to(dtype))
 
 
 @dataclass(frozen=True)

@@ -100,4 +100,4 @@ class NeuronMerging:
         keep = scores.argsort(descending=True, stable=True)[:target_width].sort().values
         z = scaling_matrix(features, keep, self.threshold)
         w_out = (pair.w_out.double() @ z).to(pair.w_out.dtype)
-        return LayerPair(pair.w_in[keep], pair.b_in[keep], w_out, pair.b_out)
+        return pair.select(keep, w_out)

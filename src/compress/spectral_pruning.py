@@ -114,4 +114,4 @@ class SpectralPruning:
         keep = select_units(sigma, target_width, lam).sort().values
         a = reconstruction_matrix(sigma, keep, lam)
         w_out = (pair.w_out.double() @ a).to(pair.w_out.dtype)
-        return LayerPair(pair.w_in[keep], pair.b_in[keep], w_out, pair.b_out)
+        return pair.select(keep, w_out)

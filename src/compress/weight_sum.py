@@ -45,8 +45,10 @@ def merge_by_weight_sum(
     ``scale`` is how a member's outgoing weights are scaled before being added onto the
     representative's column: ``none`` adds them as they are (the source), ``ls`` by the
     least-squares factor ``<h_m, h_r> / <h_r, h_r>``, ``affine`` by the slope of
-    ``h_m ~ a h_r + c`` with the constant ``c * w_out[:, m]`` moved into ``b_out``. Neurons
-    labelled -1 are dead and their outgoing weights are dropped. Fits run in float64.
+    ``h_m ~ a h_r + c`` with the constant ``c * w_out[:, m]`` moved into ``b_out``, except for
+    the outputs that also read an all-zero state (``pair.reads_zero_state``), where ``c`` would
+    be wrong: those keep their bias and take the ``ls`` factor. Neurons labelled -1 are dead and
+    their outgoing weights are dropped. Fits run in float64.
     """
     check_choice(scale, SCALES, "compress.scale")
     k = representatives.numel()
@@ -54,19 +56,24 @@ def merge_by_weight_sum(
         raise ValueError("representatives[c] must be a member of cluster c")
     members = (labels >= 0).nonzero().squeeze(1)
     owner = representatives[labels[members]]
-    h = activations.double()
-    factor, offset = _fit_members(h[:, members], h[:, owner], scale)
     is_rep = members == owner  # a representative keeps its own column as it is
-    factor, offset = factor.masked_fill(is_rep, 1.0), offset.masked_fill(is_rep, 0.0)
-
+    h_m, h_r = activations.double()[:, members], activations.double()[:, owner]
     w_members = pair.w_out[:, members].double()
-    w_out = w_members.new_zeros(pair.w_out.shape[0], k)
-    w_out.index_add_(1, labels[members], w_members * factor)
-    b_out = pair.b_out.double() + w_members @ offset
+
+    def folded(scale: str) -> tuple[Tensor, Tensor]:
+        """The merged outgoing weights (M, k) and bias (M,) with members fitted by ``scale``."""
+        factor, offset = _fit_members(h_m, h_r, scale)
+        factor, offset = factor.masked_fill(is_rep, 1.0), offset.masked_fill(is_rep, 0.0)
+        w_out = w_members.new_zeros(pair.w_out.shape[0], k)
+        w_out.index_add_(1, labels[members], w_members * factor)
+        return w_out, pair.b_out.double() + w_members @ offset
+
+    w_out, b_out = folded(scale)
+    at_zero = pair.zero_state_rows()
+    if scale == "affine" and at_zero.any():
+        w_out[at_zero], b_out[at_zero] = folded("ls")[0][at_zero], pair.b_out.double()[at_zero]
     dtype = pair.w_out.dtype
-    return LayerPair(
-        pair.w_in[representatives], pair.b_in[representatives], w_out.to(dtype), b_out.to(dtype)
-    )
+    return pair.select(representatives, w_out.to(dtype), b_out.to(dtype))
 
 
 @dataclass(frozen=True)
