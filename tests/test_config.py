@@ -9,6 +9,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from hydra.errors import MissingConfigException
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
 from src.errors import SettingError
 from src.workbench import AnalysisSettings, build_method, method_choices, run_site
@@ -53,8 +54,21 @@ def test_every_choice_shares_the_step_settings_and_the_lists_come_from_the_folde
 
 @pytest.mark.parametrize("experiment", choices("experiment"))
 def test_experiment_configs_compose(experiment: str) -> None:
+    """An experiment file holds only what differs, and every value it sets arrives."""
     cfg = compose_config(f"+experiment={experiment}")
     assert cfg.data.name in choices("data")
+    written = OmegaConf.to_container(
+        OmegaConf.load(Path(CONF_DIR) / "experiment" / f"{experiment}.yaml")
+    )
+
+    def leaves(node: object, at: str = "") -> list[tuple[str, object]]:
+        if not isinstance(node, dict):
+            return [(at, node)]
+        return [leaf for k, v in node.items() for leaf in leaves(v, f"{at}{k}.")]
+
+    for key, value in leaves({k: v for k, v in written.items() if k not in ("defaults", "hydra")}):
+        assert OmegaConf.select(cfg, key.rstrip(".")) == value, key
+    assert OmegaConf.to_yaml(cfg) != OmegaConf.to_yaml(compose_config())
 
 
 @pytest.mark.parametrize("logger", choices("logger"))

@@ -81,7 +81,10 @@ def test_the_study_measures_every_method_width_and_pair(study: Path) -> None:
     head, lstm = runs[runs["layer"] == "head.2"], runs[runs["layer"] == "lstm"]
     assert set(head["target_width"]) == {2, 4} and set(lstm["target_width"]) == {8}
     assert runs["baseline/test_acc"].nunique() == 1  # one baseline, trained once
-    assert runs["compressed/test_acc"].between(0, 1).all()
+    # sentences on which the two agree are right or wrong together: accuracies differ by at most
+    # the share they disagree on
+    gap = (runs["compressed/test_acc"] - runs["baseline/test_acc"]).abs()
+    assert (gap <= 1 - runs["compressed/agreement"] + 1e-6).all()
     assert (runs["compressed/width"] <= runs["target_width"]).all()
     pairs = pd.read_csv(study / "comparisons.csv")
     assert len(pairs) == 3 and (pairs[["a", "b"]].values == ["weight_sum", "freeze_retrain"]).all()
@@ -90,10 +93,13 @@ def test_the_study_measures_every_method_width_and_pair(study: Path) -> None:
     assert len(similarity) == 3 and similarity["cka"].between(0, 1 + 1e-9).all()
     layers = pd.read_csv(study / "layers.csv").set_index("layer")
     assert layers["width"].to_dict() == {"head.2": 16, "lstm": 32}
-    assert 0 <= layers.loc["head.2", "dead"] <= 16
+    # a dead unit is a zero column: the layer uses at most its live units' directions
+    live = layers["width"] - layers["dead"]
+    assert (layers["effective_rank"] <= live + 1e-6).all()
     drift = pd.read_csv(study / "drift.csv")  # the untrained LSTM merge's error by position
-    assert set(drift["method"]) == {"weight_sum"} and (drift["error"] >= 0).all()
+    assert set(drift["method"]) == {"weight_sum"} and (drift["error"] > 0).all()  # 8 of 32: inexact
     assert drift["sentences"].iloc[0] == drift["sentences"].max()
+    assert drift["sentences"].is_monotonic_decreasing  # fewer sentences reach each next word
     for figure in ("accuracy.png", "cka.png", "drift.png"):
         assert (study / figure).stat().st_size > 0
 

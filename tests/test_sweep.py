@@ -219,7 +219,8 @@ def test_published_methods_sweep_writes_one_row_per_method(
     assert sorted(summary["method"]) == sorted(methods)
     assert (summary["baseline/trained_now"] == 0).all()
     assert (summary["compressed/width"] <= 4).all()
-    assert summary["compressed/test_acc"].between(0, 1).all()
+    gap = (summary["compressed/test_acc"] - summary["baseline/test_acc"]).abs()
+    assert (gap <= 1 - summary["compressed/agreement"] + 1e-6).all()  # agreeing = right together
 
 
 @pytest.mark.slow
@@ -238,7 +239,7 @@ def test_the_lstm_site_is_shrunk_like_any_other(tmp_path: Path, sweep: Path, cac
     assert metrics.keys() >= COMPRESSED_KEYS and metrics["layer"] == "lstm"
     assert metrics["compressed/params"] < metrics["baseline/params"]
     assert metrics["compressed/width"] == 8 and metrics["layer_width"] == 32
-    assert metrics["compressed/drift_last_word"] >= 0
+    assert metrics["compressed/drift_last_word"] > 0  # 8 of 32 units cannot be exact
     assert (tmp_path / "analysis" / "viewer.html").stat().st_size > 0
 
 

@@ -281,7 +281,7 @@ def test_the_embedding_loses_dimensions_and_the_first_lstm_layer_reads_the_rest(
     assert (
         evaluation.metrics[schema.COMPRESSED_LAYER_PARAMS] == 4 * network.embedding.num_embeddings
     )
-    assert evaluation.metrics[schema.COMPRESSED_DRIFT_LAST] >= 0
+    assert evaluation.metrics[schema.COMPRESSED_DRIFT_LAST] > 0  # 4 of 16 dimensions: inexact
 
 
 def test_the_embedding_site_is_exact_when_the_vectors_span_k_dimensions(datamodule) -> None:
