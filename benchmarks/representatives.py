@@ -15,17 +15,15 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import lightning as L
 import torch
 from hydra import compose, initialize_config_dir
-from hydra.utils import instantiate
 
 from src import schema
-from src.baseline import obtain_baseline
 from src.compress.base import REPRESENTATIVES, choose_representatives
 from src.compress.weight_sum import WeightSum
+from src.pipeline import open_workbench
 from src.threads import use_job_cpu
-from src.workbench import AnalysisSettings, CompressStep, Workbench, run_site, shared_store
+from src.workbench import CompressStep, run_site
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -34,18 +32,12 @@ def main(overrides: list[str]) -> None:
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose("config", overrides=[*overrides, "output_dir=outputs/representatives"])
     use_job_cpu(None)
-    L.seed_everything(cfg.seed)
-    site = run_site(cfg)
-    datamodule = instantiate(cfg.data)
-    callbacks = [instantiate(c) for c in cfg.callbacks.values()]
-    trainer = instantiate(cfg.trainer, logger=False, callbacks=callbacks)
-    baseline = obtain_baseline(cfg, datamodule, trainer)
-    store = shared_store(cfg.cache_dir, baseline.checkpoint, datamodule)
-    bench = Workbench(baseline.model.network, datamodule, AnalysisSettings.of(cfg), store)
-    analysis = bench.analyse(site, cfg.target_width)
+    site, width = run_site(cfg)
+    bench = open_workbench(cfg).bench
+    analysis = bench.analyse(site, width)
     h = analysis.probe.activations.double()
     means = h.mean(dim=0)
-    print(f"{cfg.data.name} seed {cfg.seed}, {site.label} -> {cfg.target_width}")
+    print(f"{cfg.data.name} seed {cfg.seed}, {site.label} -> {width}")
     print(f"live units {analysis.status.indices(analysis.status.alive)}")
     for cluster in range(int(analysis.labels.max()) + 1):
         members = (analysis.labels == cluster).nonzero().flatten().tolist()
@@ -63,7 +55,7 @@ def main(overrides: list[str]) -> None:
     print()
     for how in REPRESENTATIVES:
         metrics = bench.evaluate(
-            CompressStep(False, 0, 0.0), WeightSum(representative=how), site, cfg.target_width
+            CompressStep(False, 0, 0.0), WeightSum(representative=how), site, width
         ).metrics
         print(
             f"{how:<15} test accuracy {metrics[schema.COMPRESSED_TEST_ACC]:.4f} (baseline "

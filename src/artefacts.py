@@ -10,13 +10,16 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
+import pandas as pd
 import torch
 from lightning.pytorch.loggers import Logger, WandbLogger
+from matplotlib.figure import Figure
 from torch import Tensor
 
 from src import schema
@@ -26,11 +29,12 @@ from src.analysis.layer import LayerAnalysis
 from src.analysis.neurons import NeuronStatus
 from src.analysis.similarity import affinity_from_dissimilarity, degenerate_neurons
 from src.analysis.stats import effective_rank
-from src.compress.base import LayerPair
+from src.report import front_figure
 from src.sites import Site
 from src.tokens import check_known_words
 from src.viewer import Example, ViewerData, wandb_html, write_viewer
-from src.workbench import Evaluation, Workbench
+from src.whole_model import SearchResult
+from src.workbench import AnalysisSettings, Evaluation, Workbench
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +114,46 @@ def probe_sentences(bench: Workbench) -> list[list[str]]:
     return [tokens[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
 
 
+def cluster_summary(site: Site, analysis: LayerAnalysis, settings: AnalysisSettings) -> dict:
+    """What clusters.json holds: the site's units, their status and clusters, and the measures
+    of the layer."""
+    activations, status = analysis.probe.activations, analysis.status
+    return {
+        "layer": site.name,
+        "width": site.width,
+        "measure": settings.measure,
+        "clustering": settings.clustering,
+        "probe_words": len(activations),
+        "labels": analysis.labels.tolist(),
+        "sizes": cluster_sizes(analysis.labels),
+        "silhouette": analysis.silhouette,
+        "effective_rank": effective_rank(activations),
+        # One definition (src.analysis.neurons): alive, dead and nearly dead split the site;
+        # the last two are left out of the clustering. Constant ones overlap them.
+        "alive": status.indices(status.alive),
+        "dead": status.indices(status.dead),
+        "nearly_dead": status.indices(status.nearly_dead),
+        "constant": degenerate_neurons(lambda: [activations]).constant,
+    }
+
+
+def save_figures(folder: Path, drawings: dict[str, Callable[[], Figure]]) -> list[str]:
+    """Each drawing as ``folder/<name>.png``; the names written."""
+    for name, draw in drawings.items():
+        figure = draw()
+        figure.savefig(folder / f"{name}.png", dpi=110)
+        plt.close(figure)
+    return list(drawings)
+
+
+def log_files(loggers: Sequence[Logger], folder: Path, pngs: list[str], prefix: str) -> None:
+    """The written PNGs to every W&B logger, as ``<prefix>/<name>``."""
+    for logger in loggers:
+        if isinstance(logger, WandbLogger):
+            for name in pngs:
+                logger.log_image(f"{prefix}/{name}", images=[str(folder / f"{name}.png")])
+
+
 def write_site_analysis(
     folder: Path,
     bench: Workbench,
@@ -126,36 +170,13 @@ def write_site_analysis(
     of src.schema. ``figures=False`` leaves out the three PNGs: drawing them is about half of a
     sweep job's own time, and a sweep's summary draws its own."""
     folder.mkdir(parents=True, exist_ok=True)
-    s = bench.settings
-    activations = analysis.probe.activations
     np.save(folder / "similarity.npy", affinity_from_dissimilarity(analysis.dissimilarity).numpy())
     np.save(folder / "dissimilarity.npy", analysis.dissimilarity.numpy())
-    status = analysis.status
-    summary = {
-        "layer": site.name,
-        "width": site.width,
-        "measure": s.measure,
-        "clustering": s.clustering,
-        "probe_words": len(activations),
-        "labels": analysis.labels.tolist(),
-        "sizes": cluster_sizes(analysis.labels),
-        "silhouette": analysis.silhouette,
-        "effective_rank": effective_rank(activations),
-        # One definition (src.analysis.neurons): alive, dead and nearly dead split the site;
-        # the last two are left out of the clustering. Constant ones overlap them.
-        "alive": status.indices(status.alive),
-        "dead": status.indices(status.dead),
-        "nearly_dead": status.indices(status.nearly_dead),
-        "constant": degenerate_neurons(lambda: [activations]).constant,
-    }
+    summary = cluster_summary(site, analysis, bench.settings)
     (folder / "clusters.json").write_text(json.dumps(summary, indent=2) + "\n")
     log.info(
         "%s: %d live of %d units, clusters of sizes %s, silhouette %s",
-        site.label,
-        len(summary["alive"]),
-        site.width,
-        summary["sizes"],
-        summary["silhouette"],
+        *(site.label, len(summary["alive"]), site.width, summary["sizes"], summary["silhouette"]),
     )
     examples = [(sentence, None) for sentence in sentences] + showcase(bench)
     drawn = traces(bench, site, examples)
@@ -163,41 +184,53 @@ def write_site_analysis(
     drawings = {
         "word_traces": lambda: word_traces(drawn, site.label, quiet),
         "similarity": lambda: similarity_heatmap(
-            analysis.dissimilarity, analysis.labels, site.label, s.measure
+            analysis.dissimilarity, analysis.labels, site.label, bench.settings.measure
         ),
         "clusters": lambda: cluster_panels(drawn[: len(sentences)], analysis.labels),
     }
-    pngs = list(drawings) if figures else []
-    for name in pngs:
-        figure = drawings[name]()
-        figure.savefig(folder / f"{name}.png", dpi=110)
-        plt.close(figure)
+    pngs = save_figures(folder, drawings if figures else {})
     viewer = write_viewer(
         viewer_data(bench, site, analysis, drawn, evaluation, info or {}), folder / "viewer.html"
     )
+    silhouette = analysis.silhouette
     metrics = {
         schema.ANALYSIS_LIVE: len(summary["alive"]),
-        schema.ANALYSIS_SILHOUETTE: float("nan")
-        if analysis.silhouette is None
-        else analysis.silhouette,
+        schema.ANALYSIS_SILHOUETTE: float("nan") if silhouette is None else silhouette,
         schema.ANALYSIS_EFFECTIVE_RANK: summary["effective_rank"],
     }
+    log_files(loggers, folder, pngs, "analysis")
     for logger in loggers:
         if isinstance(logger, WandbLogger):
-            for name in pngs:
-                logger.log_image(f"analysis/{name}", images=[str(folder / f"{name}.png")])
             logger.experiment.log({"analysis/viewer": wandb_html(viewer)})
             logger.log_metrics(metrics)
     return metrics
 
 
-def kept_clusters(kept: LayerPair, labels: Tensor) -> list[int]:
-    """Per kept unit, the cluster of the original unit it kept (a merge that keeps one unit per
-    cluster), or -1 for every unit of a pair whose units were built anew, repaired or
-    retrained."""
-    if kept.units is None:
-        return [-1] * kept.width
-    return [int(labels[unit]) for unit in kept.units]
+def write_search(
+    folder: Path,
+    result: SearchResult,
+    baseline: dict[str, float | int],
+    max_drop: float,
+    loggers: Sequence[Logger] = (),
+) -> None:
+    """The whole-model search's candidates (search.csv) and its front (front.png, also to W&B)
+    against the ``baseline``'s scores and the budget."""
+    frame = pd.DataFrame([vars(c) for c in result.candidates])
+    frame.to_csv(folder / "search.csv", index=False)
+    if frame.empty:
+        return
+    val = baseline[schema.BASELINE_VAL_ACC]
+    front = partial(front_figure, frame, baseline[schema.BASELINE_PARAMS], val, val - max_drop)
+    log_files(loggers, folder, save_figures(folder, {"front": front}), "search")
+
+
+def kept_clusters(units: Tensor | None, width: int, labels: Tensor) -> list[int]:
+    """Per kept unit (``units``: the original unit behind each, as a shrunk pair carries them),
+    the cluster of the unit it kept, or -1 for all ``width`` units of a site built anew,
+    repaired or retrained (``units`` None)."""
+    if units is None:
+        return [-1] * width
+    return [int(labels[unit]) for unit in units]
 
 
 def viewer_data(
@@ -212,7 +245,8 @@ def viewer_data(
     baseline and (after a compression) through the shrunk site beside them."""
     examples, merged_clusters = [], None
     if evaluation is not None and evaluation.pair is not None:
-        merged_clusters = kept_clusters(evaluation.pair, analysis.labels)
+        pair = evaluation.pair
+        merged_clusters = kept_clusters(pair.units, pair.width, analysis.labels)
     for trace in drawn:
         merged: Tensor | None = None
         if merged_clusters is not None:

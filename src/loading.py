@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from src.errors import SettingError
-from src.network import SentimentLSTM
+from src.network import SentimentLSTM, lstm_widths_of
 
 
 class CheckpointError(SettingError):
@@ -84,16 +84,16 @@ def load_network(path: str | Path, setting: str = "ckpt_path") -> tuple[Sentimen
     hyperparameters, so a shrunk one has its own widths) and the checkpoint's contents."""
     checkpoint = read_checkpoint(path, setting)
     hparams = checkpoint["hyper_parameters"]
-    lstm = hparams.get("lstm") or {}
     try:
+        widths = lstm_widths_of(hparams.get("lstm"))
         network = SentimentLSTM(
             hparams["vocab_size"],
             hparams["embedding_dim"],
-            int(lstm.get("hidden_size", 128)),
-            int(lstm.get("num_layers", 1)),
+            widths[-1],
+            len(widths),
             hparams["head_widths"],
             float(hparams.get("dropout", 0.0)),
-            lstm.get("widths"),
+            widths,
         )
         prefix = "network."
         state = {

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
+from pathlib import Path
 
 import lightning as L
 import torch
@@ -13,7 +14,7 @@ from torch import Tensor, nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import BinaryAccuracy, BinaryAUROC, BinaryF1Score
 
-from src.network import SentimentLSTM
+from src.network import SentimentLSTM, lstm_widths_of
 
 
 class SentimentClassifier(L.LightningModule):
@@ -30,15 +31,9 @@ class SentimentClassifier(L.LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["optimizer"])
-        lstm = dict(lstm or {})
+        widths = lstm_widths_of(lstm)
         self.network = SentimentLSTM(
-            vocab_size,
-            embedding_dim,
-            hidden_size=int(lstm.get("hidden_size", 128)),
-            num_layers=int(lstm.get("num_layers", 1)),
-            head_widths=list(head_widths),
-            dropout=dropout,
-            lstm_widths=lstm.get("widths"),  # a shrunk model's own widths
+            vocab_size, embedding_dim, widths[-1], len(widths), list(head_widths), dropout, widths
         )
         self.optimizer_factory = optimizer or partial(torch.optim.Adam, lr=0.002)
         self.loss = nn.BCEWithLogitsLoss()
@@ -80,3 +75,27 @@ class SentimentClassifier(L.LightningModule):
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return self.optimizer_factory(self.parameters())
+
+
+def save_compressed(
+    model: SentimentClassifier, shrunk: SentimentLSTM, path: str | Path, record: dict
+) -> Path:
+    """A checkpoint of the shrunk network that loads like any other (``ckpt_path=...``) and
+    records its own shape, its tokenizer, and what it was shrunk from and how (``record``)."""
+    hparams = dict(model.hparams)
+    hparams["head_widths"] = shrunk.hidden_widths
+    hparams["embedding_dim"] = shrunk.embedding.embedding_dim
+    lstm = dict(hparams.get("lstm") or {})
+    if shrunk.lstm_widths != lstm_widths_of(lstm):
+        hparams["lstm"] = lstm | {"widths": shrunk.lstm_widths}
+    compressed = SentimentClassifier(**hparams)
+    compressed.network.load_state_dict(shrunk.state_dict())
+    checkpoint = {
+        "state_dict": compressed.state_dict(),
+        "hyper_parameters": hparams,
+        "pytorch-lightning_version": L.__version__,
+        "tokenizer": model.tokenizer_json,
+        "compressed": record,
+    }
+    torch.save(checkpoint, path)
+    return Path(path)

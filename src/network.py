@@ -14,7 +14,7 @@ packing only buys a slower kernel on the CPU (tests/test_model.py checks logits 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -25,6 +25,15 @@ from src.tokens import PAD_ID
 
 class ModelConfigError(SettingError):
     """A model setting that cannot work; the message names the setting to change."""
+
+
+def lstm_widths_of(lstm: Mapping | None) -> list[int]:
+    """Each LSTM layer's units from the model's ``lstm`` settings (the config's ``model.lstm``
+    or a checkpoint's hyperparameters): a shrunk model records its own ``widths``; else
+    ``num_layers`` layers of ``hidden_size`` (1 layer of 128 where a key is missing)."""
+    lstm = lstm or {}
+    hidden, layers = int(lstm.get("hidden_size", 128)), int(lstm.get("num_layers", 1))
+    return list(map(int, lstm.get("widths") or [hidden] * layers))
 
 
 def check_shape(head_widths: Sequence[int], hidden_size: int, embedding_dim: int) -> None:

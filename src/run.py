@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import hydra
-import lightning as L
 import numpy as np
 import wandb
 from hydra.core.hydra_config import HydraConfig
@@ -24,89 +24,109 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from src import schema
-from src.artefacts import point_latest, write_site_analysis
-from src.baseline import obtain_baseline
-from src.callbacks import progress_bar
+from src.artefacts import point_latest, write_search, write_site_analysis
 from src.errors import reported
+from src.model import save_compressed
 from src.network import check_shape
+from src.pipeline import Opened, open_workbench, shrink_whole
 from src.report import summary_table, write_metrics
+from src.sites import Site
 from src.threads import use_job_cpu
-from src.whole_model import merge_method, shrink_whole_model
-from src.workbench import (
-    AnalysisSettings,
-    CompressStep,
-    Workbench,
-    build_method,
-    run_site,
-    save_compressed,
-    shared_store,
-)
+from src.whole_model import check_budget
+from src.workbench import Compression, Evaluation, run_site
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A job, every setting checked before any data, W&B run or training."""
+
+    cfg: DictConfig  # the config with the site named as sites name it (head.2, not -1)
+    site: Site  # the site it analyses (and shrinks, for a one-site method)
+    width: int  # its target width, as checked against the site
+    compression: Compression
+
+
+def plan(cfg: DictConfig) -> Plan:
+    check_shape(cfg.model.head_widths, cfg.model.lstm.hidden_size, cfg.model.embedding_dim)
+    compression = Compression.of(cfg.compress)
+    site, width = run_site(cfg)
+    if cfg.compress.scope == "model":
+        check_budget(cfg.compress)
+    elif compression.method is not None:
+        site.check_step(compression.step.repair, compression.step.epochs)
+    job = OmegaConf.merge(cfg, {"layer": site.name, "target_width": width})
+    return Plan(job, site, width, compression)
+
+
+def baseline_metrics(plan: Plan, opened: Opened, threads: int) -> dict:
+    """What every job reports: its settings, and the model it analyses."""
+    cfg, baseline = plan.cfg, opened.baseline
+    metrics = {
+        schema.DATA: cfg.data.name,
+        schema.SEED: cfg.seed,
+        schema.METHOD: cfg.compress.name,
+        schema.LAYER: plan.site.name,
+        schema.LAYER_WIDTH: plan.site.width,
+        schema.THREADS: threads,
+        **opened.bench.baseline_scores(),
+        schema.BASELINE_TRAINED_NOW: int(baseline.trained_now),
+        schema.CHECKPOINT: "baseline" if baseline.compressed is None else "compressed",
+    }
+    if baseline.compressed is None:
+        metrics[schema.BASELINE_TRAIN_SECONDS] = baseline.train_seconds
+    else:  # what is analysed is a shrunk model: say how it was shrunk, not a train time
+        metrics[schema.CHECKPOINT_COMPRESSED_BY] = json.dumps(baseline.compressed)
+    return metrics
+
+
+def shrink(plan: Plan, opened: Opened, metrics: dict, loggers: list) -> Evaluation | None:
+    """The job's compression into ``metrics`` and its files: the whole model to a budget, or
+    one site to its width; the site's evaluation (None when no one site was shrunk)."""
+    cfg, bench, output = plan.cfg, opened.bench, Path(plan.cfg.output_dir)
+    step, method = plan.compression.step, plan.compression.method
+    if cfg.compress.scope == "model":
+        found, result = shrink_whole(cfg, cfg.compress, bench)
+        metrics |= found
+        write_search(output, result, bench.baseline_scores(), cfg.compress.max_drop, loggers)
+        record = {"method": "whole_model", "widths": result.widths}
+        shrunk, evaluation = result.network, None
+    elif method is not None:
+        evaluation = bench.evaluate(step, method, plan.site, plan.width)
+        metrics |= {schema.TARGET_WIDTH: plan.width, **evaluation.metrics}
+        np.save(output / schema.ACTIVATIONS_FILE, evaluation.features.numpy())
+        shrunk, record = evaluation.network, {k: metrics[k] for k in schema.JOB if k in metrics}
+    else:
+        return None
+    if cfg.save_compressed:
+        save_compressed(opened.baseline.model, shrunk, output / "compressed.ckpt", record)
+    return evaluation
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 @reported
 def main(cfg: DictConfig) -> dict:
-    # Every setting is checked before any data, W&B run or training.
-    check_shape(cfg.model.head_widths, cfg.model.lstm.hidden_size, cfg.model.embedding_dim)
+    job = plan(cfg)
+    cfg, site = job.cfg, job.site
     threads = use_job_cpu(cfg.threads)
-    settings = AnalysisSettings.of(cfg)
-    step, method = CompressStep.of(cfg.compress), build_method(cfg.compress)
-    whole = cfg.compress.name == "whole_model"
-    if whole:
-        step, method = merge_method(cfg.compress)
-    site = run_site(cfg)
-    cfg.layer = site.name  # one name everywhere: W&B tags and logged settings say head.2, not -1
-    L.seed_everything(cfg.seed, workers=True)
     output_dir = Path(cfg.output_dir)
-    datamodule = instantiate(cfg.data)
     loggers = [instantiate(c) for c in cfg.logger.values()]
-    callbacks = [instantiate(c) for c in cfg.callbacks.values()]
-    bar = progress_bar(cfg.trainer.enable_progress_bar)
-    trainer = instantiate(cfg.trainer, logger=loggers, callbacks=callbacks, enable_progress_bar=bar)
     for logger in loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
     exit_code = 1  # a failure or Ctrl-C marks the W&B run as failed, and still closes it
     try:
-        baseline = obtain_baseline(cfg, datamodule, trainer)
-        datamodule.tokenizer.save(str(output_dir / "tokenizer.json"))
-        store = shared_store(cfg.cache_dir, baseline.checkpoint, datamodule)
-        bench = Workbench(baseline.model.network, datamodule, settings, store)
-        metrics = {
-            schema.DATA: cfg.data.name,
-            schema.SEED: cfg.seed,
-            schema.METHOD: cfg.compress.name,
-            schema.LAYER: site.name,
-            schema.LAYER_WIDTH: site.width,
-            schema.THREADS: threads,
-            **bench.baseline_scores(),
-            schema.BASELINE_TRAINED_NOW: int(baseline.trained_now),
-            schema.CHECKPOINT: "baseline" if baseline.compressed is None else "compressed",
-        }
-        if baseline.compressed is None:
-            metrics[schema.BASELINE_TRAIN_SECONDS] = baseline.train_seconds
-        else:  # what is analysed is a shrunk model: say how it was shrunk, not a train time
-            metrics[schema.CHECKPOINT_COMPRESSED_BY] = json.dumps(baseline.compressed)
-        evaluation = None
-        if whole:
-            metrics |= shrink_whole_model(cfg, bench, baseline.model, loggers, step, method)
-        elif method is not None:
-            evaluation = bench.evaluate(step, method, site, cfg.target_width)
-            metrics |= {schema.TARGET_WIDTH: cfg.target_width, **evaluation.metrics}
-            np.save(output_dir / schema.ACTIVATIONS_FILE, evaluation.features.numpy())
-            if cfg.save_compressed:
-                record = {k: metrics[k] for k in schema.JOB if k in metrics}
-                save_compressed(
-                    baseline.model, evaluation.network, output_dir / "compressed.ckpt", record
-                )
-        analysis = bench.analyse(site, cfg.target_width)
+        opened = open_workbench(cfg, loggers)
+        opened.bench.datamodule.tokenizer.save(str(output_dir / "tokenizer.json"))
+        metrics = baseline_metrics(job, opened, threads)
+        evaluation = shrink(job, opened, metrics, loggers)
+        bench = opened.bench
         info = {k: str(metrics[k]) for k in schema.JOB if k in metrics}
         metrics |= write_site_analysis(
             output_dir / "analysis",
             bench,
             site,
-            analysis,
+            bench.analyse(site, job.width),
             cfg.analysis.sentences,
             evaluation,
             loggers,

@@ -17,14 +17,16 @@ from __future__ import annotations
 import copy
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import torch
 from torch import Tensor, nn
 
 from src.analysis.layer import Probe
 from src.compress.base import LayerPair
+from src.compress.retrain import fresh_pair
 from src.errors import SettingError
-from src.network import SentimentLSTM
+from src.network import SentimentLSTM, lstm_widths_of
 
 
 class SiteError(SettingError):
@@ -52,13 +54,83 @@ class ModelShape:
     def of_settings(cls, model: Mapping) -> ModelShape:
         """From the model's settings: the config's ``model`` node or a checkpoint's
         hyperparameters (a shrunk model records its LSTM's widths)."""
-        lstm = model.get("lstm") or {}
-        hidden, layers = int(lstm.get("hidden_size", 128)), int(lstm.get("num_layers", 1))
-        widths = lstm.get("widths") or [hidden] * layers
         return cls(
             tuple(map(int, model["head_widths"])),
-            tuple(map(int, widths)),
+            tuple(lstm_widths_of(model.get("lstm"))),
             int(model.get("embedding_dim", 0)),
+        )
+
+    def model_settings(self) -> dict:
+        """The inverse of :meth:`of_settings`: the ``model`` settings of a network this shape
+        (its LSTM's ``widths`` recorded only when its layers differ)."""
+        lstm: dict = {"hidden_size": self.lstm_widths[-1], "num_layers": len(self.lstm_widths)}
+        if len(set(self.lstm_widths)) > 1:
+            lstm["widths"] = list(self.lstm_widths)
+        return {
+            "embedding_dim": self.embedding_dim,
+            "lstm": lstm,
+            "head_widths": list(self.head_widths),
+        }
+
+
+class Site(Protocol):
+    """A place to cut, as everything outside this module sees it.
+
+    ``in_recurrence``: the units feed the LSTM, so their errors can build up along the sentence
+    (the evaluation measures that drift) and a shrunk model must read every sentence again;
+    otherwise what the units read follows from each sentence's last LSTM state, and
+    :meth:`from_last_states` gives the shrunk model's outputs from those stored states alone.
+    """
+
+    name: str
+    width: int
+    signed: bool  # activations of either sign (similarity and status read |h|)
+    in_recurrence: bool
+
+    @property
+    def label(self) -> str: ...  # the name with the width, for figures and tables
+
+    def pair(self, network: SentimentLSTM) -> LayerPair:
+        """The units' incoming weights and what reads them, detached."""
+
+    def rebuild(self, network: SentimentLSTM, pair: LayerPair) -> SentimentLSTM:
+        """A copy of ``network`` with the site replaced by ``pair``."""
+
+    def fresh(
+        self, network: SentimentLSTM, width: int, generator: torch.Generator
+    ) -> tuple[LayerPair | None, SentimentLSTM]:
+        """A freshly initialised site of ``width`` units in a copy of ``network`` (and its pair
+        where the site is one): freeze_retrain's start."""
+
+    def check_step(self, repair: bool, epochs: int) -> None:
+        """Refuse, naming the setting, a step around the method that this site cannot take."""
+
+    def activations(
+        self, network: SentimentLSTM, ids: Tensor, layer_states: Sequence[Tensor]
+    ) -> Tensor:
+        """The units' activations (..., N) at words ``ids`` whose LSTM states are given."""
+
+    def probe(self, network: SentimentLSTM, ids: Tensor, layer_states: Sequence[Tensor]) -> Probe:
+        """What the units read and output at the probe words."""
+
+    def reads(self, pair: LayerPair, activations: Tensor) -> Tensor:
+        """What the units' reader computes from their activations: its pre-activation."""
+
+    def from_last_states(
+        self, network: SentimentLSTM, pair: LayerPair, last_states: Tensor
+    ) -> tuple[Tensor, Tensor] | None:
+        """Sentence logits and the units' activations with ``pair`` in place, from the top LSTM
+        layer's states at each sentence's last word; None when the site is in the recurrence."""
+
+    def own_params(self, network: SentimentLSTM) -> int:
+        """The parameters the site's units own in ``network``."""
+
+
+def refuse_repair_of_signed(site: Site, repair: bool) -> None:
+    if repair and site.signed:
+        raise SiteError(
+            f"compress.repair=true matches ReLU pre-activations; layer={site.name} has none: "
+            "drop compress.repair"
         )
 
 
@@ -68,6 +140,7 @@ class HeadSite:
 
     index: int
     width: int
+    in_recurrence = False
 
     @property
     def name(self) -> str:
@@ -93,6 +166,16 @@ class HeadSite:
 
     signed = False  # post-ReLU activations
 
+    def fresh(
+        self, network: SentimentLSTM, width: int, generator: torch.Generator
+    ) -> tuple[LayerPair, SentimentLSTM]:
+        this, after = network.head[self.index], network.head[self.index + 1]
+        pair = fresh_pair(this.in_features, after.out_features, width, generator)
+        return pair, self.rebuild(network, pair)
+
+    def check_step(self, repair: bool, epochs: int) -> None:
+        """A head layer takes every step: repair, and training on the stored states."""
+
     def inputs(self, network: SentimentLSTM, states: Tensor) -> Tensor:
         """What the layer reads, (..., D), from the top LSTM states (..., H)."""
         return network.layer_input(states, self.index)
@@ -116,6 +199,15 @@ class HeadSite:
         if self.index + 2 == len(network.head):  # the pair's second layer is the output layer
             return y.squeeze(-1)
         return network.head_from(self.index + 2, torch.relu(y))
+
+    def from_last_states(
+        self, network: SentimentLSTM, pair: LayerPair, last_states: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        inputs = self.inputs(network, last_states)
+        return self.logits(network, pair, inputs), pair.hidden(inputs)
+
+    def reads(self, pair: LayerPair, activations: Tensor) -> Tensor:
+        return pair.next_preactivation(activations)
 
     def own_params(self, network: SentimentLSTM) -> int:
         """The parameters of this layer in ``network`` (its weights and biases)."""
@@ -150,6 +242,7 @@ class LstmSite:
     layers: int
     width: int
     signed = True  # h = o * tanh(c), in (-1, 1)
+    in_recurrence = True
 
     @property
     def name(self) -> str:
@@ -224,9 +317,9 @@ class LstmSite:
 
     def fresh(
         self, network: SentimentLSTM, width: int, generator: torch.Generator
-    ) -> SentimentLSTM:
+    ) -> tuple[None, SentimentLSTM]:
         """A copy of ``network`` with this layer replaced by a freshly initialised one of
-        ``width`` units, and a fresh reader (freeze_retrain's start)."""
+        ``width`` units, and a fresh reader (freeze_retrain's start); no pair holds them."""
         cell = self._cell(network)
         shrunk = copy.deepcopy(network)
         with torch.random.fork_rng():
@@ -237,7 +330,14 @@ class LstmSite:
             else:
                 after = network.lstm[self.layer + 1]
                 shrunk.lstm[self.layer + 1] = nn.LSTM(width, after.hidden_size, batch_first=True)
-        return shrunk
+        return None, shrunk
+
+    def check_step(self, repair: bool, epochs: int) -> None:
+        """No repair (signed units); training runs the shrunk LSTM over every sentence."""
+        refuse_repair_of_signed(self, repair)
+
+    def from_last_states(self, network: SentimentLSTM, pair: LayerPair, last_states: Tensor):
+        return None
 
     def activations(
         self, network: SentimentLSTM, ids: Tensor, layer_states: Sequence[Tensor]
@@ -274,6 +374,7 @@ class EmbeddingSite:
     width: int
     name = "embedding"
     signed = True  # embedding values have either sign
+    in_recurrence = True
 
     @property
     def label(self) -> str:
@@ -306,6 +407,21 @@ class EmbeddingSite:
         shrunk.embedding, shrunk.lstm[0] = embedding, replaced
         return shrunk
 
+    def fresh(self, network: SentimentLSTM, width: int, generator: torch.Generator):
+        raise SiteError("layer=embedding takes methods without training (compress.epochs=0)")
+
+    def check_step(self, repair: bool, epochs: int) -> None:
+        """Neither repair (signed values) nor training."""
+        refuse_repair_of_signed(self, repair)
+        if epochs > 0:
+            raise SiteError(
+                f"compress.epochs={epochs}: layer=embedding takes methods without training "
+                "(compress.epochs=0)"
+            )
+
+    def from_last_states(self, network: SentimentLSTM, pair: LayerPair, last_states: Tensor):
+        return None
+
     def activations(
         self, network: SentimentLSTM, ids: Tensor, layer_states: Sequence[Tensor]
     ) -> Tensor:
@@ -337,9 +453,6 @@ def kept_units(pair: LayerPair, name: str) -> Tensor:
             "compress.repair"
         )
     return pair.units
-
-
-Site = HeadSite | LstmSite | EmbeddingSite
 
 
 def _linear(weight: Tensor, bias: Tensor) -> nn.Linear:

@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import hydra
-import lightning as L
 import pandas as pd
 import torch
 import wandb
@@ -32,24 +31,14 @@ from omegaconf import DictConfig, OmegaConf
 
 from src import schema
 from src.analysis.stats import effective_rank, mcnemar_exact_interval, mcnemar_p
-from src.baseline import obtain_baseline
-from src.callbacks import progress_bar
 from src.claims import TABLES, StudyTables, judge, write_tables
-from src.compress.base import MergeMethod
 from src.errors import SettingError, reported
 from src.network import check_shape
+from src.pipeline import open_workbench, shrink_whole
 from src.report import log_summary_run, pairwise_similarity
-from src.sites import LstmSite, ModelShape, Site, check_target_width, resolve_site
+from src.sites import ModelShape, Site, check_target_width, resolve_site
 from src.threads import use_job_cpu
-from src.whole_model import merge_method, search, search_metrics, train_from_scratch
-from src.workbench import (
-    AnalysisSettings,
-    CompressStep,
-    Workbench,
-    build_method,
-    method_choices,
-    shared_store,
-)
+from src.workbench import AnalysisSettings, Compression, Workbench, method_choices
 
 log = logging.getLogger(__name__)
 
@@ -72,12 +61,6 @@ class Rows:
 
     def frames(self) -> StudyTables:
         return StudyTables(*(pd.DataFrame(rows) for rows in vars(self).values()))
-
-
-@dataclass(frozen=True)
-class Method:
-    step: CompressStep
-    method: MergeMethod
 
 
 def run_configs(cfg: DictConfig) -> dict[tuple[str, int], DictConfig]:
@@ -113,7 +96,7 @@ def site_grid(cfg: DictConfig, shape: ModelShape) -> dict[Site, list[int]]:
     return grid
 
 
-def method_configs(cfg: DictConfig) -> dict[str, Method]:
+def method_configs(cfg: DictConfig) -> dict[str, Compression]:
     """Every method of the study by its row name: ``methods``, or every choice of
     conf/compress/. An entry is a choice, optionally followed by its own overrides
     (``"weight_sum compress.method.representative=max_activation"``)."""
@@ -131,37 +114,22 @@ def method_configs(cfg: DictConfig) -> dict[str, Method]:
                 f"methods: {choice} is not in conf/compress/; choose from "
                 f"{', '.join(method_choices())}"
             ) from error
-        method = build_method(compress)
-        if method is None:
+        methods[str(entry)] = Compression.of(compress)
+        if methods[str(entry)].method is None:
             raise StudyConfigError(f"methods: {choice} shrinks nothing; name a method")
-        methods[str(entry)] = Method(CompressStep.of(compress), method)
     return methods
 
 
-def open_workbench(run: DictConfig) -> tuple[Workbench, float]:
-    """The corpus and seed's workbench (its baseline trained now, or from the cache) and the
-    baseline's training time."""
-    L.seed_everything(run.seed, workers=True)  # as src.run: the same config trains the same
-    datamodule = instantiate(run.data)
-    callbacks = [instantiate(c) for c in run.callbacks.values()]
-    loggers = [instantiate(c) for c in run.logger.values()]
-    bar = progress_bar(run.trainer.enable_progress_bar)
-    trainer = instantiate(run.trainer, logger=loggers, callbacks=callbacks, enable_progress_bar=bar)
-    try:
-        baseline = obtain_baseline(run, datamodule, trainer)
-    finally:
-        wandb.finish()  # a W&B run exists only when a baseline was trained now
-    store = shared_store(run.cache_dir, baseline.checkpoint, datamodule)
-    bench = Workbench(baseline.model.network, datamodule, AnalysisSettings.of(run), store)
-    return bench, baseline.train_seconds
-
-
 def study_baseline(
-    cfg: DictConfig, run: DictConfig, methods: dict[str, Method], rows: Rows
+    cfg: DictConfig, run: DictConfig, methods: dict[str, Compression], rows: Rows
 ) -> None:
     """Every site, width and method on one corpus and seed, appended to ``rows``."""
     data, seed = run.data.name, run.seed
-    bench, train_seconds = open_workbench(run)
+    try:
+        opened = open_workbench(run, [instantiate(c) for c in run.logger.values()])
+    finally:
+        wandb.finish()  # a W&B run exists only when a baseline was trained now
+    bench, train_seconds = opened.bench, opened.baseline.train_seconds
     scores = bench.baseline_scores()
     rows.baselines.append(
         {schema.DATA: data, schema.SEED: seed, **scores}
@@ -171,7 +139,7 @@ def study_baseline(
         "%s seed %d: baseline test accuracy %.4f", data, seed, scores[schema.BASELINE_TEST_ACC]
     )
     for site, widths in site_grid(cfg, ModelShape.of(bench.network)).items():
-        status = bench.analyse(site, widths[0]).status
+        status = bench.status(site)
         rows.layers.append(
             {schema.DATA: data, schema.SEED: seed, schema.LAYER: site.name, "width": site.width}
             | {"dead": int(status.dead.sum()), "nearly_dead": int(status.nearly_dead.sum())}
@@ -180,7 +148,7 @@ def study_baseline(
         usable = {
             name: m
             for name, m in methods.items()
-            if m.step.epochs == 0 or not isinstance(site, LstmSite) or data in cfg.lstm_retraining
+            if m.step.epochs == 0 or not site.in_recurrence or data in cfg.lstm_retraining
         }
         for width in widths:
             key = {schema.DATA: data, schema.SEED: seed, schema.LAYER: site.name}
@@ -191,24 +159,28 @@ def study_baseline(
             *(data, seed, site.label, len(widths), len(usable)),
         )
     if cfg.whole_model is not None:
-        rows.whole.append({schema.DATA: data, schema.SEED: seed} | shrink_whole(cfg, run, bench))
+        rows.whole.append({schema.DATA: data, schema.SEED: seed} | whole_model_row(cfg, run, bench))
 
 
-def shrink_whole(cfg: DictConfig, run: DictConfig, bench: Workbench) -> dict:
-    """compress=whole_model on this baseline (the ``whole_model`` settings), with its anchor."""
-    settings = OmegaConf.merge({"lr": 0.0}, cfg.whole_model)
-    step, method = merge_method(settings)
-    result = search(bench, step, method, settings.max_drop)
-    row = search_metrics(bench, result)
+def whole_model_row(cfg: DictConfig, run: DictConfig, bench: Workbench) -> dict:
+    """compress=whole_model on this baseline (the study's ``whole_model`` settings over the
+    choice's own), with its anchor."""
+    compress = OmegaConf.merge(
+        compose("config", overrides=["compress=whole_model"]).compress, cfg.whole_model
+    )
+    row, _ = shrink_whole(run, compress, bench)
     row[schema.BASELINE_PARAMS] = bench.baseline_scores()[schema.BASELINE_PARAMS]
-    if settings.scratch and not result.note:
-        row |= train_from_scratch(run, result.widths)
     log.info("%s seed %d whole model: %s", run.data.name, run.seed, row[schema.COMPRESSED_WIDTHS])
     return row
 
 
 def shrink_every_way(
-    cfg: DictConfig, bench: Workbench, site: Site, key: dict, methods: dict[str, Method], rows: Rows
+    cfg: DictConfig,
+    bench: Workbench,
+    site: Site,
+    key: dict,
+    methods: dict[str, Compression],
+    rows: Rows,
 ) -> None:
     """Every method on one site and width: a row each, then the siblings compared."""
     test_acc = bench.baseline_scores()[schema.BASELINE_TEST_ACC]

@@ -12,32 +12,21 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
-import lightning as L
-import matplotlib.pyplot as plt
-import pandas as pd
-from hydra.utils import instantiate
-from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
 from src import schema
-from src.baseline import obtain_baseline
 from src.compress.base import MergeMethod
-from src.model import SentimentClassifier
 from src.network import SentimentLSTM
-from src.report import front_figure
 from src.sites import ModelShape, Site, all_sites
 from src.workbench import (
     COMPRESS_DIR,
-    AnalysisSettings,
     CompressionConfigError,
     CompressStep,
     Workbench,
     accuracy,
     build_method,
-    save_compressed,
 )
 
 MERGES = ("weight_sum", "ls_refit", "interpolative")  # no training: the budget is all it costs
@@ -64,7 +53,12 @@ class SearchResult:
 
 
 def check_budget(compress: DictConfig) -> None:
-    """Refuse a budget or merge method that cannot work, before any work."""
+    """Refuse a budget, merge method or step that cannot work, before any work."""
+    if compress.repair or compress.epochs:
+        raise CompressionConfigError(
+            "compress=whole_model merges every site with no repair and no training: drop "
+            "compress.repair and compress.epochs"
+        )
     drop = compress.max_drop
     if not 0 <= drop < 1:
         raise CompressionConfigError(
@@ -82,7 +76,7 @@ def merge_method(compress: DictConfig) -> tuple[CompressStep, MergeMethod]:
     conf/compress/, with no repair and no training (the budget is all the search spends)."""
     check_budget(compress)
     method = build_method(OmegaConf.load(COMPRESS_DIR / f"{compress.merge}.yaml"))
-    return CompressStep(repair=False, epochs=0, lr=float(compress.lr)), method
+    return CompressStep.of(compress), method
 
 
 def search(
@@ -146,17 +140,11 @@ def search_metrics(bench: Workbench, result: SearchResult) -> dict[str, float | 
     return metrics
 
 
-def scratch_config(cfg: DictConfig, widths: dict[str, int]) -> DictConfig:
-    """The run's config with the model's widths set to ``widths``: the same data, epochs and
+def scratch_config(cfg: DictConfig, shape: ModelShape) -> DictConfig:
+    """The run's config with the model's widths set to ``shape``'s: the same data, epochs and
     seed, a small model trained from scratch in ``<run>/scratch``."""
     scratch = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
-    lstm = [v for k, v in widths.items() if k.startswith("lstm")]
-    heads = [v for k, v in widths.items() if k.startswith("head.")]
-    scratch.model.embedding_dim = widths["embedding"]
-    scratch.model.lstm.hidden_size = lstm[-1]
-    if len(set(lstm)) > 1:
-        scratch.model.lstm.widths = lstm  # layers of their own widths
-    scratch.model.head_widths = heads
+    scratch.model = OmegaConf.merge(scratch.model, shape.model_settings())
     scratch.output_dir = f"{cfg.output_dir}/scratch"
     scratch.ckpt_path = scratch.resume = None
     for node in scratch.callbacks.values():  # every file of the anchor in its own folder
@@ -164,61 +152,3 @@ def scratch_config(cfg: DictConfig, widths: dict[str, int]) -> DictConfig:
             node.dirpath = f"{scratch.output_dir}/checkpoints"
     scratch.trainer.default_root_dir = scratch.output_dir
     return scratch
-
-
-def train_from_scratch(cfg: DictConfig, widths: dict[str, int]) -> dict[str, float]:
-    """The honest anchor: the chosen widths trained from scratch with the run's data, epochs and
-    seed (cached like any baseline), scored like the baseline."""
-    scratch = scratch_config(cfg, widths)
-    L.seed_everything(scratch.seed, workers=True)
-    datamodule = instantiate(scratch.data)
-    callbacks = [instantiate(c) for c in scratch.callbacks.values()]
-    trainer = instantiate(
-        scratch.trainer, logger=False, callbacks=callbacks, enable_progress_bar=False
-    )
-    baseline = obtain_baseline(scratch, datamodule, trainer)
-    bench = Workbench(baseline.model.network, datamodule, AnalysisSettings.of(scratch))
-    scores = bench.baseline_scores()
-    return {
-        schema.SCRATCH_VAL_ACC: scores[schema.BASELINE_VAL_ACC],
-        schema.SCRATCH_TEST_ACC: scores[schema.BASELINE_TEST_ACC],
-        schema.SCRATCH_PARAMS: scores[schema.BASELINE_PARAMS],
-        schema.SCRATCH_TRAIN_SECONDS: baseline.train_seconds,
-    }
-
-
-def shrink_whole_model(
-    cfg: DictConfig,
-    bench: Workbench,
-    model: SentimentClassifier,
-    loggers: list,
-    step: CompressStep,
-    method: MergeMethod,
-) -> dict[str, float | int | str]:
-    """A run's ``compress=whole_model`` with the merge of :func:`merge_method`: the search, its
-    measures, its front (front.png, also in W&B), the chosen model as ``compressed.ckpt``, and
-    the anchor trained from scratch."""
-    result = search(bench, step, method, cfg.compress.max_drop)
-    metrics = search_metrics(bench, result)
-    scores = bench.baseline_scores()
-    output = Path(cfg.output_dir)
-    frame = pd.DataFrame([vars(c) for c in result.candidates])
-    frame.to_csv(output / "search.csv", index=False)
-    if not frame.empty:
-        figure = front_figure(
-            frame,
-            scores[schema.BASELINE_PARAMS],
-            scores[schema.BASELINE_VAL_ACC],
-            scores[schema.BASELINE_VAL_ACC] - cfg.compress.max_drop,
-        )
-        figure.savefig(output / "front.png", dpi=110)
-        plt.close(figure)
-        for logger in loggers:
-            if isinstance(logger, WandbLogger):
-                logger.log_image("search/front", images=[str(output / "front.png")])
-    if cfg.save_compressed:
-        record = {"method": "whole_model", "widths": result.widths}
-        save_compressed(model, result.network, output / "compressed.ckpt", record)
-    if cfg.compress.scratch and result.note == "":
-        metrics |= train_from_scratch(cfg, result.widths)
-    return metrics

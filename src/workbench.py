@@ -22,7 +22,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import lightning as L
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -38,25 +37,17 @@ from src.analysis.layer import (
     cluster_layer,
     probe_dissimilarity,
 )
+from src.analysis.neurons import NeuronStatus, neuron_status
 from src.analysis.similarity import MEASURES
 from src.analysis.stats import mcnemar_exact_interval, mcnemar_p
 from src.compress.base import LayerPair, MergeMethod
 from src.compress.repair import repair_statistics
-from src.compress.retrain import Features, FreshLayer, train_pair
+from src.compress.retrain import Features, train_pair
 from src.data import SentimentDataModule, probe_loader
 from src.errors import SettingError
 from src.loading import read_checkpoint
-from src.model import SentimentClassifier
 from src.network import SentimentLSTM, last_word
-from src.sites import (
-    EmbeddingSite,
-    HeadSite,
-    LstmSite,
-    ModelShape,
-    Site,
-    check_target_width,
-    resolve_site,
-)
+from src.sites import ModelShape, Site, check_target_width, resolve_site
 from src.store import ArtefactStore
 from src.tokens import collate
 
@@ -100,21 +91,23 @@ def build_method(compress: DictConfig) -> MergeMethod | None:
         raise CompressionConfigError(f"compress={compress.name}: {reason}") from error
 
 
-def run_site(cfg: DictConfig) -> Site:
-    """The site a run analyses and shrinks (``layer``), checked against ``target_width``; the
-    model's shape is the checkpoint's own when ``ckpt_path`` is given."""
+def run_site(cfg: DictConfig) -> tuple[Site, int]:
+    """The site a run analyses and shrinks (``layer``) and its width (``target_width``,
+    checked against it); the model's shape is the checkpoint's own when ``ckpt_path`` is
+    given."""
     if cfg.ckpt_path:
         shape = ModelShape.of_settings(read_checkpoint(cfg.ckpt_path)["hyper_parameters"])
     else:
         shape = ModelShape.of_settings(cfg.model)
-    site = resolve_site(cfg.layer, shape)
-    if cfg.ckpt_path and cfg.compress.name == "none" and cfg.target_width >= site.width > 1:
+    site, width = resolve_site(cfg.layer, shape), cfg.target_width
+    nothing = cfg.compress.method is None and cfg.compress.scope == "site"
+    if cfg.ckpt_path and nothing and width >= site.width > 1:
         # Analysing a checkpoint, nothing shrunk: target_width only counts the clusters, and a
         # shrunk model's narrow site gets one fewer than its units rather than a refusal.
         log.info("layer=%s has %d units: %d clusters", site.name, site.width, site.width - 1)
-        cfg.target_width = site.width - 1
-    check_target_width(cfg.target_width, site)
-    return site
+        width = site.width - 1
+    check_target_width(width, site)
+    return site, width
 
 
 def shared_store(
@@ -171,6 +164,19 @@ class CompressStep:
     @classmethod
     def of(cls, compress: DictConfig) -> CompressStep:
         return cls(bool(compress.repair), int(compress.epochs), float(compress.lr))
+
+
+@dataclass(frozen=True)
+class Compression:
+    """A ``compress`` choice, built: the step around its method, and the method (None: shrink
+    nothing)."""
+
+    step: CompressStep
+    method: MergeMethod | None
+
+    @classmethod
+    def of(cls, compress: DictConfig) -> Compression:
+        return cls(CompressStep.of(compress), build_method(compress))
 
 
 @dataclass
@@ -244,6 +250,7 @@ class Workbench:
         self.datamodule, self.settings = datamodule, settings
         self.network = network.eval()
         self.store = store or ArtefactStore(None)
+        self._analyses: dict[tuple[str, int], LayerAnalysis] = {}
 
     # ---- shared by every job on this baseline ----
 
@@ -323,51 +330,49 @@ class Workbench:
 
     # ---- one cell: a site and a width ----
 
+    def status(self, site: Site) -> NeuronStatus:
+        """Which of the site's units are alive, nearly dead or dead, with no clustering."""
+        return neuron_status(self.probe(site).activations, site.pair(self.network).w_out)
+
     def analyse(self, site: Site, width: int) -> LayerAnalysis:
-        """The site's units: which are alive, and ``width`` clusters of the live ones."""
-        pair = site.pair(self.network)
-        s = self.settings
-        return cluster_layer(
-            self.probe(site),
-            self.dissimilarity(site),
-            pair.incoming(),
-            pair.w_out,
-            site.name,
-            width,
-            s.clustering,
-            s.seed,
-        )
+        """The site's units: which are alive, and ``width`` clusters of the live ones (once per
+        site and width: a job's compression and its report read the same clusters)."""
+        key = (site.name, width)
+        if key not in self._analyses:
+            pair, s = site.pair(self.network), self.settings
+            self._analyses[key] = cluster_layer(
+                self.probe(site),
+                self.dissimilarity(site),
+                pair.incoming(),
+                pair.w_out,
+                site.name,
+                width,
+                s.clustering,
+                s.seed,
+            )
+        return self._analyses[key]
 
     def compress(
         self, step: CompressStep, method: MergeMethod, site: Site, width: int
     ) -> tuple[Shrunk, float]:
         """The site shrunk to ``width`` by ``method`` (then repaired and trained as ``step``
         says), and the seconds this took."""
+        site.check_step(step.repair, step.epochs)
         analysis = self.analyse(site, width)
         original = site.pair(self.network)
         generator = torch.Generator().manual_seed(self.settings.seed)
-        if step.repair and site.signed:
-            raise CompressionConfigError(
-                f"compress.repair=true matches ReLU pre-activations; layer={site.name} has none: "
-                "drop compress.repair"
-            )
         start = time.perf_counter()
-        if step.epochs > 0 and isinstance(site, EmbeddingSite):
-            raise CompressionConfigError(
-                f"compress={type(method).__name__}: layer=embedding takes methods without "
-                "training (compress.epochs=0)"
-            )
-        if isinstance(method, FreshLayer) and isinstance(site, LstmSite):
-            shrunk = site.fresh(self.network, width, generator)
-            shrunk = self._train_lstm(step, shrunk, site, generator)
-            return Shrunk(None, shrunk), time.perf_counter() - start
-        pair = method(original, analysis.probe.activations, analysis.labels, width, generator)
-        if step.repair:
+        if getattr(method, "starts_fresh", False):  # the site builds its own fresh units
+            pair, shrunk = site.fresh(self.network, width, generator)
+        else:
+            pair = method(original, analysis.probe.activations, analysis.labels, width, generator)
+        if step.repair:  # where the site took it (check_step)
             pair = repair_statistics(original, pair, analysis.probe.inputs)
-        if not isinstance(site, HeadSite):
+        if pair is not None:
             shrunk = site.rebuild(self.network, pair)
+        if site.in_recurrence:
             if step.epochs > 0:
-                shrunk = self._train_lstm(step, shrunk, site, generator)
+                shrunk = self._train_lstm(step, shrunk, generator)
                 pair = None  # training moved every weight: no longer a pair of the original's
             return Shrunk(pair, shrunk), time.perf_counter() - start
         if step.epochs > 0:
@@ -388,7 +393,7 @@ class Workbench:
         return Shrunk(pair, site.rebuild(self.network, pair)), time.perf_counter() - start
 
     def _train_lstm(
-        self, step: CompressStep, shrunk: SentimentLSTM, site: LstmSite, generator: torch.Generator
+        self, step: CompressStep, shrunk: SentimentLSTM, generator: torch.Generator
     ) -> SentimentLSTM:
         """``step.epochs`` over the training sentences of the shrunk LSTM and the head's first
         layer, the embedding and the rest of the head frozen (Adam, BCE, gradients clipped as in
@@ -425,7 +430,7 @@ class Workbench:
         # Kept units that never fire at a test sentence's last word: a fresh layer can die.
         metrics[schema.COMPRESSED_DEAD] = int((~(features["test"] != 0).any(dim=0)).sum())
         features = features["test"]
-        if not isinstance(site, HeadSite) and result.pair is not None:
+        if site.in_recurrence and result.pair is not None:
             drift = self.drift(site, result)
             metrics[schema.COMPRESSED_DRIFT_LAST] = drift.last_word
         else:
@@ -479,9 +484,10 @@ class Workbench:
         """The shrunk model's logits and the shrunk site's activations at each sentence's last
         word, in the order of the stored states. A head site reads the stored LSTM states; a
         site inside the LSTM makes the shrunk network read every sentence again."""
-        if isinstance(site, HeadSite):
-            inputs = site.inputs(self.network, self.states(split).inputs)
-            return site.logits(self.network, result.pair, inputs), result.pair.hidden(inputs)
+        if result.pair is not None:
+            stored = site.from_last_states(self.network, result.pair, self.states(split).inputs)
+            if stored is not None:
+                return stored
         network = result.network.eval()
         logits, features = [], []
         for batch in self.datamodule.loader(split):
@@ -492,7 +498,7 @@ class Workbench:
         return torch.cat(logits), torch.cat(features)
 
     @torch.no_grad()
-    def drift(self, site: LstmSite | EmbeddingSite, result: Shrunk) -> Drift:
+    def drift(self, site: Site, result: Shrunk) -> Drift:
         """How far what the consumer reads drifts from the original network's along the
         sentence: per word position, the relative error of the consumer's pre-activation over
         the test sentences that reach it (the merged units' errors feed back through
@@ -536,27 +542,3 @@ class Workbench:
         layers = network.layer_states(ids_t, lengths)  # each (1, T, H_l)
         prob = torch.sigmoid(last_word(network.head_from(0, layers[-1]), lengths))[0].item()
         return site.activations(network, ids_t, layers)[0], prob
-
-
-def save_compressed(
-    model: SentimentClassifier, shrunk: SentimentLSTM, path: str | Path, record: dict
-) -> Path:
-    """A checkpoint of the shrunk network that loads like any other (``ckpt_path=...``) and
-    records its own shape, its tokenizer, and what it was shrunk from and how (``record``)."""
-    hparams = dict(model.hparams)
-    hparams["head_widths"] = shrunk.hidden_widths
-    hparams["embedding_dim"] = shrunk.embedding.embedding_dim
-    lstm = dict(hparams.get("lstm") or {})
-    if shrunk.lstm_widths != [lstm.get("hidden_size", 128)] * lstm.get("num_layers", 1):
-        hparams["lstm"] = lstm | {"widths": shrunk.lstm_widths}
-    compressed = SentimentClassifier(**hparams)
-    compressed.network.load_state_dict(shrunk.state_dict())
-    checkpoint = {
-        "state_dict": compressed.state_dict(),
-        "hyper_parameters": hparams,
-        "pytorch-lightning_version": L.__version__,
-        "tokenizer": model.tokenizer_json,
-        "compressed": record,
-    }
-    torch.save(checkpoint, path)
-    return Path(path)

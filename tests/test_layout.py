@@ -30,8 +30,9 @@ LEVELS = {
     "src.viewer": 7,
     "src.report": 7,
     "src.artefacts": 7,
+    "src.whole_model": 6,
     "src.claims": 7,
-    "src.whole_model": 7,
+    "src.pipeline": 8,
     "src.run": 8,
     "src.study": 8,
     "src.predict": 8,
@@ -63,12 +64,14 @@ def level(module: str) -> int:
     return next(v for k, v in LEVELS.items() if module == k or module.startswith(f"{k}."))
 
 
+PACKAGES = ("src", "src.analysis", "src.compress")
+
+
 def test_every_module_has_a_level() -> None:
-    packages = ("src", "src.analysis", "src.compress")
     unplaced = [
         module
         for module in GRAPH
-        if module not in packages
+        if module not in PACKAGES
         and not any(module == k or module.startswith(f"{k}.") for k in LEVELS)
     ]
     assert not unplaced, f"add these modules to LEVELS: {unplaced}"
@@ -87,6 +90,84 @@ def test_the_analysis_package_is_pure() -> None:
     for module, imported in GRAPH.items():
         if module.startswith("src.analysis"):
             assert all(m.startswith(("src.analysis", "src.errors")) for m in imported), module
+
+
+CORE = ("src.sites", "src.workbench", "src.whole_model", "src.compress", "src.analysis")
+
+
+def is_core(module: str) -> bool:
+    return module.startswith(CORE)
+
+
+def third_party(path: Path) -> set[str]:
+    """The top-level packages outside src that a file imports."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0:
+            found.add((node.module or "").split(".")[0])
+    return found - {"src"}
+
+
+PATHS = {module_name(p): p for p in SRC.rglob("*.py")}
+
+
+def test_the_core_receives_a_trained_network_and_never_trains_a_baseline() -> None:
+    """No baseline, LightningModule, trainer callbacks or Lightning itself in the core: the entry
+    points (src.pipeline) train and hand it a network."""
+    for module, imported in GRAPH.items():
+        if is_core(module):
+            trains = sorted(
+                m for m in imported if m.startswith(("src.baseline", "src.model", "src.callbacks"))
+            )
+            assert not trains, f"{module} imports {trains}"
+            assert "lightning" not in third_party(PATHS[module]), module
+
+
+def test_the_core_measures_and_never_draws() -> None:
+    """Figures and files are the report layer's: no matplotlib and no report module in the
+    core (src.analysis.figures draws the analysis's own figures for the report layer)."""
+    for module, imported in GRAPH.items():
+        if is_core(module) and module != "src.analysis.figures":
+            draws = sorted(m for m in imported if level(m) >= LEVELS["src.report"])
+            assert not draws, f"{module} imports {draws}"
+            assert "matplotlib" not in third_party(PATHS[module]), module
+
+
+def method_targets() -> set[str]:
+    """Every class a conf/compress/ choice builds with ``_target_``."""
+    import yaml
+
+    targets = set()
+    for path in (SRC.parent / "conf" / "compress").glob("*.yaml"):
+        method = (yaml.safe_load(path.read_text()) or {}).get("method") or {}
+        if "_target_" in method:
+            targets.add(method["_target_"])
+    return targets
+
+
+def test_methods_arrive_only_by_target() -> None:
+    """No module outside src.compress names a merge method's class, and neither the report nor
+    an entry point imports src.compress at all: a run builds its method from its config's
+    ``_target_``, so a new method is a new file and a new config, nothing else."""
+    targets = method_targets()
+    assert len(targets) >= 8
+    for module, path in PATHS.items():
+        if not module.startswith("src.compress"):
+            named = sorted(targets & imported_names(path))
+            assert not named, f"{module} imports the method classes {named}"
+        if module not in PACKAGES and level(module) >= LEVELS["src.report"]:
+            assert not any(m.startswith("src.compress") for m in GRAPH[module]), module
+
+
+def imported_names(path: Path) -> set[str]:
+    """Every dotted name a file imports from src, classes and functions included."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("src"):
+            names |= {f"{node.module}.{a.name}" for a in node.names}
+    return names
 
 
 def test_no_import_cycles() -> None:

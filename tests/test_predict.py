@@ -14,11 +14,10 @@ from tokenizers import Tokenizer
 
 from src import predict as predict_module
 from src.baseline import load_checkpoint
-from src.model import SentimentClassifier
+from src.model import SentimentClassifier, save_compressed
 from src.predict import run
 from src.sites import ModelShape, all_sites, resolve_site
 from src.tokens import train_tokenizer
-from src.workbench import save_compressed
 from tests.conftest import APP_ENV, ROOT, save_one_step_checkpoint
 
 TRAIN = [

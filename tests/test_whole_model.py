@@ -12,7 +12,7 @@ from src.compress.base import LayerPair
 from src.compress.weight_sum import WeightSum
 from src.data import SentimentDataModule
 from src.loading import load_network
-from src.model import SentimentClassifier
+from src.model import SentimentClassifier, save_compressed
 from src.network import SentimentLSTM
 from src.sites import ModelShape
 from src.whole_model import check_budget, merge_method, search, search_metrics
@@ -21,7 +21,6 @@ from src.workbench import (
     CompressionConfigError,
     CompressStep,
     Workbench,
-    save_compressed,
 )
 from tests.conftest import compose_config, rotten_tomatoes_slice
 

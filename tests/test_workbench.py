@@ -11,7 +11,7 @@ from src.baseline import load_checkpoint
 from src.compress.base import LayerPair
 from src.compress.weight_sum import WeightSum
 from src.data import SentimentDataModule
-from src.model import SentimentClassifier
+from src.model import SentimentClassifier, save_compressed
 from src.sites import HeadSite, ModelShape, SiteError, all_sites, resolve_site
 from src.store import ArtefactStore
 from src.tokens import collate
@@ -22,7 +22,6 @@ from src.workbench import (
     Workbench,
     build_method,
     method_choices,
-    save_compressed,
 )
 from tests.conftest import compose_config, rotten_tomatoes_slice
 
@@ -264,8 +263,15 @@ def test_every_method_that_keeps_units_shrinks_the_lstm(shared: Workbench, metho
 def test_repair_is_refused_at_the_lstm(shared: Workbench) -> None:
     site = resolve_site("lstm", ModelShape.of(shared.network))
     method = build_method(compose_config("compress=weight_sum").compress)
-    with pytest.raises(CompressionConfigError, match="compress.repair=true"):
+    with pytest.raises(SiteError, match="compress.repair=true"):
         shared.evaluate(CompressStep(True, 0, 0.01), method, site, 6)
+
+
+def test_training_is_refused_at_the_embedding_naming_the_setting(shared: Workbench) -> None:
+    site = resolve_site("embedding", ModelShape.of(shared.network))
+    method = build_method(compose_config("compress=cluster_init").compress)
+    with pytest.raises(SiteError, match="compress.epochs=1: layer=embedding"):
+        shared.evaluate(CompressStep(False, 1, 0.01), method, site, 4)
 
 
 @pytest.mark.parametrize("method", ["weight_sum", "ls_refit", "interpolative", "prune"])

@@ -97,14 +97,15 @@ class LayerPair:
 
 
 class MergeMethod(Protocol):
-    """A way to shrink a layer without training.
+    """A way to shrink a site's units to a narrower pair (a training step may follow it).
 
     ``activations``: outputs of the layer over the probe words, (words, N): post-ReLU at head
     sites, signed at the LSTM.
     ``labels``: a cluster id per neuron (N,) from the configured clustering, -1 for neurons found
     dead or nearly dead (:mod:`src.analysis.neurons`) and left out of the clustering; ``None``
     for methods that pick neurons themselves. Returns a pair of width ``target_width`` (or less
-    when fewer neurons are alive).
+    when fewer neurons are alive). A method whose class sets ``starts_fresh = True`` keeps
+    nothing of the original units, and the site builds the fresh ones itself.
     """
 
     def __call__(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -18,12 +19,32 @@ from torch import Tensor, nn
 from src.compress.base import REPRESENTATIVES, LayerPair, check_choice, cluster_representatives
 
 
+def fresh_pair(inputs: int, outputs: int, width: int, generator: torch.Generator) -> LayerPair:
+    """A ``width``-wide layer reading ``inputs`` values and a next layer of ``outputs``,
+    initialised as ``nn.Linear`` initialises (uniform in +-1/sqrt(fan_in)), from ``generator``."""
+
+    def uniform(shape: tuple[int, ...], fan_in: int) -> Tensor:
+        bound = 1 / math.sqrt(fan_in)
+        return (torch.rand(shape, generator=generator) * 2 - 1) * bound
+
+    return LayerPair(
+        uniform((width, inputs), inputs),
+        uniform((width,), inputs),
+        uniform((outputs, width), width),
+        uniform((outputs,), width),
+    )
+
+
 @dataclass(frozen=True)
 class FreshLayer:
     """``freeze_retrain``'s start: a fresh ``target_width``-wide layer and a fresh next layer.
 
     Initialised as ``nn.Linear`` initialises (uniform in +-1/sqrt(fan_in)), from ``generator``.
+    A site whose units own more than a pair holds (the LSTM's) builds its fresh units itself
+    (``starts_fresh``).
     """
+
+    starts_fresh: ClassVar[bool] = True
 
     def __call__(
         self,
@@ -33,18 +54,7 @@ class FreshLayer:
         target_width: int,
         generator: torch.Generator,
     ) -> LayerPair:
-        d, m = pair.w_in.shape[1], pair.w_out.shape[0]
-
-        def uniform(shape: tuple[int, ...], fan_in: int) -> Tensor:
-            bound = 1 / math.sqrt(fan_in)
-            return (torch.rand(shape, generator=generator) * 2 - 1) * bound
-
-        return LayerPair(
-            uniform((target_width, d), d),
-            uniform((target_width,), d),
-            uniform((m, target_width), target_width),
-            uniform((m,), target_width),
-        )
+        return fresh_pair(pair.w_in.shape[1], pair.w_out.shape[0], target_width, generator)
 
 
 @dataclass(frozen=True)

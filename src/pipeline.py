@@ -1,0 +1,74 @@
+"""The wiring ``src.run`` and ``src.study`` share: from a run config to a workbench on its trained
+baseline, and the whole-model job on it.
+
+The evaluation core (:mod:`src.workbench`, :mod:`src.whole_model`) receives a trained network and
+measures; training a baseline (or the whole model's scratch anchor) and drawing happen here and in
+the entry points, never in the core.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import lightning as L
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from src import schema
+from src.baseline import Baseline, obtain_baseline
+from src.callbacks import progress_bar
+from src.sites import ModelShape
+from src.whole_model import SearchResult, merge_method, scratch_config, search, search_metrics
+from src.workbench import AnalysisSettings, Workbench, shared_store
+
+
+@dataclass
+class Opened:
+    """A run's baseline (trained now, cached or loaded) and the workbench on it."""
+
+    baseline: Baseline
+    bench: Workbench
+
+
+def open_workbench(cfg: DictConfig, loggers: list | None = None, share: bool = True) -> Opened:
+    """Seed, build the data, callbacks and trainer of ``cfg``, obtain its baseline and open a
+    workbench on it. ``loggers`` go to the trainer (None: no logger and no progress bar);
+    ``share``: the workbench keeps what it computes under ``cfg.cache_dir`` for later jobs."""
+    L.seed_everything(cfg.seed, workers=True)  # the same config trains the same
+    datamodule = instantiate(cfg.data)
+    callbacks = [instantiate(c) for c in cfg.callbacks.values()]
+    bar = loggers is not None and progress_bar(cfg.trainer.enable_progress_bar)
+    trainer = instantiate(
+        cfg.trainer, logger=loggers or False, callbacks=callbacks, enable_progress_bar=bar
+    )
+    baseline = obtain_baseline(cfg, datamodule, trainer)
+    store = shared_store(cfg.cache_dir if share else None, baseline.checkpoint, datamodule)
+    bench = Workbench(baseline.model.network, datamodule, AnalysisSettings.of(cfg), store)
+    return Opened(baseline, bench)
+
+
+def train_from_scratch(cfg: DictConfig, shape: ModelShape) -> dict[str, float]:
+    """The honest anchor: a model of ``shape`` trained from scratch with the run's data, epochs
+    and seed (cached like any baseline), scored like the baseline."""
+    opened = open_workbench(scratch_config(cfg, shape), share=False)
+    scores = opened.bench.baseline_scores()
+    return {
+        schema.SCRATCH_VAL_ACC: scores[schema.BASELINE_VAL_ACC],
+        schema.SCRATCH_TEST_ACC: scores[schema.BASELINE_TEST_ACC],
+        schema.SCRATCH_PARAMS: scores[schema.BASELINE_PARAMS],
+        schema.SCRATCH_TRAIN_SECONDS: opened.baseline.train_seconds,
+    }
+
+
+def shrink_whole(
+    cfg: DictConfig, compress: DictConfig, bench: Workbench
+) -> tuple[dict[str, float | int | str], SearchResult]:
+    """``compress=whole_model`` on ``bench``'s network (``compress``: that node's settings): the
+    search, its measures against the baseline, and the anchor trained from scratch when
+    ``compress.scratch`` asks and the search cut something."""
+    step, method = merge_method(compress)
+    result = search(bench, step, method, compress.max_drop)
+    metrics = search_metrics(bench, result)
+    if compress.scratch and not result.note:
+        metrics |= train_from_scratch(cfg, ModelShape.of(result.network))
+    return metrics, result
