@@ -14,10 +14,12 @@ LSTM's cost is batch x longest sentence.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 import socket
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import lightning as L
@@ -161,6 +163,16 @@ def encode(
     return ids, truncated
 
 
+def data_digest(splits: Mapping[str, Dataset]) -> str:
+    """sha256 of every split's texts and labels in order: what results computed on this data are
+    keyed by, so other data (another folder, a file edited in place) never reuses them."""
+    digest = hashlib.sha256()
+    for name in sorted(splits):
+        columns = splits[name].to_dict()
+        digest.update(json.dumps([name, columns["text"], columns["label"]]).encode())
+    return digest.hexdigest()[:16]
+
+
 class LengthBatchSampler(Sampler[list[int]]):
     """Batches of sentences of similar length (length bucketing).
 
@@ -235,20 +247,30 @@ class SentimentDataModule(L.LightningDataModule):
         self.tokenizer: Tokenizer | None = None  # set before setup() to reuse a trained one
         self.splits: dict[str, list[tuple[Tensor, int]]] = {}
         self.texts: dict[str, list[str]] = {}
+        self.raw: DatasetDict | None = None  # the cleaned splits, read once by read()
+        self.digest: str | None = None  # data_digest of raw
+
+    def read(self) -> DatasetDict:
+        """The cleaned splits (a slice with data.limit), read once, and their :attr:`digest`:
+        known before any tokenizer or training, so a cached baseline can be keyed by it."""
+        if self.raw is None:
+            raw = complete_splits(
+                load_raw_splits(self.name, self.root, self.hub_name), self.val_fraction
+            )
+            if self.limit:  # a slice for tests and quick looks
+                raw = DatasetDict(
+                    {
+                        k: v.shuffle(seed=VALIDATION_SEED).select(range(min(self.limit, len(v))))
+                        for k, v in raw.items()
+                    }
+                )
+            self.raw, self.digest = raw, data_digest(raw)
+        return self.raw
 
     def setup(self, stage: str | None = None) -> None:
         if self.splits:
             return
-        raw = complete_splits(
-            load_raw_splits(self.name, self.root, self.hub_name), self.val_fraction
-        )
-        if self.limit:  # a slice for tests and quick looks
-            raw = DatasetDict(
-                {
-                    k: v.shuffle(seed=VALIDATION_SEED).select(range(min(self.limit, len(v))))
-                    for k, v in raw.items()
-                }
-            )
+        raw = self.read()
         if self.tokenizer is None:
             self.tokenizer = train_tokenizer(
                 raw["train"].to_dict()["text"], self.vocab_size, self.min_frequency

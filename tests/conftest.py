@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import lightning as L
+import pandas as pd
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
@@ -80,6 +82,30 @@ def rotten_tomatoes_slice(limit: int, max_length: int, batch_size: int) -> Senti
     )
     datamodule.setup()
     return datamodule
+
+
+POSITIVE, NEGATIVE = ("great", "love", "superb", "moving"), ("awful", "hate", "dull", "boring")
+FILLER = ("I", "this", "movie", "the", "film", "a", "plot", "was", "and", "it")
+
+
+def write_corpus(
+    root: Path, sizes: tuple[int, int, int] = (400, 100, 100), invert: bool = False
+) -> Path:
+    """A corpus a tiny LSTM learns in an epoch or two, as ``<root>/rotten_tomatoes/<split>.parquet``
+    (``data.root=<root>`` reads it): each review holds words of its label's kind among filler;
+    ``invert`` flips every label, texts unchanged."""
+    words = random.Random(0)
+    for split, size in zip(("train", "validation", "test"), sizes, strict=True):
+        rows = []
+        for i in range(size):
+            label = i % 2
+            kind = POSITIVE if label else NEGATIVE
+            text = words.choices(FILLER, k=4) + words.choices(kind, k=2)
+            words.shuffle(text)
+            rows.append({"text": " ".join(text), "label": label ^ invert})
+        (root / "rotten_tomatoes").mkdir(parents=True, exist_ok=True)
+        pd.DataFrame(rows).to_parquet(root / "rotten_tomatoes" / f"{split}.parquet")
+    return root
 
 
 def compose_config(*overrides: str, output_dir: Path | str = "/tmp/unused") -> DictConfig:
