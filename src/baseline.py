@@ -130,6 +130,8 @@ def fit_baseline(
         # OnExceptionCheckpoint makes fit look for a "last" checkpoint to resume from (there is
         # one only after a Ctrl-C in the same run folder) and warn about it on every fresh run.
         warnings.filterwarnings("ignore", message=r".*ckpt_path.*")
+        # Lightning cannot tell that RandomState puts the sampler back where an epoch stopped.
+        warnings.filterwarnings("ignore", message=r".*ended before the epoch ended.*")
         trainer.fit(model, datamodule=datamodule, ckpt_path=resume, weights_only=True)
     seconds = time.perf_counter() - start
     best = Path(trainer.checkpoint_callback.best_model_path)
