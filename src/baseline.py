@@ -203,7 +203,8 @@ class BaselineCache:
 def obtain_baseline(
     cfg: DictConfig, datamodule: SentimentDataModule, trainer: L.Trainer
 ) -> Baseline:
-    """The baseline from ``ckpt_path``, else from the cache, else trained now (and cached).
+    """The baseline from ``ckpt_path``, else from the cache, else trained now (and cached,
+    unless it went on from ``resume``: only a fresh training is what its key promises).
 
     The datamodule ends up set up with the baseline's own tokenizer.
     """
@@ -217,9 +218,19 @@ def obtain_baseline(
         cache, key = BaselineCache(cfg.cache_dir), cache_key(cfg, datamodule.digest)
         with cache.lock(key):
             baseline = cache.load(key)
+            if baseline is not None and resumed is not None:
+                log.warning(
+                    "resume=%s is not needed: the cache holds this baseline (%s), nothing is "
+                    "trained (cache_dir=null trains it on from the checkpoint)",
+                    cfg.resume,
+                    cache.root / key,
+                )
             if baseline is None:
                 baseline = train_baseline(cfg, datamodule, trainer, resumed)
-                cache.store(key, baseline, OmegaConf.to_yaml(cfg, resolve=True))
+                if resumed is None:
+                    cache.store(key, baseline, OmegaConf.to_yaml(cfg, resolve=True))
+                else:  # a checkpoint of an older version may lack the random state
+                    log.info("a resumed training is not cached: a fresh run trains its own")
     else:
         baseline = train_baseline(cfg, datamodule, trainer, resumed)
     if datamodule.tokenizer is None:

@@ -23,6 +23,7 @@ from src.baseline import (
     cache_key,
     check_resume,
     load_checkpoint,
+    obtain_baseline,
 )
 from src.model import SentimentClassifier
 from src.workbench import data_digest
@@ -249,3 +250,28 @@ def test_another_corpus_never_reuses_a_cached_baseline_or_its_scores(tmp_path: P
     analysed = run(tmp_path / "flipped", f"ckpt_path={entry / 'model.ckpt'}")
     assert analysed[schema.BASELINE_TEST_ACC] == pytest.approx(1 - first[schema.BASELINE_TEST_ACC])
     assert "baseline-scores" in analysed[schema.COMPUTED]
+
+
+def test_a_resumed_training_is_not_cached_and_a_resume_the_cache_skips_says_so(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    corpus, cache = write_corpus(tmp_path / "corpus", sizes=(64, 32, 32)), tmp_path / "cache"
+    tiny = [f"data.root={corpus}", "model.embedding_dim=8", "model.lstm.hidden_size=8"]
+
+    def obtain(folder: str, *overrides: str) -> Baseline:
+        cfg = compose_config(
+            *tiny, f"cache_dir={cache}", "logger=csv", *overrides, output_dir=tmp_path / folder
+        )
+        callbacks = [instantiate(c) for c in cfg.callbacks.values()]
+        trainer = instantiate(cfg.trainer, logger=False, callbacks=callbacks)
+        return obtain_baseline(cfg, instantiate(cfg.data), trainer)
+
+    assert obtain("first", "trainer.max_epochs=1").trained_now
+    (entry,) = [p for p in cache.iterdir() if p.is_dir()]
+    last = tmp_path / "first" / "checkpoints" / "last.ckpt"
+    with caplog.at_level(logging.WARNING):
+        assert not obtain("again", "trainer.max_epochs=1", f"resume={last}").trained_now
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warning.startswith(f"resume={last} is not needed") and str(entry) in warning
+    assert obtain("longer", "trainer.max_epochs=2", f"resume={last}").trained_now
+    assert [p for p in cache.iterdir() if p.is_dir()] == [entry]  # the resumed one not stored
