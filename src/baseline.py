@@ -1,9 +1,10 @@
 """Train the baseline once, cache it, and load it back: a sweep of compressions never retrains.
 
 A cache entry is a folder named by a hash of every setting that changes the trained weights
-(data, model, trainer, early stopping, seed). It is written under a temporary name and renamed
-into place, so a half-written entry is never read, and a file lock makes parallel jobs that need
-the same baseline train it once. Its ``baseline.json`` holds the sha256 of its ``model.ckpt``,
+(data, model, trainer, early stopping, seed) and of the data read (its texts and labels, so another
+corpus never reuses a baseline). It is written under a temporary name and renamed into place, so a
+half-written entry is never read, and a file lock makes parallel jobs that need the same baseline
+train it once. Its ``baseline.json`` holds the sha256 of its ``model.ckpt``,
 checked on every load.
 
 Every checkpoint is loaded with ``weights_only=True``: tensors and plain data, never code. A file
@@ -77,9 +78,12 @@ def weight_settings(cfg: DictConfig) -> dict[str, Any]:
     return parts
 
 
-def cache_key(cfg: DictConfig) -> str:
-    """Hash of the settings that decide the baseline's weights."""
-    blob = json.dumps(weight_settings(cfg), sort_keys=True, default=str)
+def cache_key(cfg: DictConfig, data_digest: str) -> str:
+    """Hash of the settings that decide the baseline's weights and of the data they were trained
+    and scored on (:func:`~src.data.data_digest`): another corpus under the same name, or a file
+    edited in place, trains its own baseline."""
+    parts = {"settings": weight_settings(cfg), "data": data_digest}
+    blob = json.dumps(parts, sort_keys=True, default=str)
     return f"{cfg.data.name}-{hashlib.sha256(blob.encode()).hexdigest()[:16]}"
 
 
@@ -126,6 +130,8 @@ def fit_baseline(
         # OnExceptionCheckpoint makes fit look for a "last" checkpoint to resume from (there is
         # one only after a Ctrl-C in the same run folder) and warn about it on every fresh run.
         warnings.filterwarnings("ignore", message=r".*ckpt_path.*")
+        # Lightning cannot tell that RandomState puts the sampler back where an epoch stopped.
+        warnings.filterwarnings("ignore", message=r".*ended before the epoch ended.*")
         trainer.fit(model, datamodule=datamodule, ckpt_path=resume, weights_only=True)
     seconds = time.perf_counter() - start
     best = Path(trainer.checkpoint_callback.best_model_path)
@@ -197,7 +203,8 @@ class BaselineCache:
 def obtain_baseline(
     cfg: DictConfig, datamodule: SentimentDataModule, trainer: L.Trainer
 ) -> Baseline:
-    """The baseline from ``ckpt_path``, else from the cache, else trained now (and cached).
+    """The baseline from ``ckpt_path``, else from the cache, else trained now (and cached,
+    unless it went on from ``resume``: only a fresh training is what its key promises).
 
     The datamodule ends up set up with the baseline's own tokenizer.
     """
@@ -207,12 +214,23 @@ def obtain_baseline(
         model = load_checkpoint(cfg.ckpt_path)
         baseline = Baseline(model, 0.0, False, Path(cfg.ckpt_path), record)
     elif cfg.cache_dir:
-        cache, key = BaselineCache(cfg.cache_dir), cache_key(cfg)
+        datamodule.read()  # the key holds the data's digest
+        cache, key = BaselineCache(cfg.cache_dir), cache_key(cfg, datamodule.digest)
         with cache.lock(key):
             baseline = cache.load(key)
+            if baseline is not None and resumed is not None:
+                log.warning(
+                    "resume=%s is not needed: the cache holds this baseline (%s), nothing is "
+                    "trained (cache_dir=null trains it on from the checkpoint)",
+                    cfg.resume,
+                    cache.root / key,
+                )
             if baseline is None:
                 baseline = train_baseline(cfg, datamodule, trainer, resumed)
-                cache.store(key, baseline, OmegaConf.to_yaml(cfg, resolve=True))
+                if resumed is None:
+                    cache.store(key, baseline, OmegaConf.to_yaml(cfg, resolve=True))
+                else:  # a checkpoint of an older version may lack the random state
+                    log.info("a resumed training is not cached: a fresh run trains its own")
     else:
         baseline = train_baseline(cfg, datamodule, trainer, resumed)
     if datamodule.tokenizer is None:

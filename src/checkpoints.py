@@ -7,22 +7,29 @@
   never for an error before training or while testing.
 - :class:`TrainingSettings`: the settings that decide the weights, written into every checkpoint
   so that a resume can be checked against them before anything is loaded.
+- :class:`RandomState`: the random generators and the training shuffle's place, written into
+  every checkpoint and put back on resume, so a resumed training is the uninterrupted one.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import random
 import shutil
 from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
+import torch
 from lightning.pytorch.callbacks import ModelCheckpoint, OnExceptionCheckpoint
 from lightning.pytorch.trainer.states import TrainerFn
 
 log = logging.getLogger(__name__)
 
 SETTINGS_KEY = "training_settings"  # the checkpoint key TrainingSettings writes
+RANDOM_KEY = "random_state"  # the checkpoint key RandomState writes
 
 
 class RunCheckpoint(ModelCheckpoint):
@@ -52,6 +59,27 @@ class RunCheckpoint(ModelCheckpoint):
         """The parent writes ``last`` only together with a new best; write it when it did not."""
         if self.save_last and self._last_global_step_saved != trainer.global_step:
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+    def _update_best_and_save(self, current: torch.Tensor, trainer: L.Trainer, *args: Any) -> None:
+        """An interruption while the new best is written leaves the record of the old best (the
+        interrupted.ckpt written next holds it), never one naming a file that was not written."""
+        fields = ("best_k_models", "best_model_path", "best_model_score", "kth_best_model_path")
+        before = {name: getattr(self, name) for name in (*fields, "kth_value", "current_score")}
+        before["best_k_models"] = dict(self.best_k_models)
+        try:
+            super()._update_best_and_save(current, trainer, *args)
+        except BaseException:
+            for name, value in before.items():
+                setattr(self, name, value)
+            raise
+
+    def _save_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
+        """Written under a temporary name and renamed: an interruption never leaves a half-written
+        best.ckpt or last.ckpt, and the previous one stays whole until the new one is."""
+        partial = f"{filepath}.partial"
+        super()._save_checkpoint(trainer, partial)
+        os.replace(partial, filepath)
+        self._last_checkpoint_saved = filepath
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Resuming into a new folder: copy the best files here and keep their scores, so the
@@ -132,3 +160,82 @@ class TrainingSettings(L.Callback):
         self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
     ) -> None:
         checkpoint[SETTINGS_KEY] = self.settings
+
+
+def generator_states() -> dict[str, Any]:
+    """torch's (CPU and CUDA), numpy's and Python's global generators, as tensors and plain
+    data (a checkpoint is loaded with ``weights_only=True``)."""
+    kind, keys, position, has_gauss, gauss = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, gauss],
+        "python": random.getstate(),
+    }
+
+
+def set_generator_states(states: dict[str, Any]) -> None:
+    torch.set_rng_state(states["torch"])
+    if states["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+    kind, keys, position, has_gauss, gauss = states["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, gauss))
+    version, internal, gauss_next = states["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+
+
+class RandomState(L.Callback):
+    """Writes the random generators, and the training shuffle's seed and place, into every
+    checkpoint and puts them back on resume: the resumed training draws the batches and dropout
+    masks the uninterrupted one drew, so its weights are the same.
+
+    Saved at an epoch's end, the generators are put back at once: the next epoch's loader draws
+    its shuffle from them. Saved inside an epoch (Ctrl-C), they are the generators as the
+    unfinished batch began, put back right before that batch is trained again; the sampler goes
+    on with the epoch's own shuffle past the batches already trained (through the datamodule's
+    ``shuffle_start``, which the next training loader's sampler starts from).
+    """
+
+    def __init__(self) -> None:
+        self._batch_start: tuple[int, dict[str, Any]] | None = None  # (batches done, generators)
+        self._pending: dict[str, Any] | None = None  # generators to put back before next step
+
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        if self._pending is not None:
+            set_generator_states(self._pending)
+            self._pending = None
+        self._batch_start = (_batches_done(trainer), generator_states())
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._batch_start = None
+
+    def on_save_checkpoint(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        done, state = _batches_done(trainer), {"generators": generator_states(), "shuffle": None}
+        if self._batch_start is not None and done < trainer.num_training_batches:  # mid-epoch
+            if self._batch_start[0] == done:  # stopped inside a batch: it is trained again
+                state["generators"] = self._batch_start[1]
+            seed = getattr(trainer.train_dataloader.batch_sampler, "seed", None)
+            state["shuffle"] = None if seed is None else [seed, done]
+        checkpoint[RANDOM_KEY] = state
+
+    def on_load_checkpoint(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        state = checkpoint.get(RANDOM_KEY)
+        if state is None:
+            log.warning("the checkpoint holds no random state: the resumed training draws anew")
+            return
+        set_generator_states(state["generators"])
+        if state["shuffle"] is not None:
+            self._pending = state["generators"]
+            trainer.datamodule.shuffle_start = tuple(state["shuffle"])
+
+
+def _batches_done(trainer: L.Trainer) -> int:
+    """Training batches of the current epoch whose step was taken: a batch stopped after its step
+    (in its end hooks) is not trained again on resume, one stopped before it is."""
+    return trainer.fit_loop.epoch_loop.batch_progress.current.processed

@@ -14,10 +14,12 @@ LSTM's cost is batch x longest sentence.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 import socket
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import lightning as L
@@ -161,22 +163,40 @@ def encode(
     return ids, truncated
 
 
+def data_digest(splits: Mapping[str, Dataset]) -> str:
+    """sha256 of every split's texts and labels in order: what results computed on this data are
+    keyed by, so other data (another folder, a file edited in place) never reuses them."""
+    digest = hashlib.sha256()
+    for name in sorted(splits):
+        columns = splits[name].to_dict()
+        digest.update(json.dumps([name, columns["text"], columns["label"]]).encode())
+    return digest.hexdigest()[:16]
+
+
 class LengthBatchSampler(Sampler[list[int]]):
     """Batches of sentences of similar length (length bucketing).
 
     Shuffled (training): each epoch the sentences are shuffled, cut into pools of ``pool`` batches,
     each pool is sorted by length and cut into batches, and the batches are shuffled; so batches
-    stay random in content and order while padding almost vanishes. Not shuffled (evaluation):
+    stay random in content and order while padding almost vanishes (``pool=None``: the shuffled
+    sentences cut into batches, as a shuffled DataLoader batches them). Not shuffled (evaluation):
     every sentence sorted by length, the batches in that order, the same every time.
     The shuffle draws its seed from torch's global generator, as a shuffled DataLoader does, so a
-    seeded run repeats.
+    seeded run repeats. ``start`` (a seed and a number of batches) makes the first epoch go on
+    with that epoch's shuffle past the batches already trained: a training resumed mid-epoch.
     """
 
     def __init__(
-        self, lengths: Sequence[int], batch_size: int, pool: int, shuffle: bool = True
+        self,
+        lengths: Sequence[int],
+        batch_size: int,
+        pool: int | None,
+        shuffle: bool = True,
+        start: tuple[int, int] | None = None,
     ) -> None:
         self.lengths = torch.as_tensor(lengths)
-        self.batch_size, self.pool, self.shuffle = batch_size, pool, shuffle
+        self.batch_size, self.pool, self.shuffle, self.start = batch_size, pool, shuffle, start
+        self.seed: int | None = None  # the seed of the current epoch's shuffle
 
     def __len__(self) -> int:
         return -(-len(self.lengths) // self.batch_size)
@@ -186,15 +206,20 @@ class LengthBatchSampler(Sampler[list[int]]):
             order = torch.argsort(self.lengths, stable=True)
             yield from (batch.tolist() for batch in order.split(self.batch_size))
             return
-        seed = int(torch.empty((), dtype=torch.int64).random_())
-        generator = torch.Generator().manual_seed(seed)
+        if self.start is None:
+            self.seed, done = int(torch.empty((), dtype=torch.int64).random_()), 0
+        else:
+            (self.seed, done), self.start = self.start, None
+        generator = torch.Generator().manual_seed(self.seed)
+        order = torch.randperm(len(self.lengths), generator=generator)
+        if self.pool is None:
+            yield from (batch.tolist() for batch in order.split(self.batch_size)[done:])
+            return
         batches = []
-        for pool in torch.randperm(len(self.lengths), generator=generator).split(
-            self.batch_size * self.pool
-        ):
+        for pool in order.split(self.batch_size * self.pool):
             by_length = pool[torch.argsort(self.lengths[pool], stable=True)]
             batches += by_length.split(self.batch_size)
-        for index in torch.randperm(len(batches), generator=generator):
+        for index in torch.randperm(len(batches), generator=generator)[done:]:
             yield batches[index].tolist()
 
 
@@ -235,20 +260,31 @@ class SentimentDataModule(L.LightningDataModule):
         self.tokenizer: Tokenizer | None = None  # set before setup() to reuse a trained one
         self.splits: dict[str, list[tuple[Tensor, int]]] = {}
         self.texts: dict[str, list[str]] = {}
+        self.shuffle_start: tuple[int, int] | None = None  # the next training loader's start
+        self.raw: DatasetDict | None = None  # the cleaned splits, read once by read()
+        self.digest: str | None = None  # data_digest of raw
+
+    def read(self) -> DatasetDict:
+        """The cleaned splits (a slice with data.limit), read once, and their :attr:`digest`:
+        known before any tokenizer or training, so a cached baseline can be keyed by it."""
+        if self.raw is None:
+            raw = complete_splits(
+                load_raw_splits(self.name, self.root, self.hub_name), self.val_fraction
+            )
+            if self.limit:  # a slice for tests and quick looks
+                raw = DatasetDict(
+                    {
+                        k: v.shuffle(seed=VALIDATION_SEED).select(range(min(self.limit, len(v))))
+                        for k, v in raw.items()
+                    }
+                )
+            self.raw, self.digest = raw, data_digest(raw)
+        return self.raw
 
     def setup(self, stage: str | None = None) -> None:
         if self.splits:
             return
-        raw = complete_splits(
-            load_raw_splits(self.name, self.root, self.hub_name), self.val_fraction
-        )
-        if self.limit:  # a slice for tests and quick looks
-            raw = DatasetDict(
-                {
-                    k: v.shuffle(seed=VALIDATION_SEED).select(range(min(self.limit, len(v))))
-                    for k, v in raw.items()
-                }
-            )
+        raw = self.read()
         if self.tokenizer is None:
             self.tokenizer = train_tokenizer(
                 raw["train"].to_dict()["text"], self.vocab_size, self.min_frequency
@@ -278,11 +314,14 @@ class SentimentDataModule(L.LightningDataModule):
         """Batches of ``split``. With length bucketing on, an unshuffled loader yields its batches
         in order of length, not in the split's order (labels travel with their sentences)."""
         sentences = self.splits[split]
-        if self.bucket_pool is None:
-            batching = {"batch_size": self.batch_size, "shuffle": shuffle}
-        else:
+        if self.bucket_pool is None and not shuffle:
+            batching = {"batch_size": self.batch_size}
+        else:  # shuffled: one sampler whose place in an epoch a resume can go back to
             lengths = [len(ids) for ids, _ in sentences]
-            sampler = LengthBatchSampler(lengths, self.batch_size, self.bucket_pool, shuffle)
+            start = None
+            if shuffle:
+                start, self.shuffle_start = self.shuffle_start, None
+            sampler = LengthBatchSampler(lengths, self.batch_size, self.bucket_pool, shuffle, start)
             batching = {"batch_sampler": sampler}
         return DataLoader(sentences, collate_fn=collate, num_workers=self.num_workers, **batching)
 

@@ -118,7 +118,7 @@ def shared_store(
     if not cache_dir:
         return ArtefactStore(None)
     model = hashlib.sha256(Path(checkpoint).read_bytes()).hexdigest()[:16]
-    folder = f"{model}-{data_digest(datamodule)}-v{SHARED_FORMAT}"
+    folder = f"{model}-{shared_data_key(datamodule)}-v{SHARED_FORMAT}"
     return ArtefactStore(Path(cache_dir) / "shared" / folder)
 
 
@@ -226,14 +226,17 @@ def last_word_states(network: SentimentLSTM, loader: DataLoader) -> Features:
     return Features(torch.cat(states), torch.cat(labels))
 
 
-def data_digest(datamodule: SentimentDataModule) -> str:
-    """What decides the sentences of each split, hashed: shared artefacts are keyed by it and by
-    the model's bytes, so a checkpoint analysed on other data never reads the wrong states."""
+def shared_data_key(datamodule: SentimentDataModule) -> str:
+    """The data read (:attr:`~src.data.SentimentDataModule.digest`: every split's texts and
+    labels) and how it is encoded and ordered, hashed: shared artefacts are keyed by it and by the
+    model's bytes, so a checkpoint analysed on other data never reads the wrong states."""
+    datamodule.read()
     settings = {
-        key: getattr(datamodule, key)
-        for key in ("name", "limit", "max_length", "truncation_side", "val_fraction")
+        "data": datamodule.digest,
+        "max_length": datamodule.max_length,
+        "truncation_side": datamodule.truncation_side,
+        "by_length": datamodule.bucket_pool is not None,  # the order of the stored states
     }
-    settings["vocab"] = datamodule.tokenizer.get_vocab_size()
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -83,7 +84,7 @@ def save_one_step_checkpoint(
     return path
 
 
-def write_corpus(folder: Path, splits: dict[str, pd.DataFrame]) -> Path:
+def write_splits(folder: Path, splits: dict[str, pd.DataFrame]) -> Path:
     """``folder/<split>.parquet`` per split (columns ``text`` and ``label``), as in shared/data."""
     folder.mkdir(parents=True, exist_ok=True)
     for split, rows in splits.items():
@@ -103,7 +104,7 @@ def small_corpora(tmp_path_factory: pytest.TempPathFactory) -> Path:
     raw = {split: pd.read_parquet(source / f"{split}.parquet") for split in ("train", "test")}
     sample = {split: rows.sample(600, random_state=0) for split, rows in raw.items()}
     lower = sample["train"].assign(text=sample["train"]["text"].str.lower())
-    write_corpus(
+    write_splits(
         root / "sst2",
         {"train": lower[:400], "validation": lower[400:500], "test": lower[500:]},
     )
@@ -116,7 +117,7 @@ def small_corpora(tmp_path_factory: pytest.TempPathFactory) -> Path:
             for _, group in by_label.groupby(np.arange(len(by_label)) // 3)
         )
 
-    write_corpus(root / "imdb", {split: reviews(rows) for split, rows in sample.items()})
+    write_splits(root / "imdb", {split: reviews(rows) for split, rows in sample.items()})
     return root
 
 
@@ -133,6 +134,30 @@ def rotten_tomatoes_slice(limit: int, max_length: int, batch_size: int) -> Senti
     )
     datamodule.setup()
     return datamodule
+
+
+POSITIVE, NEGATIVE = ("great", "love", "superb", "moving"), ("awful", "hate", "dull", "boring")
+FILLER = ("I", "this", "movie", "the", "film", "a", "plot", "was", "and", "it")
+
+
+def write_corpus(
+    root: Path, sizes: tuple[int, int, int] = (400, 100, 100), invert: bool = False
+) -> Path:
+    """A corpus a tiny LSTM learns in an epoch or two, as ``<root>/rotten_tomatoes/<split>.parquet``
+    (``data.root=<root>`` reads it): each review holds words of its label's kind among filler;
+    ``invert`` flips every label, texts unchanged."""
+    words = random.Random(0)
+    for split, size in zip(("train", "validation", "test"), sizes, strict=True):
+        rows = []
+        for i in range(size):
+            label = i % 2
+            kind = POSITIVE if label else NEGATIVE
+            text = words.choices(FILLER, k=4) + words.choices(kind, k=2)
+            words.shuffle(text)
+            rows.append({"text": " ".join(text), "label": label ^ invert})
+        (root / "rotten_tomatoes").mkdir(parents=True, exist_ok=True)
+        pd.DataFrame(rows).to_parquet(root / "rotten_tomatoes" / f"{split}.parquet")
+    return root
 
 
 def compose_config(*overrides: str, output_dir: Path | str = "/tmp/unused") -> DictConfig:

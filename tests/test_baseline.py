@@ -10,9 +10,12 @@ import struct
 import zipfile
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
+from hydra.utils import instantiate
 
+from src import schema
 from src.baseline import (
     Baseline,
     BaselineCache,
@@ -20,9 +23,19 @@ from src.baseline import (
     cache_key,
     check_resume,
     load_checkpoint,
+    obtain_baseline,
 )
 from src.model import SentimentClassifier
-from tests.conftest import ROOT, compose_config, save_one_step_checkpoint
+from src.workbench import shared_data_key
+from tests.conftest import (
+    QUICK,
+    ROOT,
+    compose_config,
+    read_metrics,
+    run_app,
+    save_one_step_checkpoint,
+    write_corpus,
+)
 
 
 @pytest.mark.parametrize(
@@ -42,7 +55,30 @@ from tests.conftest import ROOT, compose_config, save_one_step_checkpoint
 def test_cache_key_follows_only_the_settings_that_change_the_weights(
     override: str, same: bool
 ) -> None:
-    assert (cache_key(compose_config(override)) == cache_key(compose_config())) is same
+    key = cache_key(compose_config(override), "digest")
+    assert (key == cache_key(compose_config(), "digest")) is same
+
+
+def read_corpus(root: Path, *overrides: str) -> tuple[str, str]:
+    """The baseline cache key and the shared files' data key of the corpus under ``root``."""
+    cfg = compose_config(f"data.root={root}", *overrides)
+    datamodule = instantiate(cfg.data)
+    datamodule.read()
+    return cache_key(cfg, datamodule.digest), shared_data_key(datamodule)
+
+
+def test_the_cache_keys_follow_the_data_read_not_its_folder_or_name(tmp_path: Path) -> None:
+    keys = read_corpus(write_corpus(tmp_path / "corpus"))
+    assert read_corpus(write_corpus(tmp_path / "copy")) == keys  # the same data elsewhere
+    inverted = read_corpus(write_corpus(tmp_path / "inverted", invert=True))
+    assert all(a != b for a, b in zip(inverted, keys, strict=True))
+    test = tmp_path / "copy" / "rotten_tomatoes" / "test.parquet"
+    edited = pd.read_parquet(test)
+    edited.loc[0, "label"] = 1 - edited.loc[0, "label"]
+    edited.to_parquet(test)  # one label edited in place
+    assert all(a != b for a, b in zip(read_corpus(tmp_path / "copy"), keys, strict=True))
+    fewer = read_corpus(tmp_path / "corpus", "data.limit=50")
+    assert all(a != b for a, b in zip(fewer, keys, strict=True))
 
 
 @pytest.fixture
@@ -190,3 +226,52 @@ def test_an_entry_without_a_stored_hash_is_rebuilt(checkpoint: Path, tmp_path: P
     (entry / "baseline.json").write_text('{"train_seconds": 1.0}')  # as entries used to be
     assert BaselineCache(tmp_path).load("key") is None
     assert not entry.exists()
+
+
+@pytest.mark.slow
+def test_another_corpus_never_reuses_a_cached_baseline_or_its_scores(tmp_path: Path) -> None:
+    """The same settings on a corpus whose labels are all flipped: its own baseline is trained,
+    and the first corpus's cached model, analysed on it, is scored on it (not read back)."""
+    cache = tmp_path / "cache"
+    settings = [*QUICK, "data.limit=1000", "trainer.max_epochs=2", f"cache_dir={cache}"]
+    runs = iter(range(10))
+
+    def run(corpus: Path, *more: str) -> dict:
+        folder = tmp_path / f"run{next(runs)}"
+        result = run_app(*settings, f"data.root={corpus}", f"hydra.run.dir={folder}", *more)
+        assert result.returncode == 0, result.stderr[-3000:]
+        return read_metrics(folder)
+
+    first = run(write_corpus(tmp_path / "corpus"))
+    assert first[schema.BASELINE_TRAINED_NOW] == 1 and first[schema.BASELINE_TEST_ACC] > 0.9
+    (entry,) = [p for p in cache.iterdir() if p.is_dir() and p.name != "shared"]
+    flipped = run(write_corpus(tmp_path / "flipped", invert=True))
+    assert flipped[schema.BASELINE_TRAINED_NOW] == 1 and flipped[schema.BASELINE_TEST_ACC] > 0.9
+    analysed = run(tmp_path / "flipped", f"ckpt_path={entry / 'model.ckpt'}")
+    assert analysed[schema.BASELINE_TEST_ACC] == pytest.approx(1 - first[schema.BASELINE_TEST_ACC])
+    assert "baseline-scores" in analysed[schema.COMPUTED]
+
+
+def test_a_resumed_training_is_not_cached_and_a_resume_the_cache_skips_says_so(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    corpus, cache = write_corpus(tmp_path / "corpus", sizes=(64, 32, 32)), tmp_path / "cache"
+    tiny = [f"data.root={corpus}", "model.embedding_dim=8", "model.lstm.hidden_size=8"]
+
+    def obtain(folder: str, *overrides: str) -> Baseline:
+        cfg = compose_config(
+            *tiny, f"cache_dir={cache}", "logger=csv", *overrides, output_dir=tmp_path / folder
+        )
+        callbacks = [instantiate(c) for c in cfg.callbacks.values()]
+        trainer = instantiate(cfg.trainer, logger=False, callbacks=callbacks)
+        return obtain_baseline(cfg, instantiate(cfg.data), trainer)
+
+    assert obtain("first", "trainer.max_epochs=1").trained_now
+    (entry,) = [p for p in cache.iterdir() if p.is_dir()]
+    last = tmp_path / "first" / "checkpoints" / "last.ckpt"
+    with caplog.at_level(logging.WARNING):
+        assert not obtain("again", "trainer.max_epochs=1", f"resume={last}").trained_now
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warning.startswith(f"resume={last} is not needed") and str(entry) in warning
+    assert obtain("longer", "trainer.max_epochs=2", f"resume={last}").trained_now
+    assert [p for p in cache.iterdir() if p.is_dir()] == [entry]  # the resumed one not stored

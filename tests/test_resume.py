@@ -24,7 +24,7 @@ from src.baseline import CheckpointError, check_resume, weight_settings
 from src.checkpoints import SETTINGS_KEY, TrainingSettings
 from src.model import SentimentClassifier
 from src.tokens import collate
-from tests.conftest import QUICK, compose_config, read_metrics, run_app
+from tests.conftest import QUICK, compose_config, read_metrics, run_app, write_corpus
 
 SENTENCES = [(torch.tensor([2, 3, 4]), 1), (torch.tensor([5, 6]), 0), (torch.tensor([7]), 1)]
 STEPS_PER_EPOCH = 2  # batch_size 2 over 3 sentences
@@ -233,3 +233,98 @@ def test_an_interrupted_and_resumed_training_matches_an_uninterrupted_one(tmp_pa
     best = saved(resumed / "checkpoints" / "best.ckpt")
     assert best["epoch"] == every.idxmax()
     assert read_metrics(resumed)["baseline/val_acc"] == pytest.approx(every.max(), abs=1e-6)
+
+
+class Interrupt(L.Callback):
+    """Raises KeyboardInterrupt (what Ctrl-C raises) once, in epoch ``epoch`` at ``hook``:
+    "batch_start" or "batch_end" of batch ``batch``, "epoch_end" (after the epoch's log line,
+    before its checkpoints), or "save" (while the epoch's first checkpoint is written)."""
+
+    def __init__(self, hook: str, epoch: int, batch: int = 0) -> None:
+        self.hook, self.epoch, self.batch, self.fired = hook, epoch, batch, False
+
+    def _at(self, trainer: L.Trainer, hook: str, batch: int = 0) -> None:
+        here = (hook, trainer.current_epoch, batch) == (self.hook, self.epoch, self.batch)
+        if here and not self.fired:
+            self.fired = True
+            raise KeyboardInterrupt
+
+    def on_train_batch_start(self, trainer: L.Trainer, *args: object) -> None:
+        self._at(trainer, "batch_start", args[-1])
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: object) -> None:
+        self._at(trainer, "batch_end", args[-1])
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._at(trainer, "epoch_end")
+
+    def on_save_checkpoint(self, trainer: L.Trainer, *args: object) -> None:
+        self._at(trainer, "save")
+
+
+def train(
+    folder: Path, corpus: Path, resume: Path | None = None, extra: L.Callback | None = None
+) -> dict[str, torch.Tensor] | None:
+    """Three epochs of a tiny LSTM with dropout on ``corpus``, shuffled by the project's sampler,
+    with every callback of ``conf/callbacks/default.yaml``, seeded as the app seeds; the weights
+    at the end, or None when ``extra`` stopped it."""
+    cfg = compose_config(
+        f"data.root={corpus}",
+        "data.batch_size=16",
+        "model.embedding_dim=8",
+        "model.lstm.hidden_size=8",
+        "model.head_widths=[8]",
+        "seed=1",
+        output_dir=folder,
+    )
+    L.seed_everything(cfg.seed)
+    datamodule = instantiate(cfg.data)
+    datamodule.setup()
+    model = instantiate(cfg.model, vocab_size=datamodule.tokenizer.get_vocab_size())
+    trainer = L.Trainer(
+        max_epochs=3,
+        callbacks=[instantiate(c) for c in cfg.callbacks.values()] + ([extra] if extra else []),
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=folder,
+    )
+    handler = signal.getsignal(signal.SIGINT)  # Lightning ignores Ctrl-C once it handled one
+    try:
+        trainer.fit(model, datamodule=datamodule, ckpt_path=resume, weights_only=True)
+    except SystemExit:  # Lightning's answer to Ctrl-C
+        return None
+    finally:
+        signal.signal(signal.SIGINT, handler)
+    return model.state_dict()
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    corpus = write_corpus(tmp_path_factory.mktemp("corpus"), sizes=(160, 40, 40))  # 10 batches
+    return corpus, train(tmp_path_factory.mktemp("whole"), corpus)
+
+
+@pytest.mark.parametrize(
+    ("stop", "resume_from"),
+    [
+        (Interrupt("batch_start", 1, 3), "interrupted"),  # inside a batch: it is trained again
+        (Interrupt("batch_end", 1, 3), "interrupted"),  # after its step
+        (Interrupt("epoch_end", 1), "interrupted"),  # between the log line and the checkpoint
+        (Interrupt("save", 0), "interrupted"),  # while the first best.ckpt is written
+        (Interrupt("batch_start", 1, 3), "last"),  # killed: the last finished epoch
+    ],
+    ids=lambda x: f"{x.hook}-{x.epoch}-{x.batch}" if isinstance(x, Interrupt) else x,
+)
+def test_a_resumed_training_ends_with_the_uninterrupted_ones_weights(
+    uninterrupted: tuple[Path, dict], tmp_path: Path, stop: Interrupt, resume_from: str
+) -> None:
+    corpus, whole = uninterrupted
+    assert train(tmp_path / "stopped", corpus, extra=stop) is None
+    checkpoints = tmp_path / "stopped" / "checkpoints"
+    best = saved(checkpoints / "interrupted.ckpt")["callbacks"]
+    (path,) = [state["best_model_path"] for key, state in best.items() if "RunCheckpoint" in key]
+    assert path == "" or Path(path).is_file()  # never a best.ckpt that was not written
+    resumed = train(tmp_path / "resumed", corpus, resume=checkpoints / f"{resume_from}.ckpt")
+    assert resumed.keys() == whole.keys()
+    assert all(torch.equal(resumed[k], whole[k]) for k in whole)
