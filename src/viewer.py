@@ -159,85 +159,108 @@ def _viridis() -> str:
     return rgb.tobytes().hex()
 
 
-def _payload(data: ViewerData, top_k: int, window: int, bins: int, fire_threshold: float) -> dict:
-    """Everything the page draws, precomputed: only what the views need, never every activation."""
-    words, flat, starts, labels = _check(data)
-    n = flat.shape[1]
-    signed = bool((flat < 0).any())
-    # Per neuron, the scale of its colours and scores (np.abs would copy all of flat).
-    peak_abs = np.maximum(flat.max(axis=0), -flat.min(axis=0))
+@dataclass(frozen=True)
+class _Probe:
+    """The probe set as every neuron's view reads it, computed once for all neurons."""
 
-    # The word index: per word type (lower-cased), the mean activation of every neuron on it.
+    words: list[list[str]]
+    flat: np.ndarray  # (W, N) activations after each probe word, sentence after sentence
+    starts: np.ndarray  # (S,) each sentence's first row in flat
+    signed: bool  # whether any activation is negative: the page then shows troughs too
+    scale: np.ndarray  # (N,) peak |activation|: the scale of each neuron's colours and scores
+    vocab: np.ndarray  # (V,) the word types, lower-cased
+    counts: np.ndarray  # (V,) each type's occurrences
+    scores: np.ndarray  # (V, N) mean activation on each type, as a share of scale
+
+
+def _probe(words: list[list[str]], flat: np.ndarray, starts: np.ndarray) -> _Probe:
+    """Each neuron's scale, and its mean activation on each word type (lower-cased)."""
+    scale = np.maximum(flat.max(axis=0), -flat.min(axis=0))  # np.abs would copy all of flat
     vocab, word_ids = np.unique(
         np.array([w.lower() for s in words for w in s], dtype=object), return_inverse=True
     )
-    sums = np.zeros((len(vocab), n))
+    sums = np.zeros((len(vocab), flat.shape[1]))
     np.add.at(sums, word_ids, flat)
     counts = np.bincount(word_ids, minlength=len(vocab))
-    scores = sums / counts[:, None] / np.where(peak_abs > 0, peak_abs, np.inf)
+    scores = sums / counts[:, None] / np.where(scale > 0, scale, np.inf)
+    signed = bool((flat < 0).any())
+    return _Probe(words, flat, starts, signed, scale, vocab, counts, scores)
+
+
+def _word_index(probe: _Probe, fire_threshold: float) -> dict[str, list[int]]:
+    """The search's index: per word type its count, then (neuron, % of its peak) for at most 16
+    neurons whose mean activation on it reaches ``fire_threshold`` of their peak, strongest
+    first; flat lists, as the page reads them, to keep the file small."""
     index = {}
-    for v, word in enumerate(vocab):
-        firing = np.flatnonzero(np.abs(scores[v]) >= fire_threshold)
-        firing = firing[np.argsort(-np.abs(scores[v, firing]), kind="stable")][:16]
-        index[word] = [int(counts[v])] + [
-            x for i in firing for x in (int(i), int(round(100 * scores[v, i])))
+    for v, word in enumerate(probe.vocab):
+        scores = probe.scores[v]
+        firing = np.flatnonzero(np.abs(scores) >= fire_threshold)
+        firing = firing[np.argsort(-np.abs(scores[firing]), kind="stable")][:16]
+        index[word] = [int(probe.counts[v])] + [
+            x for i in firing for x in (int(i), int(round(100 * scores[i])))
         ]
+    return index
 
-    # Per sentence and neuron, the peak (and trough): what top-k ranks sentences by.
-    sentence_max = np.maximum.reduceat(flat, starts, axis=0)  # (S, N)
-    sentence_min = np.minimum.reduceat(flat, starts, axis=0)
-    frequent = counts >= 2  # one occurrence is an anecdote, not a word the neuron likes
 
-    def entry(sentence: int, neuron: int, trough: bool) -> dict:
-        lo = starts[sentence]
-        column = flat[lo : lo + len(words[sentence]), neuron]
-        at = int(column.argmin() if trough else column.argmax())
-        first = max(0, min(at - window // 2, len(column) - window))
-        shown = slice(first, first + window)
-        return {
-            "s": int(sentence),
-            "o": first,
-            "n": len(column),
-            "w": words[sentence][shown],
-            "a": _round(column[shown], peak_abs[neuron]),
-        }
+def _excerpt(probe: _Probe, sentence: int, neuron: int, window: int, trough: bool) -> dict:
+    """One sentence of a neuron's top (or bottom) list, cut to ``window`` words around its peak
+    (or trough): a 400-word review would not fit a line."""
+    words = probe.words[sentence]
+    lo = probe.starts[sentence]
+    column = probe.flat[lo : lo + len(words), neuron]
+    at = int(column.argmin() if trough else column.argmax())
+    first = max(0, min(at - window // 2, len(column) - window))
+    shown = slice(first, first + window)
+    a = _round(column[shown], probe.scale[neuron])
+    # Sentence, first word shown, its length, the words shown and their activations; short keys,
+    # as top_k of them repeat for every neuron.
+    return {"s": int(sentence), "o": first, "n": len(column), "w": words[shown], "a": a}
 
-    neurons = []
-    for i in range(n):
-        column = flat[:, i]
-        top = np.argsort(-sentence_max[:, i], kind="stable")[:top_k]
-        counts_i, edges = np.histogram(column, bins=bins)
-        mean_on = np.where(frequent, scores[:, i], -np.inf)
-        liked = np.argsort(-mean_on, kind="stable")[:8]
-        neuron = {
-            "status": data.status[i],
-            "cluster": int(labels[i]),
-            "peak": _round(np.array(column.max()), peak_abs[i]),
-            "low": _round(np.array(column.min()), peak_abs[i]),
-            "mean": _round(np.array(column.mean(dtype=np.float64)), peak_abs[i]),
-            "fires": round(float((column > 0).mean()), 4),
-            "hist": {
-                "lo": _round(edges[0], peak_abs[i]),
-                "hi": _round(edges[-1], peak_abs[i]),
-                "c": counts_i.tolist(),
-            },
-            "top": [entry(s, i, False) for s in top],
-            "words": [
-                [str(vocab[v]), int(round(100 * scores[v, i]))]
-                for v in liked
-                if np.isfinite(mean_on[v]) and scores[v, i] >= 0.1
-            ],
-        }
-        if signed:
-            bottom = np.argsort(sentence_min[:, i], kind="stable")[:top_k]
-            neuron["bottom"] = [entry(s, i, True) for s in bottom]
-        neurons.append(neuron)
 
+def _neuron(probe: _Probe, i: int, top_k: int, window: int, bins: int) -> dict:
+    """Neuron ``i``'s panel: its summary numbers, histogram, top (and, where signed, most
+    negative) sentences, and the frequent words it likes."""
+    column, scale = probe.flat[:, i], probe.scale[i]
+    counts, edges = np.histogram(column, bins=bins)
+    hist = {"lo": _round(edges[0], scale), "hi": _round(edges[-1], scale), "c": counts.tolist()}
+    # One occurrence is an anecdote, not a word the neuron likes.
+    mean_on = np.where(probe.counts >= 2, probe.scores[:, i], -np.inf)
+    liked = np.argsort(-mean_on, kind="stable")[:8]
+    # Sentences ranked by their peak (and trough) activation.
+    top = np.argsort(-np.maximum.reduceat(column, probe.starts), kind="stable")[:top_k]
+    neuron = {
+        "peak": _round(np.array(column.max()), scale),
+        "low": _round(np.array(column.min()), scale),
+        "mean": _round(np.array(column.mean(dtype=np.float64)), scale),
+        "fires": round(float((column > 0).mean()), 4),
+        "hist": hist,
+        "top": [_excerpt(probe, s, i, window, False) for s in top],
+        "words": [
+            [str(probe.vocab[v]), int(round(100 * probe.scores[v, i]))]
+            for v in liked
+            if np.isfinite(mean_on[v]) and probe.scores[v, i] >= 0.1
+        ],
+    }
+    if probe.signed:
+        bottom = np.argsort(np.minimum.reduceat(column, probe.starts), kind="stable")[:top_k]
+        neuron["bottom"] = [_excerpt(probe, s, i, window, True) for s in bottom]
+    return neuron
+
+
+def _matrix(dissimilarity: np.ndarray, labels: np.ndarray) -> dict:
+    """The dissimilarity in cluster order, one byte a cell (base64) with viridis as the lookup
+    table: 256 neurons take 90 kB rather than half a megabyte of JSON numbers."""
     order = _cluster_order(labels)
-    d = _array(data.dissimilarity, "dissimilarity")[order][:, order]
+    d = dissimilarity[order][:, order]
     lo, hi = float(d.min()), float(d.max())
     quantised = np.round(255 * (d - lo) / (hi - lo if hi > lo else 1.0)).astype(np.uint8)
-    examples = [
+    cells = base64.b64encode(quantised.tobytes()).decode("ascii")
+    return {"order": order.tolist(), "lo": lo, "hi": hi, "cells": cells, "lut": _viridis()}
+
+
+def _examples(examples: Sequence[Example]) -> list[dict]:
+    """The example sentences' traces, transposed to one row per neuron: the line charts' series."""
+    return [
         {
             "words": [str(w) for w in ex.words],
             "caption": ex.caption,
@@ -246,30 +269,34 @@ def _payload(data: ViewerData, top_k: int, window: int, bins: int, fire_threshol
             if ex.merged is None
             else np.round(_array(ex.merged, "merged"), 4).T.tolist(),  # (k, T)
         }
-        for ex in data.examples
+        for ex in examples
     ]
+
+
+def _payload(data: ViewerData, top_k: int, window: int, bins: int, fire_threshold: float) -> dict:
+    """Everything the page draws, precomputed: only what the views need, never every activation."""
+    words, flat, starts, labels = _check(data)
+    probe = _probe(words, flat, starts)
+    neurons = [
+        {"status": data.status[i], "cluster": int(labels[i])}
+        | _neuron(probe, i, top_k, window, bins)
+        for i in range(flat.shape[1])
+    ]
+    merged = data.merged_clusters
     return {
         "site": data.site,
         "info": {str(k): str(v) for k, v in data.info.items()},
-        "signed": signed,
+        "signed": probe.signed,
         "sentences": len(words),
         "words": int(flat.shape[0]),
         "top_k": top_k,
         "window": window,
         "fire_threshold": fire_threshold,
         "neurons": neurons,
-        "index": index,
-        "examples": examples,
-        "merged_clusters": None
-        if data.merged_clusters is None
-        else [int(c) for c in data.merged_clusters],
-        "matrix": {
-            "order": order.tolist(),
-            "lo": lo,
-            "hi": hi,
-            "cells": base64.b64encode(quantised.tobytes()).decode("ascii"),
-            "lut": _viridis(),
-        },
+        "index": _word_index(probe, fire_threshold),
+        "examples": _examples(data.examples),
+        "merged_clusters": None if merged is None else [int(c) for c in merged],
+        "matrix": _matrix(_array(data.dissimilarity, "dissimilarity"), labels),
     }
 
 
@@ -293,12 +320,9 @@ def render_viewer(
     per histogram; the search lists the neurons whose mean activation on the typed word reaches
     ``fire_threshold`` of their peak |activation| on the probe set (at most 16 per word).
     """
-    if top_k < 1:
-        raise ValueError(f"top_k={top_k} must be at least 1")
-    if window < 1:
-        raise ValueError(f"window={window} must be at least 1")
-    if bins < 1:
-        raise ValueError(f"bins={bins} must be at least 1")
+    for name, value in (("top_k", top_k), ("window", window), ("bins", bins)):
+        if value < 1:
+            raise ValueError(f"{name}={value} must be at least 1")
     if not 0 < fire_threshold <= 1:
         raise ValueError(f"fire_threshold={fire_threshold} must be in (0, 1]")
     payload = _payload(data, top_k, window, bins, fire_threshold)
