@@ -23,16 +23,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import torch
+
+from src.analysis.clustering import cluster_order
+from src.analysis.neurons import STATUSES
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-STATUSES = ("alive", "nearly dead", "dead")
-
 
 def _array(value: Any, name: str, dtype: type = np.float64) -> np.ndarray:
     """A numpy array of a torch tensor or array-like, checked finite: NaN would break the JSON."""
-    if hasattr(value, "detach"):  # a torch tensor, without importing torch
+    if isinstance(value, torch.Tensor):
         value = value.detach().cpu().numpy()
     array = np.asarray(value, dtype=dtype)
     if not np.isfinite(array).all():
@@ -55,8 +57,9 @@ class ViewerData:
     """What the page shows, as plain data (torch tensors or numpy arrays both accepted).
 
     ``activations`` is one (T_i, N) array per probe sentence, or one flat (sum T_i, N) array
-    whose rows follow the sentences' words in order (what :func:`src.analysis.probe.probe_layer`
-    returns for an unshuffled loader). ``status`` is per neuron one of :data:`STATUSES`;
+    whose rows follow the sentences' words in order (a :class:`src.analysis.layer.Probe`'s
+    ``activations``). ``status`` is per neuron one of :data:`STATUSES`
+    (:meth:`src.analysis.neurons.NeuronStatus.names`);
     ``labels`` the cluster of each neuron, -1 for those left out of the clustering.
     ``merged_clusters`` says, per kept neuron of the merged layer, which cluster it stands for.
     """
@@ -70,16 +73,6 @@ class ViewerData:
     examples: Sequence[Example] = ()
     merged_clusters: Sequence[int] | None = None  # (k,)
     info: Mapping[str, str] = field(default_factory=dict)  # shown in the header: data, seed...
-
-
-def neuron_status(width: int, dead: Sequence[int], nearly_dead: Sequence[int]) -> list[str]:
-    """Per neuron its status, from the ``dead`` and ``nearly_dead`` lists of clusters.json."""
-    status = ["alive"] * width
-    for i in nearly_dead:
-        status[i] = "nearly dead"
-    for i in dead:
-        status[i] = "dead"
-    return status
 
 
 def _check(data: ViewerData) -> tuple[list[list[str]], np.ndarray, np.ndarray, np.ndarray]:
@@ -144,12 +137,6 @@ def _round(values: np.ndarray, scale: float) -> list:
     """About three significant digits relative to ``scale``: enough to read, small to embed."""
     decimals = 3 if scale <= 0 else max(0, 2 - int(np.floor(np.log10(scale))))
     return np.round(np.asarray(values, dtype=np.float64), decimals).tolist()
-
-
-def _cluster_order(labels: np.ndarray) -> np.ndarray:
-    """Neurons grouped by cluster, left-out ones last (as src.analysis.clustering.cluster_order)."""
-    key = np.where(labels < 0, labels.max() + 1, labels)
-    return np.argsort(key, kind="stable")
 
 
 def _viridis() -> str:
@@ -250,7 +237,7 @@ def _neuron(probe: _Probe, i: int, top_k: int, window: int, bins: int) -> dict:
 def _matrix(dissimilarity: np.ndarray, labels: np.ndarray) -> dict:
     """The dissimilarity in cluster order, one byte a cell (base64) with viridis as the lookup
     table: 256 neurons take 90 kB rather than half a megabyte of JSON numbers."""
-    order = _cluster_order(labels)
+    order = cluster_order(torch.from_numpy(labels)).numpy()
     d = dissimilarity[order][:, order]
     lo, hi = float(d.min()), float(d.max())
     quantised = np.round(255 * (d - lo) / (hi - lo if hi > lo else 1.0)).astype(np.uint8)

@@ -20,7 +20,6 @@ import torch
 from src.viewer import (
     Example,
     ViewerData,
-    neuron_status,
     render_viewer,
     topk_figure,
     wandb_html,
@@ -85,7 +84,7 @@ def make_data(n: int = 16, signed: bool = False, merged: bool = True) -> ViewerD
         site=f"head.2 ({n})",
         sentences=words,
         activations=acts,
-        status=neuron_status(n, dead=[n - 1], nearly_dead=[n - 2]),
+        status=["alive"] * (n - 2) + ["nearly dead", "dead"],
         labels=labels,
         dissimilarity=torch.as_tensor(dissimilarity),
         examples=examples,
