@@ -26,7 +26,6 @@ from src import schema
 from src.analysis.clustering import cluster_sizes
 from src.analysis.figures import Trace, cluster_panels, similarity_heatmap, word_traces
 from src.analysis.layer import LayerAnalysis
-from src.analysis.neurons import NeuronStatus
 from src.analysis.similarity import affinity_from_dissimilarity, degenerate_neurons
 from src.analysis.stats import effective_rank
 from src.report import front_figure
@@ -95,14 +94,6 @@ def traces(
         activations, prob = bench.sentence(site, encoding.ids, network)
         result.append(Trace(sentence, encoding.tokens, activations, prob, label))
     return result
-
-
-def status_names(status: NeuronStatus) -> list[str]:
-    names = ["alive"] * len(status.dead)
-    for mask, name in ((status.nearly_dead, "nearly dead"), (status.dead, "dead")):
-        for unit in status.indices(mask):
-            names[unit] = name
-    return names
 
 
 def probe_sentences(bench: Workbench) -> list[list[str]]:
@@ -258,7 +249,7 @@ def viewer_data(
         site=site.label,
         sentences=probe_sentences(bench),
         activations=analysis.probe.activations,
-        status=status_names(analysis.status),
+        status=analysis.status.names(),
         labels=analysis.labels,
         dissimilarity=analysis.dissimilarity,
         examples=examples,

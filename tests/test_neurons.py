@@ -68,6 +68,7 @@ def test_status_splits_the_layer_into_dead_nearly_dead_and_alive() -> None:
     assert status.dead.tolist() == [False, False, False, False, True]
     assert (status.dead.int() + status.nearly_dead.int() + status.alive.int()).tolist() == [1] * 5
     assert status.indices(status.dead) == [4]
+    assert status.names() == ["alive", "nearly dead", "nearly dead", "alive", "dead"]
 
 
 def test_a_small_exact_multiple_that_writes_strongly_is_alive() -> None:

@@ -20,7 +20,6 @@ import torch
 from src.viewer import (
     Example,
     ViewerData,
-    neuron_status,
     render_viewer,
     topk_figure,
     wandb_html,
@@ -85,7 +84,7 @@ def make_data(n: int = 16, signed: bool = False, merged: bool = True) -> ViewerD
         site=f"head.2 ({n})",
         sentences=words,
         activations=acts,
-        status=neuron_status(n, dead=[n - 1], nearly_dead=[n - 2]),
+        status=["alive"] * (n - 2) + ["nearly dead", "dead"],
         labels=labels,
         dissimilarity=torch.as_tensor(dissimilarity),
         examples=examples,
@@ -290,7 +289,17 @@ def test_viewer_renders_and_searches_in_chromium(browser, tmp_path: Path) -> Non
     assert sentences.count() == 4
     first = sentences.first.inner_text()
     assert any(word in first for word in ("love", "great", "wonderful")), first
-    assert page.locator("#topk .tok").first.evaluate("e => getComputedStyle(e).backgroundColor")
+    # Each word of the open neuron's (0's) best sentence is tinted by its activation over the
+    # neuron's largest |activation|: red for positive, blue for negative, more opaque when higher.
+    neuron = embedded(path.read_text(encoding="utf-8"))["neurons"][0]
+    scale = max(abs(neuron["peak"]), abs(neuron["low"]))
+    colours = sentences.first.locator(".tok").evaluate_all(
+        "ts => ts.map(t => getComputedStyle(t).backgroundColor)"
+    )
+    for colour, a in zip(colours, neuron["top"][0]["a"], strict=True):
+        *rgb, alpha = re.fullmatch(r"rgba\((\d+), (\d+), (\d+), ([\d.]+)\)", colour).groups()
+        assert [int(c) for c in rgb] == ([67, 147, 195] if a < 0 else [214, 96, 77]), colour
+        assert float(alpha) == pytest.approx(0.06 + 0.79 * min(1, abs(a) / scale), abs=0.01)
     assert page.locator("#neuron-list li .badge.dead").count() == 1
     assert page.locator("#neuron-list li .badge.nearly").count() == 1
     assert page.locator(".cluster-card").count() == 5  # 4 clusters and the left-out neurons

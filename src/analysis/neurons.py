@@ -1,7 +1,7 @@
 """Which neurons of a layer are dead, nearly dead or alive: the one definition every part uses.
 
 The clustering, the methods that pick neurons (prune, keep_one), the statistics repair,
-``clusters.json`` and the study's ``layers.csv`` all read it from :func:`neuron_status`.
+``clusters.json``, the study's ``layers.csv`` and the viewer all read it from :func:`neuron_status`.
 
 A neuron matters by what it adds to the next layer, ``h_i * w_out[:, i]``, not by its activation
 alone: scaling a neuron's incoming weights and bias by c > 0 and its outgoing weights by 1 / c
@@ -23,6 +23,7 @@ from torch import Tensor
 
 MIN_ACTIVE_FRACTION = 1e-3  # fires on under 0.1 % of the probe words: nearly dead
 MIN_RELATIVE_CONTRIBUTION = 1e-2  # under 1 % of the layer's largest contribution: nearly dead
+STATUSES = ("alive", "nearly dead", "dead")  # each neuron's status by name, as the viewer shows it
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,14 @@ class NeuronStatus:
     def indices(mask: Tensor) -> list[int]:
         """The neurons a mask marks, as the list ``clusters.json`` writes."""
         return mask.nonzero().flatten().tolist()
+
+    def names(self) -> list[str]:
+        """Per neuron one of :data:`STATUSES`: the viewer's per-neuron badges."""
+        alive, nearly_dead, dead = STATUSES
+        return [
+            dead if d else nearly_dead if nd else alive
+            for d, nd in zip(self.dead.tolist(), self.nearly_dead.tolist(), strict=True)
+        ]
 
 
 def neuron_status(
