@@ -82,6 +82,37 @@ def rotten_tomatoes_slice(limit: int, max_length: int, batch_size: int) -> Senti
     return datamodule
 
 
+TINY_WORDS = {0: ["bad", "awful", "poor", "dull"], 1: ["good", "great", "fine", "lovely"]}
+TINY = [  # a model and an analysis small enough for a corpus of tiny_corpus's size
+    "data.name=tiny",
+    "model.embedding_dim=8",
+    "model.lstm.hidden_size=8",
+    "model.head_widths=[8,8]",
+    "trainer.max_epochs=1",
+    "trainer.enable_progress_bar=false",
+    "analysis.probe_sentences=20",
+    "analysis.sentences=[good]",
+    "target_width=2",
+]
+
+
+def tiny_corpus(root: Path, name: str = "tiny", rows: int = 40) -> Path:
+    """``root/name/{train,validation,test}.parquet``: short sentences whose label a word gives,
+    both classes in every split; returns ``root`` (what data.root takes)."""
+    import pandas as pd
+
+    folder = root / name
+    folder.mkdir(parents=True, exist_ok=True)
+    filler = ["the", "film", "was", "a", "movie", "plot"]
+    for split in ("train", "validation", "test"):
+        texts = [
+            f"{filler[i % 6]} {TINY_WORDS[i % 2][i % 4]} {filler[(i * 5) % 6]}" for i in range(rows)
+        ]
+        labels = [i % 2 for i in range(rows)]
+        pd.DataFrame({"text": texts, "label": labels}).to_parquet(folder / f"{split}.parquet")
+    return root
+
+
 def compose_config(*overrides: str, output_dir: Path | str = "/tmp/unused") -> DictConfig:
     """The app's config as Hydra composes it, with the run folder pinned."""
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
