@@ -36,17 +36,22 @@ def reported(task: Callable[..., T]) -> Callable[..., T]:
 
     @functools.wraps(task)
     def run(*args: object, **kwargs: object) -> T:
+        from hydra.core.hydra_config import HydraConfig  # here: src.predict needs no Hydra
+        from hydra.errors import InstantiationException
+        from hydra.types import RunMode
+
         try:
             return task(*args, **kwargs)
-        except SettingError as error:
-            from hydra.core.hydra_config import HydraConfig  # here: src.predict needs no Hydra
-            from hydra.types import RunMode
-
+        except (SettingError, InstantiationException) as error:
+            # instantiate() wraps a constructor's own refusal (data.batch_size=0) in three lines
+            setting = error if isinstance(error, SettingError) else error.__cause__
             hydra = HydraConfig.get() if HydraConfig.initialized() else None
             full = os.environ.get("HYDRA_FULL_ERROR") == "1"
-            if full or hydra is None or hydra.mode == RunMode.MULTIRUN:
+            if not isinstance(setting, SettingError) or full or hydra is None:
                 raise
-            print(f"Error: {error}", file=sys.stderr)
+            if hydra.mode == RunMode.MULTIRUN:
+                raise setting from None
+            print(f"Error: {setting}", file=sys.stderr)
             discard_untouched(Path(hydra.runtime.output_dir))
             sys.exit(2)
 

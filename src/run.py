@@ -25,8 +25,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from src import schema
 from src.artefacts import point_latest, write_site_analysis
-from src.baseline import obtain_baseline
+from src.baseline import check_resume, obtain_baseline
 from src.callbacks import progress_bar
+from src.data import locate_corpus
 from src.errors import reported
 from src.network import check_shape
 from src.report import summary_table, write_metrics
@@ -37,6 +38,7 @@ from src.workbench import (
     CompressStep,
     Workbench,
     build_method,
+    check_step,
     run_site,
     save_compressed,
     shared_store,
@@ -57,10 +59,14 @@ def main(cfg: DictConfig) -> dict:
     if whole:
         step, method = merge_method(cfg.compress)
     site = run_site(cfg)
+    if method is not None:
+        check_step(step, method, site)
     cfg.layer = site.name  # one name everywhere: W&B tags and logged settings say head.2, not -1
+    check_resume(cfg)
     L.seed_everything(cfg.seed, workers=True)
     output_dir = Path(cfg.output_dir)
     datamodule = instantiate(cfg.data)
+    locate_corpus(datamodule.name, datamodule.root)  # a data.root without the corpus: now
     loggers = [instantiate(c) for c in cfg.logger.values()]
     callbacks = [instantiate(c) for c in cfg.callbacks.values()]
     bar = progress_bar(cfg.trainer.enable_progress_bar)

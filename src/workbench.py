@@ -117,6 +117,26 @@ def run_site(cfg: DictConfig) -> Site:
     return site
 
 
+def check_step(step: CompressStep, method: MergeMethod, site: Site) -> None:
+    """Refuse a method or step the site cannot take, before any data is read or trained on."""
+    if step.repair and site.signed:
+        raise CompressionConfigError(
+            f"compress.repair=true matches ReLU pre-activations; layer={site.name} has none: "
+            "drop compress.repair"
+        )
+    if step.epochs > 0 and isinstance(site, EmbeddingSite):
+        raise CompressionConfigError(
+            f"compress={type(method).__name__}: layer=embedding takes methods without "
+            "training (compress.epochs=0)"
+        )
+    if getattr(method, "builds_units", False) and not isinstance(site, HeadSite):
+        raise CompressionConfigError(
+            f"compress={type(method).__name__} builds new units; layer={site.name} takes "
+            "methods that keep units and rewrite what reads them (weight_sum, ls_refit, "
+            "interpolative, prune, keep_one, spectral_pruning, cluster_init, freeze_retrain)"
+        )
+
+
 def shared_store(
     cache_dir: str | None, checkpoint: Path, datamodule: SentimentDataModule
 ) -> ArtefactStore:
@@ -249,6 +269,7 @@ class Workbench:
 
     def states(self, split: str) -> Features:
         """Each sentence's LSTM state at its last word and its label, for ``split``."""
+
         stored = self.store.get(
             f"states-{split}",
             lambda: vars(last_word_states(self.network, self.datamodule.loader(split))),
@@ -346,17 +367,8 @@ class Workbench:
         analysis = self.analyse(site, width)
         original = site.pair(self.network)
         generator = torch.Generator().manual_seed(self.settings.seed)
-        if step.repair and site.signed:
-            raise CompressionConfigError(
-                f"compress.repair=true matches ReLU pre-activations; layer={site.name} has none: "
-                "drop compress.repair"
-            )
+        check_step(step, method, site)
         start = time.perf_counter()
-        if step.epochs > 0 and isinstance(site, EmbeddingSite):
-            raise CompressionConfigError(
-                f"compress={type(method).__name__}: layer=embedding takes methods without "
-                "training (compress.epochs=0)"
-            )
         if isinstance(method, FreshLayer) and isinstance(site, LstmSite):
             shrunk = site.fresh(self.network, width, generator)
             shrunk = self._train_lstm(step, shrunk, site, generator)

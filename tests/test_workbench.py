@@ -3,6 +3,8 @@ method on every site, the metrics, the shrunk checkpoint, and the work shared be
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -21,6 +23,7 @@ from src.workbench import (
     CompressStep,
     Workbench,
     build_method,
+    check_step,
     method_choices,
     save_compressed,
 )
@@ -266,6 +269,25 @@ def test_repair_is_refused_at_the_lstm(shared: Workbench) -> None:
     method = build_method(compose_config("compress=weight_sum").compress)
     with pytest.raises(CompressionConfigError, match="compress.repair=true"):
         shared.evaluate(CompressStep(True, 0, 0.01), method, site, 6)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "layer", "says"),
+    [
+        (["compress=model_folding"], "lstm", "builds new units"),
+        (["compress=model_folding"], "embedding", "builds new units"),
+        (["compress=weight_sum", "compress.repair=true"], "lstm", "compress.repair=true"),
+        (["compress=freeze_retrain"], "embedding", "compress.epochs=0"),
+    ],
+)
+def test_what_a_site_cannot_take_is_known_from_the_settings_alone(
+    overrides: list[str], layer: str, says: str
+) -> None:
+    """run.py asks this before any data is read: no epoch is trained to find it out."""
+    cfg = compose_config(*overrides, f"layer={layer}")
+    site = resolve_site(layer, ModelShape.of_settings(cfg.model))
+    with pytest.raises(CompressionConfigError, match=re.escape(says)):
+        check_step(CompressStep.of(cfg.compress), build_method(cfg.compress), site)
 
 
 @pytest.mark.parametrize("method", ["weight_sum", "ls_refit", "interpolative", "prune"])
