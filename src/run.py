@@ -78,7 +78,7 @@ def main(cfg: DictConfig) -> dict:
         baseline = obtain_baseline(cfg, datamodule, trainer)
         datamodule.tokenizer.save(str(output_dir / "tokenizer.json"))
         store = shared_store(cfg.cache_dir, baseline.checkpoint, datamodule)
-        bench = Workbench(baseline.model.network, datamodule, settings, store)
+        bench = Workbench(baseline.model.network, datamodule, settings, store, baseline.checkpoint)
         metrics = {
             schema.DATA: cfg.data.name,
             schema.SEED: cfg.seed,

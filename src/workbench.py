@@ -45,7 +45,7 @@ from src.compress.repair import repair_statistics
 from src.compress.retrain import Features, FreshLayer, train_pair
 from src.data import SentimentDataModule, probe_loader
 from src.errors import SettingError
-from src.loading import read_checkpoint
+from src.loading import CheckpointError, read_checkpoint
 from src.model import SentimentClassifier
 from src.network import SentimentLSTM, last_word
 from src.sites import (
@@ -260,20 +260,34 @@ class Workbench:
         datamodule: SentimentDataModule,
         settings: AnalysisSettings,
         store: ArtefactStore | None = None,
+        source: str | Path = "the network",
     ) -> None:
         self.datamodule, self.settings = datamodule, settings
         self.network = network.eval()
         self.store = store or ArtefactStore(None)
+        self.source = source  # where the network came from, for messages: its checkpoint
+
+    def _finite(self, states: Tensor, where: str) -> Tensor:
+        """``states``, refused naming the checkpoint when they overflowed: finite weights can
+        still be too large to compute with (3e38), and every later measure would be NaN."""
+        if not states.isfinite().all():
+            raise CheckpointError(
+                f"{self.source} gives non-finite LSTM states on {where}: its weights are too "
+                "large to compute with; retrain it"
+            )
+        return states
 
     # ---- shared by every job on this baseline ----
 
     def states(self, split: str) -> Features:
         """Each sentence's LSTM state at its last word and its label, for ``split``."""
 
-        stored = self.store.get(
-            f"states-{split}",
-            lambda: vars(last_word_states(self.network, self.datamodule.loader(split))),
-        )
+        def compute() -> dict[str, Tensor]:
+            features = last_word_states(self.network, self.datamodule.loader(split))
+            self._finite(features.inputs, f"the {split} sentences")
+            return vars(features)
+
+        stored = self.store.get(f"states-{split}", compute)
         return Features(stored["inputs"], stored["labels"])
 
     def baseline_scores(self) -> dict[str, float | int]:
@@ -317,7 +331,7 @@ class Workbench:
                 lengths.append(batch["lengths"])
             words = {"ids": torch.cat(ids), "lengths": torch.cat(lengths)}
             for index, per_batch in enumerate(zip(*layers, strict=True)):
-                words[f"states.{index}"] = torch.cat(per_batch)
+                words[f"states.{index}"] = self._finite(torch.cat(per_batch), "the probe words")
             return words
 
         return self.store.get(f"probe-{n}-{seed}", compute)

@@ -7,6 +7,8 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import lightning as L
@@ -111,6 +113,40 @@ def tiny_corpus(root: Path, name: str = "tiny", rows: int = 40) -> Path:
         labels = [i % 2 for i in range(rows)]
         pd.DataFrame({"text": texts, "label": labels}).to_parquet(folder / f"{split}.parquet")
     return root
+
+
+@contextmanager
+def mount(folder: Path, *options: str) -> Iterator[Path]:
+    """``folder`` with a file system mounted on it for the test (``mount OPTIONS``), unmounted
+    after; skipped where mounting is not permitted (not root, or a container without the right):
+    chmod does not stop root, so a read-only folder or a full disk needs a real mount."""
+    folder.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(["mount", *options, str(folder)], capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount here: {done.stderr.strip() or done.returncode}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=True)
+
+
+@contextmanager
+def read_only(folder: Path) -> Iterator[Path]:
+    """``folder``, as it is, read-only (a read-only bind mount of itself)."""
+    with mount(folder, "--bind", str(folder)):
+        done = subprocess.run(
+            ["mount", "-o", "remount,ro,bind", str(folder)], capture_output=True, text=True
+        )
+        if done.returncode != 0:
+            pytest.skip(f"cannot remount read-only here: {done.stderr.strip()}")
+        yield folder
+
+
+@contextmanager
+def small_disk(folder: Path, size: str) -> Iterator[Path]:
+    """An empty ``size`` tmpfs at ``folder``: a disk that fills up."""
+    with mount(folder, "-t", "tmpfs", "-o", f"size={size}", "tmpfs"):
+        yield folder
 
 
 def compose_config(*overrides: str, output_dir: Path | str = "/tmp/unused") -> DictConfig:

@@ -22,7 +22,13 @@ from src.baseline import (
     load_checkpoint,
 )
 from src.model import SentimentClassifier
-from tests.conftest import ROOT, compose_config, save_one_step_checkpoint
+from tests.conftest import (
+    ROOT,
+    compose_config,
+    read_only,
+    save_one_step_checkpoint,
+    small_disk,
+)
 
 
 @pytest.mark.parametrize(
@@ -190,3 +196,33 @@ def test_an_entry_without_a_stored_hash_is_rebuilt(checkpoint: Path, tmp_path: P
     (entry / "baseline.json").write_text('{"train_seconds": 1.0}')  # as entries used to be
     assert BaselineCache(tmp_path).load("key") is None
     assert not entry.exists()
+
+
+def test_a_read_only_cache_holding_the_entry_is_read_without_a_lock(
+    checkpoint: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    cache = BaselineCache(tmp_path / "cache")
+    store(cache, "key", checkpoint)
+    with read_only(cache.root), caplog.at_level(logging.WARNING):
+        with cache.lock("key"):  # as obtain_baseline takes it
+            loaded = cache.load("key")
+        assert loaded is not None and not loaded.trained_now
+        with cache.lock("other"):
+            assert cache.load("other") is None  # trained now, then:
+            cache.store("other", loaded, "a: 1\n")
+    assert not (cache.root / "other").exists()
+    assert f"cache_dir={cache.root} cannot be written" in caplog.text
+    assert f"{cache.root / 'other'} cannot be written" in caplog.text
+
+
+def test_a_full_cache_disk_names_the_entry_and_leaves_nothing_half_written(
+    checkpoint: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    root = tmp_path / "cache"
+    with small_disk(root, "16k"), caplog.at_level(logging.WARNING):
+        baseline = Baseline(load_checkpoint(checkpoint), 1.0, True, checkpoint)
+        assert checkpoint.stat().st_size > 16 * 1024
+        BaselineCache(root).store("key", baseline, "a: 1\n")
+        assert list(root.iterdir()) == []  # no entry, no temporary one
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert str(root / "key") in warning and "No space left" in warning

@@ -13,6 +13,7 @@ from src.baseline import load_checkpoint
 from src.compress.base import LayerPair
 from src.compress.weight_sum import WeightSum
 from src.data import SentimentDataModule
+from src.loading import CheckpointError
 from src.model import SentimentClassifier
 from src.sites import HeadSite, ModelShape, all_sites, resolve_site
 from src.store import ArtefactStore
@@ -212,6 +213,21 @@ def test_a_second_job_on_the_same_baseline_computes_nothing_shared(datamodule, t
     assert {k: v for k, v in again.items() if k != schema.COMPRESS_SECONDS} == {
         k: v for k, v in row.items() if k != schema.COMPRESS_SECONDS
     }
+
+
+@pytest.mark.parametrize("first", ["baseline_scores", "probe_words"])
+def test_weights_too_large_to_compute_with_are_refused_naming_the_checkpoint(
+    datamodule, first: str
+) -> None:
+    """Finite weights (3e38) that overflow the LSTM pass every check on the file; every measure
+    on them would be NaN (scikit-learn: "Input X contains NaN")."""
+    network = model(datamodule).network
+    with torch.no_grad():
+        for weight in network.lstm.parameters():
+            weight.fill_(3e38)
+    huge = Workbench(network, datamodule, SETTINGS, source="cache/entry/model.ckpt")
+    with pytest.raises(CheckpointError, match=r"^cache/entry/model.ckpt gives non-finite"):
+        getattr(huge, first)()
 
 
 def test_probabilities_are_the_networks_own(datamodule) -> None:
