@@ -7,18 +7,24 @@
   never for an error before training or while testing.
 - :class:`TrainingSettings`: the settings that decide the weights, written into every checkpoint
   so that a resume can be checked against them before anything is loaded.
+- :class:`AtomicCheckpointIO`: every checkpoint file written whole or not at all.
 """
 
 from __future__ import annotations
 
+import io
 import logging
 import shutil
 from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
+from lightning.fabric.plugins import TorchCheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint, OnExceptionCheckpoint
 from lightning.pytorch.trainer.states import TrainerFn
+
+from src.errors import write_atomically
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +120,9 @@ class InterruptedCheckpoint(OnExceptionCheckpoint):
     ) -> None:
         trained = self._first_step is not None and trainer.global_step > self._first_step
         if trainer.state.fn == TrainerFn.FITTING and trained:
-            super().on_exception(trainer, pl_module, exception)
+            # the full state, said outright: the parent leaves weights_only unset, and Lightning
+            # then logs that it defaulted it
+            trainer.save_checkpoint(self.ckpt_path, weights_only=False)
             log.info("training stopped: resume=%s goes on from where it stopped", self.ckpt_path)
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
@@ -132,3 +140,18 @@ class TrainingSettings(L.Callback):
         self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
     ) -> None:
         checkpoint[SETTINGS_KEY] = self.settings
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint writing, through a temporary file renamed into place: a full disk
+    leaves the previous ``best.ckpt`` (or none), never a truncated one that a resume, the cache
+    or ``src.predict`` would read, and the failure is one line naming the file."""
+
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None
+    ) -> None:
+        if storage_options is not None:
+            raise TypeError(f"{type(self).__name__} takes no storage_options")
+        buffer = io.BytesIO()
+        torch.save(checkpoint, buffer)
+        write_atomically(path, buffer.getvalue(), "hydra.run.dir")

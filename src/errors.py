@@ -23,6 +23,28 @@ class SettingError(ValueError):
     """A setting that cannot work; the message is one line that names it."""
 
 
+class WriteError(SettingError):
+    """A file that cannot be written (full disk, read-only folder); the message names the path
+    and the setting that puts it there."""
+
+
+def write_atomically(path: str | Path, data: bytes, setting: str) -> None:
+    """Write ``data`` to ``path`` through a temporary file renamed into place, so that a full
+    disk or a kill leaves the old file or none, never a truncated one that a later run reads."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    except OSError as error:
+        tmp.unlink(missing_ok=True)
+        raise WriteError(
+            f"{path} cannot be written ({error.strerror or error}): free space there or set "
+            f"{setting} to a writable folder"
+        ) from None
+
+
 def discard_untouched(folder: Path) -> None:
     """Remove a run folder that holds only Hydra's own files (its config and log)."""
     if folder.is_dir() and all(p.name in HYDRA_OWN or p.suffix == ".log" for p in folder.iterdir()):

@@ -27,6 +27,7 @@ from src import schema
 from src.artefacts import point_latest, write_site_analysis
 from src.baseline import check_resume, obtain_baseline
 from src.callbacks import progress_bar
+from src.checkpoints import AtomicCheckpointIO
 from src.data import locate_corpus
 from src.errors import reported
 from src.network import check_shape
@@ -70,7 +71,13 @@ def main(cfg: DictConfig) -> dict:
     loggers = [instantiate(c) for c in cfg.logger.values()]
     callbacks = [instantiate(c) for c in cfg.callbacks.values()]
     bar = progress_bar(cfg.trainer.enable_progress_bar)
-    trainer = instantiate(cfg.trainer, logger=loggers, callbacks=callbacks, enable_progress_bar=bar)
+    trainer = instantiate(
+        cfg.trainer,
+        logger=loggers,
+        callbacks=callbacks,
+        enable_progress_bar=bar,
+        plugins=[AtomicCheckpointIO()],  # not in the config: it would change the cache key
+    )
     for logger in loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
     exit_code = 1  # a failure or Ctrl-C marks the W&B run as failed, and still closes it

@@ -24,6 +24,7 @@ from torch import Tensor
 
 from src import schema
 from src.baseline import obtain_baseline
+from src.checkpoints import AtomicCheckpointIO
 from src.compress.base import MergeMethod
 from src.model import SentimentClassifier
 from src.network import SentimentLSTM
@@ -174,7 +175,11 @@ def train_from_scratch(cfg: DictConfig, widths: dict[str, int]) -> dict[str, flo
     datamodule = instantiate(scratch.data)
     callbacks = [instantiate(c) for c in scratch.callbacks.values()]
     trainer = instantiate(
-        scratch.trainer, logger=False, callbacks=callbacks, enable_progress_bar=False
+        scratch.trainer,
+        logger=False,
+        callbacks=callbacks,
+        enable_progress_bar=False,
+        plugins=[AtomicCheckpointIO()],
     )
     baseline = obtain_baseline(scratch, datamodule, trainer)
     bench = Workbench(baseline.model.network, datamodule, AnalysisSettings.of(scratch))
