@@ -2,7 +2,8 @@
 
 Every module's configuration error derives from :class:`SettingError`, whose message is one line
 naming the setting. :func:`reported` prints that line alone (``HYDRA_FULL_ERROR=1`` shows the
-traceback) and leaves no run folder behind when the run had written nothing of its own.
+traceback) and leaves no run folder behind when the run had written nothing of its own; a Ctrl-C
+after training gets one line too, and marks what the run had written as partial.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import TypeVar
 
 T = TypeVar("T")
 HYDRA_OWN = {".hydra"}  # what Hydra writes into every run folder before the task starts
+INTERRUPTED = "INTERRUPTED"  # left in a run folder whose files a Ctrl-C cut short
 
 
 class SettingError(ValueError):
@@ -76,5 +78,22 @@ def reported(task: Callable[..., T]) -> Callable[..., T]:
             print(f"Error: {setting}", file=sys.stderr)
             discard_untouched(Path(hydra.runtime.output_dir))
             sys.exit(2)
+        except KeyboardInterrupt:
+            if os.environ.get("HYDRA_FULL_ERROR") == "1" or not HydraConfig.initialized():
+                raise
+            folder = Path(HydraConfig.get().runtime.output_dir)
+            discard_untouched(folder)
+            where = ""
+            if folder.is_dir():
+                where = f": the files in {folder} are partial"
+                try:
+                    (folder / INTERRUPTED).write_text(
+                        "Ctrl-C stopped this run: its files are partial and hold no result\n"
+                    )
+                    where += f" (marked by {INTERRUPTED})"
+                except OSError:  # a read-only or full run folder: the message says it all
+                    pass
+            print(f"Interrupted{where}", file=sys.stderr)
+            sys.exit(130)
 
     return run

@@ -205,6 +205,8 @@ def shrink_whole_model(
     the anchor trained from scratch."""
     result = search(bench, step, method, cfg.compress.max_drop)
     metrics = search_metrics(bench, result)
+    if cfg.compress.scratch and result.note == "":  # before any file: a Ctrl-C leaves none
+        metrics |= train_from_scratch(cfg, result.widths)
     scores = bench.baseline_scores()
     output = Path(cfg.output_dir)
     frame = pd.DataFrame([vars(c) for c in result.candidates])
@@ -224,6 +226,4 @@ def shrink_whole_model(
     if cfg.save_compressed:
         record = {"method": "whole_model", "widths": result.widths}
         save_compressed(model, result.network, output / "compressed.ckpt", record)
-    if cfg.compress.scratch and result.note == "":
-        metrics |= train_from_scratch(cfg, result.widths)
     return metrics

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import io
 import json
 import logging
 import time
@@ -44,7 +45,7 @@ from src.compress.base import LayerPair, MergeMethod
 from src.compress.repair import repair_statistics
 from src.compress.retrain import Features, FreshLayer, train_pair
 from src.data import SentimentDataModule, probe_loader
-from src.errors import SettingError
+from src.errors import SettingError, write_atomically
 from src.loading import CheckpointError, read_checkpoint
 from src.model import SentimentClassifier
 from src.network import SentimentLSTM, last_word
@@ -584,5 +585,7 @@ def save_compressed(
         "tokenizer": model.tokenizer_json,
         "compressed": record,
     }
-    torch.save(checkpoint, path)
+    buffer = io.BytesIO()
+    torch.save(checkpoint, buffer)
+    write_atomically(path, buffer.getvalue(), "hydra.run.dir")  # never a truncated one
     return Path(path)

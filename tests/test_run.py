@@ -132,6 +132,46 @@ def test_a_refusal_is_one_line_and_leaves_no_run_folder_and_no_wandb_run(
 
 
 @pytest.mark.slow
+def test_ctrl_c_after_training_is_one_line_and_marks_the_partial_files(
+    tmp_path: Path, quick_cache: Path
+) -> None:
+    """Ctrl-C in the analysis, after compressed.ckpt is written: no traceback, and the run
+    folder says its files are partial."""
+    run_dir = tmp_path / "run"
+    app = subprocess.Popen(
+        app_command(
+            *QUICK,
+            f"cache_dir={quick_cache}",
+            "compress=weight_sum",
+            "layer=lstm",
+            "analysis.probe_sentences=4000",  # an analysis long enough to be pressed in
+            f"hydra.run.dir={run_dir}",
+            "logger=csv",
+        ),
+        cwd=ROOT,
+        env=APP_ENV,
+        preexec_fn=with_ctrl_c,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 500
+    while not (run_dir / "compressed.ckpt").exists():
+        assert app.poll() is None, app.stderr.read()[-3000:]
+        assert time.monotonic() < deadline, "no compressed.ckpt after 500 s"
+        time.sleep(0.05)
+    app.send_signal(signal.SIGINT)
+    _, stderr = app.communicate(timeout=120)
+    assert not (run_dir / "metrics.json").exists(), "finished before Ctrl-C: lengthen it"
+    assert app.returncode == 130, stderr[-3000:]
+    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr
+    assert stderr.strip().splitlines()[-1] == (
+        f"Interrupted: the files in {run_dir} are partial (marked by INTERRUPTED)"
+    )
+    assert "partial" in (run_dir / "INTERRUPTED").read_text()
+
+
+@pytest.mark.slow
 def test_ctrl_c_keeps_the_last_checkpoint_closes_the_wandb_run_and_can_resume(
     tmp_path: Path,
 ) -> None:
