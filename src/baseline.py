@@ -17,9 +17,11 @@ import hashlib
 import io
 import json
 import logging
+import os
 import shutil
 import time
 import warnings
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -179,25 +181,49 @@ class BaselineCache:
         return Baseline(model, seconds, False, entry / CHECKPOINT)
 
     def store(self, key: str, baseline: Baseline, config_yaml: str) -> None:
-        """Write the entry under a temporary name, then rename it into place in one step."""
+        """Write the entry under a temporary name, then rename it into place in one step. A write
+        that fails (a full disk) leaves no entry and no temporary one, with a warning: the run
+        goes on with the baseline it trained."""
         entry = self.root / key
         tmp = self.root / f".{key}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        data = Path(baseline.checkpoint).read_bytes()
-        (tmp / CHECKPOINT).write_bytes(data)
-        record = {
-            "train_seconds": baseline.train_seconds,
-            "sha256": hashlib.sha256(data).hexdigest(),
-        }
-        (tmp / METRICS).write_text(json.dumps(record))
-        (tmp / "config.yaml").write_text(config_yaml)
-        shutil.rmtree(entry, ignore_errors=True)
-        tmp.rename(entry)
+        try:
+            tmp.mkdir(parents=True)
+            data = Path(baseline.checkpoint).read_bytes()
+            (tmp / CHECKPOINT).write_bytes(data)
+            record = {
+                "train_seconds": baseline.train_seconds,
+                "sha256": hashlib.sha256(data).hexdigest(),
+            }
+            (tmp / METRICS).write_text(json.dumps(record))
+            (tmp / "config.yaml").write_text(config_yaml)
+            shutil.rmtree(entry, ignore_errors=True)
+            tmp.rename(entry)
+        except OSError as error:
+            shutil.rmtree(tmp, ignore_errors=True)
+            log.warning(
+                "the baseline is not cached: %s cannot be written (%s)",
+                entry,
+                error.strerror or error,
+            )
 
-    def lock(self, key: str) -> FileLock:
-        self.root.mkdir(parents=True, exist_ok=True)
-        return FileLock(str(self.root / f"{key}.lock"))
+    def lock(self, key: str) -> AbstractContextManager:
+        """The lock that makes parallel jobs train ``key`` once; none in a cache that cannot be
+        written (its entries are read without one: each was renamed into place whole)."""
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            writable, why = os.access(self.root, os.W_OK), "not writable"
+        except OSError as error:
+            writable, why = False, error.strerror or str(error)
+        if writable:
+            return FileLock(str(self.root / f"{key}.lock"))
+        log.warning(
+            "cache_dir=%s cannot be written (%s): its entries are read, a baseline trained now "
+            "is not stored",
+            self.root,
+            why,
+        )
+        return nullcontext()
 
 
 def obtain_baseline(

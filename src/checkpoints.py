@@ -9,10 +9,12 @@
   so that a resume can be checked against them before anything is loaded.
 - :class:`RandomState`: the random generators and the training shuffle's place, written into
   every checkpoint and put back on resume, so a resumed training is the uninterrupted one.
+- :class:`AtomicCheckpointIO`: every checkpoint file written whole or not at all.
 """
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import random
@@ -23,8 +25,11 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
+from lightning.fabric.plugins import TorchCheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint, OnExceptionCheckpoint
 from lightning.pytorch.trainer.states import TrainerFn
+
+from src.errors import write_atomically
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +147,9 @@ class InterruptedCheckpoint(OnExceptionCheckpoint):
     ) -> None:
         trained = self._first_step is not None and trainer.global_step > self._first_step
         if trainer.state.fn == TrainerFn.FITTING and trained:
-            super().on_exception(trainer, pl_module, exception)
+            # the full state, said outright: the parent leaves weights_only unset, and Lightning
+            # then logs that it defaulted it
+            trainer.save_checkpoint(self.ckpt_path, weights_only=False)
             log.info("training stopped: resume=%s goes on from where it stopped", self.ckpt_path)
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
@@ -239,3 +246,18 @@ def _batches_done(trainer: L.Trainer) -> int:
     """Training batches of the current epoch whose step was taken: a batch stopped after its step
     (in its end hooks) is not trained again on resume, one stopped before it is."""
     return trainer.fit_loop.epoch_loop.batch_progress.current.processed
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint writing, through a temporary file renamed into place: a full disk
+    leaves the previous ``best.ckpt`` (or none), never a truncated one that a resume, the cache
+    or ``src.predict`` would read, and the failure is one line naming the file."""
+
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None
+    ) -> None:
+        if storage_options is not None:
+            raise TypeError(f"{type(self).__name__} takes no storage_options")
+        buffer = io.BytesIO()
+        torch.save(checkpoint, buffer)
+        write_atomically(path, buffer.getvalue(), "hydra.run.dir")

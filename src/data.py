@@ -23,6 +23,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import lightning as L
+import pyarrow.parquet as pq
 import torch
 from datasets import Dataset, DatasetDict, load_dataset
 from tokenizers import Tokenizer
@@ -86,12 +87,38 @@ def locate_corpus(name: str, root: str | None) -> Path | None:
     return None
 
 
+def check_parquet(path: Path) -> None:
+    """Refuse, naming the file, a corpus file that is not Parquet or lacks a text or label column
+    (else datasets fails deep inside its builder)."""
+    try:
+        columns = pq.read_schema(path).names
+    except Exception as error:  # pyarrow raises ArrowInvalid, OSError, ... for damaged bytes
+        reason = " ".join(str(error).split())[:120]
+        raise DataConfigError(
+            f"{path} is not a readable Parquet file ({reason}): replace it under data.root"
+        ) from None
+    if "label" not in columns or not any(c in columns for c in TEXT_COLUMNS):
+        raise DataConfigError(
+            f"{path} has the columns {columns}: a corpus file needs text (or sentence) and label"
+        )
+
+
+def split_sources(name: str, root: str | None, hub_name: str) -> dict[str, str]:
+    """Where each split is read from, for messages: its Parquet file, or the hub's split."""
+    folder = locate_corpus(name, root)
+    if folder is None:
+        return {split: f"{hub_name} ({split})" for split in SPLITS}
+    return {split: str(folder / f"{split}.parquet") for split in SPLITS}
+
+
 def load_raw_splits(name: str, root: str | None, hub_name: str) -> DatasetDict:
     """The corpus from the folder :func:`locate_corpus` finds, else from the hub."""
     folder = locate_corpus(name, root)
     if folder is not None:
         paths = {split: folder / f"{split}.parquet" for split in SPLITS}
         files = {split: str(path) for split, path in paths.items() if path.is_file()}
+        for path in files.values():
+            check_parquet(Path(path))
         log.info("%s: loading the Parquet files in %s", name, folder)
         raw = load_dataset("parquet", data_files=files)
     else:
@@ -123,13 +150,30 @@ def clean_split(split: Dataset, split_name: str) -> Dataset:
     return keep
 
 
-def complete_splits(raw: DatasetDict, val_fraction: float) -> DatasetDict:
+def complete_splits(
+    raw: DatasetDict, val_fraction: float, sources: Mapping[str, str] | None = None
+) -> DatasetDict:
     """Clean every split; carve a fixed validation split from train where there is none.
 
     A test split with no usable labels (SST-2 on the hub hides them as -1) is replaced by the
-    validation split, and a new validation split is carved from train.
+    validation split, and a new validation split is carved from train. Any other split left
+    with no rows, or with one class (accuracy on it says nothing), is refused naming its source
+    (``sources``: split -> file).
     """
     splits = {name: clean_split(split, name) for name, split in raw.items()}
+    for name, split in splits.items():
+        source = (sources or {}).get(name, f"the {name} split")
+        hidden = name == "test" and set(raw[name]["label"]) == {-1}
+        if len(split) == 0 and not hidden:
+            raise DataConfigError(
+                f"no usable rows in {source}: every text is empty or not text, or every label "
+                "is outside {0,1}"
+            )
+        if len(classes := set(split["label"])) == 1:
+            raise DataConfigError(
+                f"{source} holds one class (every usable row has label {classes.pop()}): "
+                "a split needs labels 0 and 1"
+            )
     if len(splits.get("test", [])) == 0 and "validation" in splits:
         log.warning("test split has no labelled rows: testing on the validation split instead")
         splits["test"] = splits.pop("validation")
@@ -269,7 +313,9 @@ class SentimentDataModule(L.LightningDataModule):
         known before any tokenizer or training, so a cached baseline can be keyed by it."""
         if self.raw is None:
             raw = complete_splits(
-                load_raw_splits(self.name, self.root, self.hub_name), self.val_fraction
+                load_raw_splits(self.name, self.root, self.hub_name),
+                self.val_fraction,
+                split_sources(self.name, self.root, self.hub_name),
             )
             if self.limit:  # a slice for tests and quick looks
                 raw = DatasetDict(

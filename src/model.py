@@ -4,6 +4,7 @@ each sentence's last word.
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from pathlib import Path
@@ -14,6 +15,7 @@ from torch import Tensor, nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import BinaryAccuracy, BinaryAUROC, BinaryF1Score
 
+from src.errors import write_atomically
 from src.network import SentimentLSTM, lstm_widths_of
 
 
@@ -97,5 +99,7 @@ def save_compressed(
         "tokenizer": model.tokenizer_json,
         "compressed": record,
     }
-    torch.save(checkpoint, path)
+    buffer = io.BytesIO()
+    torch.save(checkpoint, buffer)
+    write_atomically(path, buffer.getvalue(), "hydra.run.dir")  # never a truncated one
     return Path(path)

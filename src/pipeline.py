@@ -17,6 +17,7 @@ from omegaconf import DictConfig
 from src import schema
 from src.baseline import Baseline, obtain_baseline
 from src.callbacks import progress_bar
+from src.checkpoints import AtomicCheckpointIO
 from src.sites import ModelShape
 from src.whole_model import SearchResult, merge_method, scratch_config, search, search_metrics
 from src.workbench import AnalysisSettings, Workbench, shared_store
@@ -39,11 +40,16 @@ def open_workbench(cfg: DictConfig, loggers: list | None = None, share: bool = T
     callbacks = [instantiate(c) for c in cfg.callbacks.values()]
     bar = loggers is not None and progress_bar(cfg.trainer.enable_progress_bar)
     trainer = instantiate(
-        cfg.trainer, logger=loggers or False, callbacks=callbacks, enable_progress_bar=bar
+        cfg.trainer,
+        logger=loggers or False,
+        callbacks=callbacks,
+        enable_progress_bar=bar,
+        plugins=[AtomicCheckpointIO()],  # not in the config: it would change the cache key
     )
     baseline = obtain_baseline(cfg, datamodule, trainer)
     store = shared_store(cfg.cache_dir if share else None, baseline.checkpoint, datamodule)
-    bench = Workbench(baseline.model.network, datamodule, AnalysisSettings.of(cfg), store)
+    settings = AnalysisSettings.of(cfg)
+    bench = Workbench(baseline.model.network, datamodule, settings, store, baseline.checkpoint)
     return Opened(baseline, bench)
 
 

@@ -60,8 +60,7 @@ def parser() -> argparse.ArgumentParser:
         "arguments, from --file, or from standard input (one a line; blank lines are skipped).",
     )
     p.add_argument(
-        "checkpoint",
-        type=Path,
+        "checkpoint",  # a str: Path("") would be ".", and the refusal would name that
         help="a .ckpt written by src.run (best, last, ...) or a compressed.ckpt",
     )
     p.add_argument("sentences", nargs="*", help="sentences to classify")
@@ -95,8 +94,11 @@ def gather_sentences(args: argparse.Namespace, stdin: TextIO) -> list[str]:
     sentences = [s.strip() for s in args.sentences]
     from_stdin = str(args.file) == "-" if args.file is not None else not sentences
     if from_stdin and (args.file is not None or not stdin.isatty()):
-        sentences += read_lines(stdin)
         source = "standard input"
+        try:
+            sentences += read_lines(stdin)
+        except UnicodeDecodeError:  # a strict locale; a UTF-8 one lets the bytes through
+            raise PredictError(f"{source} is not UTF-8 text") from None
     elif args.file is not None:
         try:
             with args.file.open(encoding="utf-8") as stream:
@@ -112,6 +114,11 @@ def gather_sentences(args: argparse.Namespace, stdin: TextIO) -> list[str]:
             f"no sentence in {source}: give sentences as arguments, --file FILE (one a line) "
             "or pipe them in"
         )
+    for i, sentence in enumerate(sentences, start=1):
+        try:  # bytes that are not UTF-8 reach us as lone surrogates, which the tokenizer refuses
+            sentence.encode("utf-8")
+        except UnicodeEncodeError:
+            raise PredictError(f"sentence {i} is not UTF-8 text: give sentences in UTF-8") from None
     return sentences
 
 
@@ -244,12 +251,14 @@ def draw(predictions: Sequence[Prediction], site: Site, path: Path) -> None:
 
 def main(argv: Sequence[str] | None = None, stdin: TextIO | None = None) -> int:
     args = parser().parse_args(argv)
+    if not args.checkpoint.strip():
+        raise PredictError("the checkpoint path is empty: give a .ckpt file written by src.run")
     if args.plot is not None and args.layer is None:
         raise PredictError("--plot draws a site's activations: give --layer too (head.2, -1, ...)")
     if args.top < 1:
         raise PredictError(f"--top must be at least 1, got {args.top}")
     sentences = gather_sentences(args, stdin or sys.stdin)
-    network, tokenizer = load(args.checkpoint)
+    network, tokenizer = load(Path(args.checkpoint))
     site = None
     if args.layer is not None:
         from src.sites import ModelShape, SiteError, resolve_site

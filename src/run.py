@@ -25,6 +25,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from src import schema
 from src.artefacts import point_latest, write_search, write_site_analysis
+from src.baseline import check_resume
+from src.data import locate_corpus
 from src.errors import reported
 from src.model import save_compressed
 from src.network import check_shape
@@ -33,7 +35,7 @@ from src.report import summary_table, write_metrics
 from src.sites import Site
 from src.threads import use_job_cpu
 from src.whole_model import check_budget
-from src.workbench import Compression, Evaluation, run_site
+from src.workbench import Compression, Evaluation, check_step, run_site
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +57,9 @@ def plan(cfg: DictConfig) -> Plan:
     if cfg.compress.scope == "model":
         check_budget(cfg.compress)
     elif compression.method is not None:
-        site.check_step(compression.step.repair, compression.step.epochs)
+        check_step(compression.step, compression.method, site)
+    check_resume(cfg)
+    locate_corpus(cfg.data.name, cfg.data.root)  # a data.root without the corpus: now
     job = OmegaConf.merge(cfg, {"layer": site.name, "target_width": width})
     return Plan(job, site, width, compression)
 

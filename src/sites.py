@@ -102,8 +102,10 @@ class Site(Protocol):
         """A freshly initialised site of ``width`` units in a copy of ``network`` (and its pair
         where the site is one): freeze_retrain's start."""
 
-    def check_step(self, repair: bool, epochs: int) -> None:
-        """Refuse, naming the setting, a step around the method that this site cannot take."""
+    def check_step(self, repair: bool, epochs: int, builds_units: bool) -> None:
+        """Refuse, naming the setting, a step around the method that this site cannot take, or
+        a method that builds new units (averaged or rescaled ones) where units own more than
+        their incoming weights."""
 
     def activations(
         self, network: SentimentLSTM, ids: Tensor, layer_states: Sequence[Tensor]
@@ -173,8 +175,8 @@ class HeadSite:
         pair = fresh_pair(this.in_features, after.out_features, width, generator)
         return pair, self.rebuild(network, pair)
 
-    def check_step(self, repair: bool, epochs: int) -> None:
-        """A head layer takes every step: repair, and training on the stored states."""
+    def check_step(self, repair: bool, epochs: int, builds_units: bool) -> None:
+        """A head layer takes every step (repair, training on the stored states) and method."""
 
     def inputs(self, network: SentimentLSTM, states: Tensor) -> Tensor:
         """What the layer reads, (..., D), from the top LSTM states (..., H)."""
@@ -332,9 +334,12 @@ class LstmSite:
                 shrunk.lstm[self.layer + 1] = nn.LSTM(width, after.hidden_size, batch_first=True)
         return None, shrunk
 
-    def check_step(self, repair: bool, epochs: int) -> None:
-        """No repair (signed units); training runs the shrunk LSTM over every sentence."""
+    def check_step(self, repair: bool, epochs: int, builds_units: bool) -> None:
+        """No repair (signed units) and no new units; training runs the shrunk LSTM over every
+        sentence."""
         refuse_repair_of_signed(self, repair)
+        if builds_units:
+            raise new_units_refused(self.name)
 
     def from_last_states(self, network: SentimentLSTM, pair: LayerPair, last_states: Tensor):
         return None
@@ -410,9 +415,11 @@ class EmbeddingSite:
     def fresh(self, network: SentimentLSTM, width: int, generator: torch.Generator):
         raise SiteError("layer=embedding takes methods without training (compress.epochs=0)")
 
-    def check_step(self, repair: bool, epochs: int) -> None:
-        """Neither repair (signed values) nor training."""
+    def check_step(self, repair: bool, epochs: int, builds_units: bool) -> None:
+        """Neither repair (signed values), nor training, nor new units."""
         refuse_repair_of_signed(self, repair)
+        if builds_units:
+            raise new_units_refused(self.name)
         if epochs > 0:
             raise SiteError(
                 f"compress.epochs={epochs}: layer=embedding takes methods without training "
@@ -441,17 +448,19 @@ class EmbeddingSite:
         return network.embedding.weight.numel()
 
 
+def new_units_refused(name: str) -> SiteError:
+    return SiteError(
+        f"layer={name}: the method built new units; this site takes methods that keep units and "
+        "rewrite what reads them, without compress.repair"
+    )
+
+
 def kept_units(pair: LayerPair, name: str) -> Tensor:
     """The original unit behind each of ``pair``'s rows, which the pair carries by index;
     refused when a method built new units (averaged or rescaled rows), which a site whose units
     own more than their incoming weights cannot hold."""
     if pair.units is None:
-        raise SiteError(
-            f"layer={name}: the method built new units; this site takes methods that keep "
-            "units and rewrite what reads them (weight_sum, ls_refit, interpolative, prune, "
-            "keep_one, spectral_pruning, cluster_init, freeze_retrain), without "
-            "compress.repair"
-        )
+        raise new_units_refused(name)
     return pair.units
 
 

@@ -45,7 +45,7 @@ from src.compress.repair import repair_statistics
 from src.compress.retrain import Features, train_pair
 from src.data import SentimentDataModule, probe_loader
 from src.errors import SettingError
-from src.loading import read_checkpoint
+from src.loading import CheckpointError, read_checkpoint
 from src.network import SentimentLSTM, last_word
 from src.sites import ModelShape, Site, check_target_width, resolve_site
 from src.store import ArtefactStore
@@ -108,6 +108,11 @@ def run_site(cfg: DictConfig) -> tuple[Site, int]:
         width = site.width - 1
     check_target_width(width, site)
     return site, width
+
+
+def check_step(step: CompressStep, method: MergeMethod, site: Site) -> None:
+    """Refuse a method or step the site cannot take, before any data is read or trained on."""
+    site.check_step(step.repair, step.epochs, getattr(method, "builds_units", False))
 
 
 def shared_store(
@@ -249,20 +254,35 @@ class Workbench:
         datamodule: SentimentDataModule,
         settings: AnalysisSettings,
         store: ArtefactStore | None = None,
+        source: str | Path = "the network",
     ) -> None:
         self.datamodule, self.settings = datamodule, settings
         self.network = network.eval()
         self.store = store or ArtefactStore(None)
         self._analyses: dict[tuple[str, int], LayerAnalysis] = {}
+        self.source = source  # where the network came from, for messages: its checkpoint
+
+    def _finite(self, states: Tensor, where: str) -> Tensor:
+        """``states``, refused naming the checkpoint when they overflowed: finite weights can
+        still be too large to compute with (3e38), and every later measure would be NaN."""
+        if not states.isfinite().all():
+            raise CheckpointError(
+                f"{self.source} gives non-finite LSTM states on {where}: its weights are too "
+                "large to compute with; retrain it"
+            )
+        return states
 
     # ---- shared by every job on this baseline ----
 
     def states(self, split: str) -> Features:
         """Each sentence's LSTM state at its last word and its label, for ``split``."""
-        stored = self.store.get(
-            f"states-{split}",
-            lambda: vars(last_word_states(self.network, self.datamodule.loader(split))),
-        )
+
+        def compute() -> dict[str, Tensor]:
+            features = last_word_states(self.network, self.datamodule.loader(split))
+            self._finite(features.inputs, f"the {split} sentences")
+            return vars(features)
+
+        stored = self.store.get(f"states-{split}", compute)
         return Features(stored["inputs"], stored["labels"])
 
     def baseline_scores(self) -> dict[str, float | int]:
@@ -306,7 +326,7 @@ class Workbench:
                 lengths.append(batch["lengths"])
             words = {"ids": torch.cat(ids), "lengths": torch.cat(lengths)}
             for index, per_batch in enumerate(zip(*layers, strict=True)):
-                words[f"states.{index}"] = torch.cat(per_batch)
+                words[f"states.{index}"] = self._finite(torch.cat(per_batch), "the probe words")
             return words
 
         return self.store.get(f"probe-{n}-{seed}", compute)
@@ -360,7 +380,7 @@ class Workbench:
     ) -> tuple[Shrunk, float]:
         """The site shrunk to ``width`` by ``method`` (then repaired and trained as ``step``
         says), and the seconds this took."""
-        site.check_step(step.repair, step.epochs)
+        check_step(step, method, site)
         analysis = self.analyse(site, width)
         original = site.pair(self.network)
         generator = torch.Generator().manual_seed(self.settings.seed)

@@ -15,6 +15,8 @@ import random
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import lightning as L
@@ -158,6 +160,71 @@ def write_corpus(
         (root / "rotten_tomatoes").mkdir(parents=True, exist_ok=True)
         pd.DataFrame(rows).to_parquet(root / "rotten_tomatoes" / f"{split}.parquet")
     return root
+
+
+TINY_WORDS = {0: ["bad", "awful", "poor", "dull"], 1: ["good", "great", "fine", "lovely"]}
+TINY = [  # a model and an analysis small enough for a corpus of tiny_corpus's size
+    "data.name=tiny",
+    "model.embedding_dim=8",
+    "model.lstm.hidden_size=8",
+    "model.head_widths=[8,8]",
+    "trainer.max_epochs=1",
+    "trainer.enable_progress_bar=false",
+    "analysis.probe_sentences=20",
+    "analysis.sentences=[good]",
+    "target_width=2",
+]
+
+
+def tiny_corpus(root: Path, name: str = "tiny", rows: int = 40) -> Path:
+    """``root/name/{train,validation,test}.parquet``: short sentences whose label a word gives,
+    both classes in every split; returns ``root`` (what data.root takes)."""
+    import pandas as pd
+
+    folder = root / name
+    folder.mkdir(parents=True, exist_ok=True)
+    filler = ["the", "film", "was", "a", "movie", "plot"]
+    for split in ("train", "validation", "test"):
+        texts = [
+            f"{filler[i % 6]} {TINY_WORDS[i % 2][i % 4]} {filler[(i * 5) % 6]}" for i in range(rows)
+        ]
+        labels = [i % 2 for i in range(rows)]
+        pd.DataFrame({"text": texts, "label": labels}).to_parquet(folder / f"{split}.parquet")
+    return root
+
+
+@contextmanager
+def mount(folder: Path, *options: str) -> Iterator[Path]:
+    """``folder`` with a file system mounted on it for the test (``mount OPTIONS``), unmounted
+    after; skipped where mounting is not permitted (not root, or a container without the right):
+    chmod does not stop root, so a read-only folder or a full disk needs a real mount."""
+    folder.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(["mount", *options, str(folder)], capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount here: {done.stderr.strip() or done.returncode}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=True)
+
+
+@contextmanager
+def read_only(folder: Path) -> Iterator[Path]:
+    """``folder``, as it is, read-only (a read-only bind mount of itself)."""
+    with mount(folder, "--bind", str(folder)):
+        done = subprocess.run(
+            ["mount", "-o", "remount,ro,bind", str(folder)], capture_output=True, text=True
+        )
+        if done.returncode != 0:
+            pytest.skip(f"cannot remount read-only here: {done.stderr.strip()}")
+        yield folder
+
+
+@contextmanager
+def small_disk(folder: Path, size: str) -> Iterator[Path]:
+    """An empty ``size`` tmpfs at ``folder``: a disk that fills up."""
+    with mount(folder, "-t", "tmpfs", "-o", f"size={size}", "tmpfs"):
+        yield folder
 
 
 def compose_config(*overrides: str, output_dir: Path | str = "/tmp/unused") -> DictConfig:

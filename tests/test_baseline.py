@@ -32,8 +32,10 @@ from tests.conftest import (
     ROOT,
     compose_config,
     read_metrics,
+    read_only,
     run_app,
     save_one_step_checkpoint,
+    small_disk,
     write_corpus,
 )
 
@@ -275,3 +277,33 @@ def test_a_resumed_training_is_not_cached_and_a_resume_the_cache_skips_says_so(
     assert warning.startswith(f"resume={last} is not needed") and str(entry) in warning
     assert obtain("longer", "trainer.max_epochs=2", f"resume={last}").trained_now
     assert [p for p in cache.iterdir() if p.is_dir()] == [entry]  # the resumed one not stored
+
+
+def test_a_read_only_cache_holding_the_entry_is_read_without_a_lock(
+    checkpoint: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    cache = BaselineCache(tmp_path / "cache")
+    store(cache, "key", checkpoint)
+    with read_only(cache.root), caplog.at_level(logging.WARNING):
+        with cache.lock("key"):  # as obtain_baseline takes it
+            loaded = cache.load("key")
+        assert loaded is not None and not loaded.trained_now
+        with cache.lock("other"):
+            assert cache.load("other") is None  # trained now, then:
+            cache.store("other", loaded, "a: 1\n")
+    assert not (cache.root / "other").exists()
+    assert f"cache_dir={cache.root} cannot be written" in caplog.text
+    assert f"{cache.root / 'other'} cannot be written" in caplog.text
+
+
+def test_a_full_cache_disk_names_the_entry_and_leaves_nothing_half_written(
+    checkpoint: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    root = tmp_path / "cache"
+    with small_disk(root, "16k"), caplog.at_level(logging.WARNING):
+        baseline = Baseline(load_checkpoint(checkpoint), 1.0, True, checkpoint)
+        assert checkpoint.stat().st_size > 16 * 1024
+        BaselineCache(root).store("key", baseline, "a: 1\n")
+        assert list(root.iterdir()) == []  # no entry, no temporary one
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert str(root / "key") in warning and "No space left" in warning

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import re
 import time
 from pathlib import Path
 
@@ -23,7 +25,14 @@ from src.data import (
     locate_corpus,
 )
 from src.tokens import PAD_ID, collate
-from tests.conftest import CORPORA, ROOT, SHARED_DATA, compose_config, needs_full_corpora
+from tests.conftest import (
+    CORPORA,
+    ROOT,
+    SHARED_DATA,
+    compose_config,
+    needs_full_corpora,
+    tiny_corpus,
+)
 
 
 def datamodule(name: str = "rotten_tomatoes", root: Path | None = None, **kwargs):
@@ -84,12 +93,55 @@ def test_bad_rows_are_dropped_and_counted(caplog: pytest.LogCaptureFixture) -> N
         train=Dataset.from_dict(
             {"text": ["good", "  ", "", "fine", "odd"], "label": [1, 0, 1, 0, 7]}
         ),
-        validation=Dataset.from_dict({"text": ["x"], "label": [1]}),
-        test=Dataset.from_dict({"text": ["y"], "label": [0]}),
+        validation=Dataset.from_dict({"text": ["x", "z"], "label": [1, 0]}),
+        test=Dataset.from_dict({"text": ["y", "w"], "label": [0, 1]}),
     )
     splits = complete_splits(raw, val_fraction=0.1)
     assert splits["train"]["text"] == ["good", "fine"]
     assert "dropped 3 rows" in caplog.text
+
+
+def rewrite(path: Path, **columns: list) -> None:
+    pd.DataFrame(columns).to_parquet(path)
+
+
+# What a user may put in data.root's train.parquet, and the start of the one line that names it.
+UNUSABLE = {
+    "no label column": (lambda p: rewrite(p, text=["good film", "bad film"]), "has the columns"),
+    "random bytes": (lambda p: p.write_bytes(os.urandom(4096)), "is not a readable Parquet file"),
+    "binary text": (
+        lambda p: rewrite(p, text=[b"good film", b"bad film"], label=[1, 0]),
+        "no usable rows in",
+    ),
+    "labels outside 0/1": (
+        lambda p: rewrite(p, text=["good film", "bad film"], label=[5, 7]),
+        "no usable rows in",
+    ),
+    "labels 1 and 2": (
+        lambda p: rewrite(p, text=["good film", "bad film", "fine film"], label=[1, 2, 2]),
+        "holds one class",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", UNUSABLE)
+def test_an_unusable_corpus_file_is_refused_in_one_line_naming_it(case: str, tmp_path) -> None:
+    root = tiny_corpus(tmp_path)
+    spoil, says = UNUSABLE[case]
+    train = root / "tiny" / "train.parquet"
+    spoil(train)
+    dm = SentimentDataModule("tiny", "hub", root=str(root))
+    with pytest.raises(DataConfigError, match=re.escape(says)) as refused:
+        dm.setup()
+    assert str(train) in str(refused.value) and "\n" not in str(refused.value)
+
+
+def test_hidden_test_labels_are_still_replaced_by_validation(tmp_path) -> None:
+    root = tiny_corpus(tmp_path)
+    rewrite(root / "tiny" / "test.parquet", text=["good film", "bad film"], label=[-1, -1])
+    dm = SentimentDataModule("tiny", "hub", root=str(root))
+    dm.setup()
+    assert dm.texts["test"] and {label for _, label in dm.splits["test"]} == {0, 1}
 
 
 def test_batches_pad_to_their_own_longest_sentence() -> None:

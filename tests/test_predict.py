@@ -164,6 +164,33 @@ def test_an_empty_sentence_is_refused_in_one_line(checkpoints: dict[str, Path]) 
     assert "sentence 2 is empty" in line
 
 
+NOT_UTF8 = b"caf\xe9 \xff good"  # Latin-1 bytes, as an old file or terminal sends them
+
+
+@pytest.mark.parametrize("where", ["argument", "stdin"])
+def test_bytes_that_are_not_utf8_are_refused_in_one_line(
+    checkpoints: dict[str, Path], where: str
+) -> None:
+    command = [sys.executable, "-m", "src.predict", str(checkpoints["baseline"]).encode()]
+    sentence = [b"a fine film", NOT_UTF8] if where == "argument" else []
+    done = subprocess.run(
+        [*command, *sentence],
+        cwd=ROOT,
+        env=APP_ENV,
+        input=b"a fine film\n" + NOT_UTF8 + b"\n" if where == "stdin" else b"",
+        capture_output=True,
+        timeout=300,
+    )
+    assert done.returncode == 2 and done.stdout == b"", done.stderr[-2000:]
+    (line,) = done.stderr.decode().strip().splitlines()
+    assert "sentence 2 is not UTF-8 text" in line
+
+
+def test_an_empty_checkpoint_path_is_refused_as_such() -> None:
+    line = refusal(predict("", "a fine film"))
+    assert "the checkpoint path is empty" in line and " . " not in line
+
+
 def test_a_file_that_is_not_a_checkpoint_is_refused_in_one_line() -> None:
     line = refusal(predict(ROOT / "README.md", "a fine film"))
     assert "README.md is refused: it is not a PyTorch checkpoint" in line

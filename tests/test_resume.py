@@ -8,6 +8,7 @@ presses Ctrl-C inside a real ``python -m src.run`` and resumes it.
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 from functools import partial
@@ -21,10 +22,18 @@ from hydra.utils import instantiate
 from torch.utils.data import DataLoader
 
 from src.baseline import CheckpointError, check_resume, weight_settings
-from src.checkpoints import SETTINGS_KEY, TrainingSettings
+from src.checkpoints import SETTINGS_KEY, AtomicCheckpointIO, TrainingSettings
+from src.errors import WriteError
 from src.model import SentimentClassifier
 from src.tokens import collate
-from tests.conftest import QUICK, compose_config, read_metrics, run_app, write_corpus
+from tests.conftest import (
+    QUICK,
+    compose_config,
+    read_metrics,
+    run_app,
+    small_disk,
+    write_corpus,
+)
 
 SENTENCES = [(torch.tensor([2, 3, 4]), 1), (torch.tensor([5, 6]), 0), (torch.tensor([7]), 1)]
 STEPS_PER_EPOCH = 2  # batch_size 2 over 3 sentences
@@ -148,6 +157,27 @@ def test_interrupted_ckpt_only_when_a_fit_was_interrupted(tmp_path: Path) -> Non
     finally:
         signal.signal(signal.SIGINT, handler)
     assert saved(interrupted("fit"))["global_step"] == 2
+
+
+def test_the_interrupted_checkpoint_says_what_it_saves(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """No "`weights_only` was not set, defaulting to `False`" from Lightning when it is saved."""
+    with caplog.at_level(logging.INFO), pytest.raises(ValueError, match="stop"):
+        fit(tmp_path, epochs=2, extra=[Raise("training", ValueError("stop"))])
+    assert "optimizer_states" in saved(tmp_path / "checkpoints" / "interrupted.ckpt")
+    assert "weights_only" not in caplog.text
+
+
+def test_a_checkpoint_is_written_whole_or_not_at_all(tmp_path: Path) -> None:
+    """A full disk keeps the previous best.ckpt whole and names the file it could not write."""
+    folder, io = tmp_path / "checkpoints", AtomicCheckpointIO()
+    with small_disk(folder, "64k"):
+        io.save_checkpoint({"w": torch.ones(10)}, folder / "best.ckpt")
+        with pytest.raises(WriteError, match=rf"^{folder / 'best.ckpt'} cannot be written"):
+            io.save_checkpoint({"w": torch.ones(100_000)}, folder / "best.ckpt")  # 400 kB
+        assert saved(folder / "best.ckpt")["w"].shape == (10,)
+        assert [p.name for p in folder.iterdir()] == ["best.ckpt"]  # no temporary left
 
 
 def settings_checkpoint(folder: Path, *overrides: str) -> Path:

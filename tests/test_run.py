@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 
+from src.checkpoints import SETTINGS_KEY
 from tests.conftest import (
     APP_ENV,
     QUICK,
@@ -84,6 +86,89 @@ def test_bad_settings_fail_fast_with_the_setting_named(
     assert setting in result.stderr
     assert "Unpickl" not in result.stderr  # the refusal, not the unpickler's words
     assert not (tmp_path / "checkpoints" / "interrupted.ckpt").exists()  # nothing to resume
+
+
+def refusable_files(folder: Path) -> dict[str, Path]:
+    """A checkpoint that would run code, one trained with other settings, an empty data.root."""
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {"empty": folder / "empty"}
+    files["empty"].mkdir()
+    model = {"state_dict": {}, "hyper_parameters": {}}
+    torch.save({**model, "hook": print}, files.setdefault("code", folder / "code.ckpt"))
+    other = {**model, SETTINGS_KEY: {"seed": 7, "data": {"limit": 3}, "model": {}}}
+    torch.save(other, files.setdefault("other", folder / "other.ckpt"))
+    return files
+
+
+# Refused before anything is read or trained: (overrides, what the one line says). {empty},
+# {code} and {other} are refusable_files's; a check that came after the data would complain
+# about data.root={empty} instead.
+REFUSED_AT_ONCE = [
+    (["resume={code}"], "resume="),
+    (["resume={other}"], "the checkpoint was trained with"),
+    (["data.root={empty}"], "data.root"),
+    (["compress=model_folding", "layer=lstm", "data.root={empty}"], "builds new units"),
+    (["compress=weight_sum", "compress.repair=true", "layer=lstm", "data.root={empty}"], "repair"),
+    (["data.batch_size=0"], "data.batch_size must be >= 1"),
+    (["data.max_length=0"], "data.max_length must be >= 1"),
+    (["data.truncation_side=middle"], "data.truncation_side must be"),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("overrides", "says"), REFUSED_AT_ONCE)
+def test_a_refusal_is_one_line_and_leaves_no_run_folder_and_no_wandb_run(
+    overrides: list[str], says: str, tmp_path: Path
+) -> None:
+    files = refusable_files(tmp_path / "files")
+    run_dir = tmp_path / "run"
+    given = [o.format(**files) for o in overrides]
+    result = run_app(*given, f"hydra.run.dir={run_dir}", "cache_dir=null", timeout=120)
+    assert result.returncode == 2, result.stderr[-3000:]
+    lines = result.stderr.strip().splitlines()
+    assert lines[-1].startswith("Error: ") and says in lines[-1], result.stderr[-3000:]
+    assert "Traceback" not in result.stderr and "Error in call to target" not in result.stderr
+    assert not run_dir.exists()  # no run folder, so no W&B run (logger.wandb.save_dir) either
+
+
+@pytest.mark.slow
+def test_ctrl_c_after_training_is_one_line_and_marks_the_partial_files(
+    tmp_path: Path, quick_cache: Path
+) -> None:
+    """Ctrl-C in the analysis, after compressed.ckpt is written: no traceback, and the run
+    folder says its files are partial."""
+    run_dir = tmp_path / "run"
+    app = subprocess.Popen(
+        app_command(
+            *QUICK,
+            f"cache_dir={quick_cache}",
+            "compress=weight_sum",
+            "layer=lstm",
+            "analysis.probe_sentences=4000",  # an analysis long enough to be pressed in
+            f"hydra.run.dir={run_dir}",
+            "logger=csv",
+        ),
+        cwd=ROOT,
+        env=APP_ENV,
+        preexec_fn=with_ctrl_c,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 500
+    while not (run_dir / "compressed.ckpt").exists():
+        assert app.poll() is None, app.stderr.read()[-3000:]
+        assert time.monotonic() < deadline, "no compressed.ckpt after 500 s"
+        time.sleep(0.05)
+    app.send_signal(signal.SIGINT)
+    _, stderr = app.communicate(timeout=120)
+    assert not (run_dir / "metrics.json").exists(), "finished before Ctrl-C: lengthen it"
+    assert app.returncode == 130, stderr[-3000:]
+    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr
+    assert stderr.strip().splitlines()[-1] == (
+        f"Interrupted: the files in {run_dir} are partial (marked by INTERRUPTED)"
+    )
+    assert "partial" in (run_dir / "INTERRUPTED").read_text()
 
 
 @pytest.mark.slow

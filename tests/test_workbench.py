@@ -3,6 +3,8 @@ method on every site, the metrics, the shrunk checkpoint, and the work shared be
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -11,6 +13,7 @@ from src.baseline import load_checkpoint
 from src.compress.base import LayerPair
 from src.compress.weight_sum import WeightSum
 from src.data import SentimentDataModule
+from src.loading import CheckpointError
 from src.model import SentimentClassifier, save_compressed
 from src.sites import HeadSite, ModelShape, SiteError, all_sites, resolve_site
 from src.store import ArtefactStore
@@ -21,6 +24,7 @@ from src.workbench import (
     CompressStep,
     Workbench,
     build_method,
+    check_step,
     method_choices,
 )
 from tests.conftest import compose_config, rotten_tomatoes_slice
@@ -210,6 +214,21 @@ def test_a_second_job_on_the_same_baseline_computes_nothing_shared(datamodule, t
     }
 
 
+@pytest.mark.parametrize("first", ["baseline_scores", "probe_words"])
+def test_weights_too_large_to_compute_with_are_refused_naming_the_checkpoint(
+    datamodule, first: str
+) -> None:
+    """Finite weights (3e38) that overflow the LSTM pass every check on the file; every measure
+    on them would be NaN (scikit-learn: "Input X contains NaN")."""
+    network = model(datamodule).network
+    with torch.no_grad():
+        for weight in network.lstm.parameters():
+            weight.fill_(3e38)
+    huge = Workbench(network, datamodule, SETTINGS, source="cache/entry/model.ckpt")
+    with pytest.raises(CheckpointError, match=r"^cache/entry/model.ckpt gives non-finite"):
+        getattr(huge, first)()
+
+
 def test_probabilities_are_the_networks_own(datamodule) -> None:
     wb = bench(datamodule)
     sentences = [ids for ids, _ in datamodule.splits["test"][:5]]
@@ -243,8 +262,8 @@ def test_every_method_that_keeps_units_shrinks_the_lstm(shared: Workbench, metho
     site = resolve_site("lstm", ModelShape.of(shared.network))
     step, built = CompressStep.of(compress), build_method(compress)
     if method in BUILDS_NEW_UNITS:
-        with pytest.raises(SiteError, match="the method built new units"):
-            shared.evaluate(step, built, site, 6)
+        with pytest.raises(CompressionConfigError, match="builds new units"):
+            shared.evaluate(step, built, site, 6)  # refused before it merges anything
         return
     evaluation = shared.evaluate(step, built, site, 6)
     assert evaluation.network.lstm_widths == [6]
@@ -272,6 +291,25 @@ def test_training_is_refused_at_the_embedding_naming_the_setting(shared: Workben
     method = build_method(compose_config("compress=cluster_init").compress)
     with pytest.raises(SiteError, match="compress.epochs=1: layer=embedding"):
         shared.evaluate(CompressStep(False, 1, 0.01), method, site, 4)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "layer", "says"),
+    [
+        (["compress=model_folding"], "lstm", "the method built new units"),
+        (["compress=model_folding"], "embedding", "the method built new units"),
+        (["compress=weight_sum", "compress.repair=true"], "lstm", "compress.repair=true"),
+        (["compress=freeze_retrain"], "embedding", "compress.epochs=0"),
+    ],
+)
+def test_what_a_site_cannot_take_is_known_from_the_settings_alone(
+    overrides: list[str], layer: str, says: str
+) -> None:
+    """run.py asks this before any data is read: no epoch is trained to find it out."""
+    cfg = compose_config(*overrides, f"layer={layer}")
+    site = resolve_site(layer, ModelShape.of_settings(cfg.model))
+    with pytest.raises(SiteError, match=re.escape(says)):
+        check_step(CompressStep.of(cfg.compress), build_method(cfg.compress), site)
 
 
 @pytest.mark.parametrize("method", ["weight_sum", "ls_refit", "interpolative", "prune"])

@@ -31,6 +31,7 @@ incoming weights this is Fold-AR's factor.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from sklearn.cluster import KMeans
@@ -79,6 +80,7 @@ class ModelFolding:
 
     features: str = "incoming_outgoing"
     norm_repair: bool = True
+    builds_units: ClassVar[bool] = True  # averaged rows: no site inside the LSTM can hold them
 
     def __post_init__(self) -> None:
         check_choice(self.features, FEATURES, "compress.features")
