@@ -14,7 +14,6 @@ that needs more, is not a checkpoint, or holds non-finite weights is refused in 
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
 import os
@@ -37,9 +36,9 @@ from src.data import SentimentDataModule
 from src.loading import (
     CheckpointError,
     Refused,
+    build_network,
     parse_checkpoint,
     read_checkpoint,
-    read_file,
     setting_label,
 )
 from src.model import SentimentClassifier
@@ -89,23 +88,25 @@ def cache_key(cfg: DictConfig, data_digest: str) -> str:
     return f"{cfg.data.name}-{hashlib.sha256(blob.encode()).hexdigest()[:16]}"
 
 
-def _model(data: bytes) -> SentimentClassifier:
-    """Lightning's own loading of checkpoint bytes that :func:`parse_checkpoint` accepted."""
+def classifier(checkpoint: dict[str, Any]) -> SentimentClassifier:
+    """The trained classifier a parsed checkpoint holds: its network (:func:`build_network`) in
+    a classifier of its hyperparameters, with its tokenizer; :class:`Refused` when it does not
+    fit."""
+    network = build_network(checkpoint)
     try:
-        return SentimentClassifier.load_from_checkpoint(
-            io.BytesIO(data), map_location="cpu", weights_only=True
-        )
-    except Exception as error:  # hyperparameters or weights of another model
-        reason = " ".join(str(error).split())[:300]
-        raise Refused(f"does not fit this model ({reason})") from None
+        model = SentimentClassifier(**checkpoint["hyper_parameters"])
+    except TypeError as error:
+        raise Refused(f"does not fit this model ({error})") from None
+    model.network = network
+    model.on_load_checkpoint(checkpoint)
+    return model
 
 
 def load_checkpoint(path: str | Path, setting: str = "ckpt_path") -> SentimentClassifier:
     """Load a trained classifier; a file that does not load gets a message naming ``setting``."""
-    data = read_file(path, setting)
+    checkpoint = read_checkpoint(path, setting)
     try:
-        parse_checkpoint(data)
-        return _model(data)
+        return classifier(checkpoint)
     except Refused as why:
         raise CheckpointError(f"{setting_label(path, setting)} is refused: it {why}") from None
 
@@ -174,8 +175,7 @@ class BaselineCache:
         if hashlib.sha256(data).hexdigest() != digest:
             raise Refused(f"{CHECKPOINT} does not match the sha256 stored in {METRICS}")
         try:
-            parse_checkpoint(data)
-            model = _model(data)
+            model = classifier(parse_checkpoint(data))
         except Refused as why:
             raise Refused(f"{CHECKPOINT} {why}") from None
         return Baseline(model, seconds, False, entry / CHECKPOINT)

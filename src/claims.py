@@ -17,6 +17,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
+from src import schema
 from src.report import accuracy_figure, aggregate, cka_figure, drift_figure, width_table
 
 SOURCE_BASELINE = 0.7969  # the source's test accuracy on its movie reviews
@@ -91,11 +92,11 @@ def _pick(frame: pd.DataFrame, **where: object) -> pd.DataFrame:
         mask &= frame[key] == value
     if not mask.any():
         raise NotMeasured(where)
-    return frame[mask].sort_values("seed")
+    return frame[mask].sort_values(schema.SEED)
 
 
 def baseline_accuracy(t: StudyTables, data: str, layer: str, width: int) -> Finding:
-    acc = _pick(t.baselines, data=data)["baseline/test_acc"]
+    acc = _pick(t.baselines, data=data)[schema.BASELINE_TEST_ACC]
     return Finding(f"{mean_std(acc, 100)} %", [a >= SOURCE_BASELINE - ABOUT for a in acc])
 
 
@@ -105,7 +106,7 @@ def _method(t: StudyTables, data: str, layer: str, width: int, method: str) -> p
 
 def weight_sum_cost(t: StudyTables, data: str, layer: str, width: int) -> Finding:
     rows = _method(t, data, layer, width, "weight_sum")
-    cost = -rows["delta_acc"]
+    cost = -rows[schema.DELTA_ACC]
     figure = (
         f"cost {mean_std(cost, 100)} pts, agreement {mean_std(rows['compressed/agreement'], 100)} %"
     )
@@ -114,7 +115,7 @@ def weight_sum_cost(t: StudyTables, data: str, layer: str, width: int) -> Findin
 
 def retrain_recovers(t: StudyTables, data: str, layer: str, width: int) -> Finding:
     rows = _method(t, data, layer, width, "freeze_retrain")
-    delta = rows["delta_acc"]
+    delta = rows[schema.DELTA_ACC]
     figure = f"{mean_std(delta, 100, sign=True)} pts"
     return Finding(figure, [d >= -NEAR_BASELINE for d in delta])
 
@@ -154,19 +155,21 @@ def smallest_faithful_width(runs: pd.DataFrame, baseline_acc: float) -> float:
     """The smallest width at which some merge without training stays within a point of the
     baseline (NaN when none does). The best method per width is picked after the fact: an
     optimistic reading of how few neurons the layer needs."""
-    close = runs[runs["compressed/test_acc"] >= baseline_acc - NEAR_BASELINE]
-    return float(close["target_width"].min()) if len(close) else float("nan")
+    close = runs[runs[schema.COMPRESSED_TEST_ACC] >= baseline_acc - NEAR_BASELINE]
+    return float(close[schema.TARGET_WIDTH].min()) if len(close) else float("nan")
 
 
 def layer_is_redundant(t: StudyTables, data: str, layer: str, width: int) -> Finding:
     shape = _pick(t.layers, data=data, layer=layer)
     full = int(shape["width"].iloc[0])
-    untrained = t.runs[(t.runs["data"] == data) & (t.runs["layer"] == layer)]
-    untrained = untrained[untrained["compress/epochs"] == 0]
-    baseline = t.baselines[t.baselines["data"] == data].set_index("seed")["baseline/test_acc"]
+    untrained = t.runs[(t.runs[schema.DATA] == data) & (t.runs[schema.LAYER] == layer)]
+    untrained = untrained[untrained[schema.COMPRESS_EPOCHS] == 0]
+    baseline = t.baselines[t.baselines[schema.DATA] == data].set_index(schema.SEED)[
+        schema.BASELINE_TEST_ACC
+    ]
     faithful = []
-    for seed in shape["seed"]:
-        found = smallest_faithful_width(untrained[untrained["seed"] == seed], baseline[seed])
+    for seed in shape[schema.SEED]:
+        found = smallest_faithful_width(untrained[untrained[schema.SEED] == seed], baseline[seed])
         faithful.append(full if np.isnan(found) else found)
     faithful = pd.Series(faithful, dtype=float)
     figure = (
@@ -210,7 +213,7 @@ def check_claims(tables: StudyTables, layer: str, width: int) -> pd.DataFrame:
 
     ``layer`` and ``width`` are where the source made its claims: the 16-neuron layer, 4 kept.
     """
-    corpora = list(dict.fromkeys(tables.baselines["data"]))
+    corpora = list(dict.fromkeys(tables.baselines[schema.DATA]))
     rows = []
     for number, (claim, check) in enumerate(CLAIMS, start=1):
         findings: dict[str, Finding] = {}
@@ -239,12 +242,15 @@ TABLES = tuple(field.name for field in fields(StudyTables))
 def best_single_site(t: StudyTables, data: str, seed: int) -> pd.Series | None:
     """The smallest model any one-site merge without training made within a point of the
     baseline on this corpus and seed (picked on the test split, after the fact: optimistic)."""
-    base = t.baselines.set_index(["data", "seed"]).loc[(data, seed), "baseline/test_acc"]
-    runs = t.runs[(t.runs["data"] == data) & (t.runs["seed"] == seed)]
-    runs = runs[
-        (runs["compress/epochs"] == 0) & (runs["compressed/test_acc"] >= base - NEAR_BASELINE)
+    base = t.baselines.set_index([schema.DATA, schema.SEED]).loc[
+        (data, seed), schema.BASELINE_TEST_ACC
     ]
-    return None if runs.empty else runs.loc[runs["compressed/params"].idxmin()]
+    runs = t.runs[(t.runs[schema.DATA] == data) & (t.runs[schema.SEED] == seed)]
+    runs = runs[
+        (runs[schema.COMPRESS_EPOCHS] == 0)
+        & (runs[schema.COMPRESSED_TEST_ACC] >= base - NEAR_BASELINE)
+    ]
+    return None if runs.empty else runs.loc[runs[schema.COMPRESSED_PARAMS].idxmin()]
 
 
 COLLAPSE = 0.05  # a merge "collapses" when it loses more than 5 points of test accuracy
@@ -254,18 +260,18 @@ def variant_table(t: StudyTables, method: str, layer: str, width: int) -> str:
     """``method`` and its variants (rows named ``method <overrides>``) side by side: test
     accuracy per corpus and seed at ``layer`` and ``width``, and over every site and width of
     the study how often each loses more than :data:`COLLAPSE` of the baseline's accuracy."""
-    runs = t.runs[t.runs["method"].str.split().str[0] == method]
-    if runs["method"].nunique() < 2:
+    runs = t.runs[t.runs[schema.METHOD].str.split().str[0] == method]
+    if runs[schema.METHOD].nunique() < 2:
         return ""
-    runs = runs.assign(variant=runs["method"].str.removeprefix(method).str.strip())
+    runs = runs.assign(variant=runs[schema.METHOD].str.removeprefix(method).str.strip())
     runs["variant"] = runs["variant"].replace("", "(default)")
-    cell = runs[(runs["layer"] == layer) & (runs["target_width"] == width)]
+    cell = runs[(runs[schema.LAYER] == layer) & (runs[schema.TARGET_WIDTH] == width)]
     table = cell.pivot_table(
-        index=["data", "seed"], columns="variant", values="compressed/test_acc"
+        index=[schema.DATA, schema.SEED], columns="variant", values=schema.COMPRESSED_TEST_ACC
     ).round(4)
-    base = t.baselines.set_index(["data", "seed"])["baseline/test_acc"]
+    base = t.baselines.set_index([schema.DATA, schema.SEED])[schema.BASELINE_TEST_ACC]
     table.insert(0, "baseline", base.reindex(table.index).round(4))
-    lost = runs["baseline/test_acc"] - runs["compressed/test_acc"] > COLLAPSE
+    lost = runs[schema.BASELINE_TEST_ACC] - runs[schema.COMPRESSED_TEST_ACC] > COLLAPSE
     counts = runs.assign(lost=lost).groupby("variant")["lost"].agg(["sum", "count"])
     footer = "; ".join(f"{v}: {int(r['sum'])} of {int(r['count'])}" for v, r in counts.iterrows())
     return (
@@ -279,15 +285,15 @@ def whole_table(t: StudyTables) -> str:
     baseline, the same widths trained from scratch, and the best one-site shrink beside it."""
     rows = []
     for record in t.whole.to_dict("records"):
-        data, seed = record["data"], record["seed"]
-        base = t.baselines.set_index(["data", "seed"]).loc[(data, seed)]
+        data, seed = record[schema.DATA], record[schema.SEED]
+        base = t.baselines.set_index([schema.DATA, schema.SEED]).loc[(data, seed)]
         single = best_single_site(t, data, seed)
-        ratio = base["baseline/params"] / record["compressed/params"]
+        ratio = base[schema.BASELINE_PARAMS] / record[schema.COMPRESSED_PARAMS]
         rows.append(
             {
                 "data": data,
                 "seed": seed,
-                "widths": record["compressed/widths"],
+                "widths": record[schema.COMPRESSED_WIDTHS],
                 "params (x fewer)": f"{record['compressed/params']:,} ({ratio:.1f}x)",
                 "test acc, change": f"{record['compressed/test_acc']:.4f} "
                 f"({100 * record['delta_acc']:+.2f} pts)",
@@ -329,14 +335,14 @@ def judge(folder: Path) -> tuple[pd.DataFrame, list[Path]]:
     cka.png (the claims' site). ``python -m src.claims FOLDER`` runs it again."""
     tables = read_tables(folder)
     record = json.loads((folder / "study.json").read_text())
-    layer, width = record["claims"]["layer"], record["claims"]["width"]
+    layer, width = record["claims"][schema.LAYER], record["claims"]["width"]
     claims = check_claims(tables, layer, width)
     claims.to_csv(folder / "claims.csv", index=False)
     baselines = tables.baselines.groupby("data", sort=False).agg(
         seeds=("seed", "nunique"),
-        test_acc=("baseline/test_acc", lambda s: mean_std(s, 100)),
-        val_acc=("baseline/val_acc", lambda s: mean_std(s, 100)),
-        train_seconds=("baseline/train_seconds", lambda s: mean_std(s, digits=0)),
+        test_acc=(schema.BASELINE_TEST_ACC, lambda s: mean_std(s, 100)),
+        val_acc=(schema.BASELINE_VAL_ACC, lambda s: mean_std(s, 100)),
+        train_seconds=(schema.BASELINE_TRAIN_SECONDS, lambda s: mean_std(s, digits=0)),
     )
     (folder / "claims.md").write_text(
         f"{claims.to_markdown(index=False)}\n\nThresholds: {THRESHOLDS}.\n\n"
@@ -354,7 +360,7 @@ def judge(folder: Path) -> tuple[pd.DataFrame, list[Path]]:
             md.write(
                 f"\nThe whole model to a budget (compress=whole_model)\n\n{whole_table(tables)}\n"
             )
-    similarity = tables.similarity[tables.similarity["layer"] == layer]
+    similarity = tables.similarity[tables.similarity[schema.LAYER] == layer]
     figures = {"accuracy": accuracy_figure(tables.runs), "cka": cka_figure(similarity)}
     if not tables.drift.empty:
         figures["drift"] = drift_figure(tables.drift)

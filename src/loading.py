@@ -79,10 +79,9 @@ def read_checkpoint(path: str | Path, setting: str = "ckpt_path") -> dict[str, A
         raise CheckpointError(f"{setting_label(path, setting)} is refused: it {why}") from None
 
 
-def load_network(path: str | Path, setting: str = "ckpt_path") -> tuple[SentimentLSTM, dict]:
-    """The trained network a checkpoint holds (in eval mode, built from its own
-    hyperparameters, so a shrunk one has its own widths) and the checkpoint's contents."""
-    checkpoint = read_checkpoint(path, setting)
+def build_network(checkpoint: dict[str, Any]) -> SentimentLSTM:
+    """The trained network a parsed checkpoint holds, in eval mode, built from its own
+    hyperparameters (so a shrunk one has its own widths); :class:`Refused` when it does not fit."""
     hparams = checkpoint["hyper_parameters"]
     try:
         widths = lstm_widths_of(hparams.get("lstm"))
@@ -104,7 +103,15 @@ def load_network(path: str | Path, setting: str = "ckpt_path") -> tuple[Sentimen
         network.load_state_dict(state)
     except Exception as error:  # hyperparameters or weights of another model
         reason = " ".join(str(error).split())[:300]
-        raise CheckpointError(
-            f"{setting_label(path, setting)} is refused: it does not fit this model ({reason})"
-        ) from None
-    return network.eval(), checkpoint
+        raise Refused(f"does not fit this model ({reason})") from None
+    return network.eval()
+
+
+def load_network(path: str | Path, setting: str = "ckpt_path") -> tuple[SentimentLSTM, dict]:
+    """The trained network a checkpoint file holds and the checkpoint's contents; refused in
+    one line naming ``setting``."""
+    checkpoint = read_checkpoint(path, setting)
+    try:
+        return build_network(checkpoint), checkpoint
+    except Refused as why:
+        raise CheckpointError(f"{setting_label(path, setting)} is refused: it {why}") from None

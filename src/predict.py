@@ -8,7 +8,7 @@
 
 A checkpoint carries its tokenizer and its shape (a compressed one its own head widths), so it is
 all this needs: a plain argparse command, not a Hydra app, loading nothing but the file. It is
-loaded by :func:`src.baseline.load_checkpoint` (tensors and plain data only), so a file that is
+loaded by :func:`src.loading.load_network` (tensors and plain data only), so a file that is
 not a checkpoint is refused in one line. Heavy imports wait until the arguments are read, so
 ``--help`` and a bad argument answer at once.
 """
@@ -177,18 +177,17 @@ def predict(
 def _forward(network: SentimentLSTM, ids: list[list[int]], site: Site | None) -> dict[str, Tensor]:
     import torch
 
+    from src.sites import read_sentences
     from src.tokens import collate
 
     batch = collate([(torch.tensor(i, dtype=torch.long), 0) for i in ids])
     with torch.no_grad():
-        outputs = {
-            "probs": torch.sigmoid(network.sentence_logits(batch["ids"], batch["lengths"])),
+        reading = read_sentences(network, batch["ids"], batch["lengths"], site)
+        return {
+            "probs": torch.sigmoid(reading.logits),
+            "word_probs": torch.sigmoid(reading.word_logits(network)),  # (B, T)
+            "activations": reading.activations,  # (B, T, N), or None without a site
         }
-        layers = network.layer_states(batch["ids"], batch["lengths"])  # each (B, T, H_l)
-        outputs["word_probs"] = torch.sigmoid(network.head_from(0, layers[-1]))  # (B, T)
-        if site is not None:
-            outputs["activations"] = site.activations(network, batch["ids"], layers)  # (B, T, N)
-    return outputs
 
 
 def shown_units(activations: Tensor, top: int) -> list[int]:

@@ -15,6 +15,7 @@ LAYER = "layer"  # a site's name: head.2, lstm, embedding (the config's ``layer=
 LAYER_WIDTH = "layer_width"  # the site's units before shrinking
 METHOD = "method"
 TARGET_WIDTH = "target_width"
+COMPRESS_EPOCHS = "compress/epochs"  # training epochs after the method (0: none)
 THREADS = "threads"  # torch threads the job used
 
 # ---- the trained model, before any shrinking ----

@@ -26,7 +26,7 @@ from src.analysis.layer import Probe
 from src.compress.base import LayerPair
 from src.compress.retrain import fresh_pair
 from src.errors import SettingError
-from src.network import SentimentLSTM, lstm_widths_of
+from src.network import SentimentLSTM, last_word, lstm_widths_of
 
 
 class SiteError(SettingError):
@@ -446,6 +446,30 @@ class EmbeddingSite:
 
     def own_params(self, network: SentimentLSTM) -> int:
         return network.embedding.weight.numel()
+
+
+@dataclass
+class Reading:
+    """A batch of sentences read by a network word by word: what every per-word view needs."""
+
+    layer_states: list[Tensor]  # every LSTM layer's state after every word, each (B, T, H_l)
+    logits: Tensor  # (B,): the prediction at each sentence's last real word
+    activations: Tensor | None  # (B, T, N): the site's units after every word, if a site
+
+    def word_logits(self, network: SentimentLSTM) -> Tensor:
+        """The prediction after every word, (B, T)."""
+        return network.head_from(0, self.layer_states[-1])
+
+
+def read_sentences(
+    network: SentimentLSTM, ids: Tensor, lengths: Tensor, site: Site | None = None
+) -> Reading:
+    """``network`` (in eval mode) over a padded batch ``ids`` (B, T) of ``lengths``: the one
+    forward pass the evaluation, the viewer and ``src.predict`` share."""
+    layers = network.layer_states(ids, lengths)
+    logits = network.head_from(0, last_word(layers[-1], lengths))
+    activations = None if site is None else site.activations(network, ids, layers)
+    return Reading(layers, logits, activations)
 
 
 def new_units_refused(name: str) -> SiteError:

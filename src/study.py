@@ -200,7 +200,7 @@ def shrink_every_way(
             ]
         rows.runs.append(
             key
-            | {schema.METHOD: name, "compress/epochs": m.step.epochs}
+            | {schema.METHOD: name, schema.COMPRESS_EPOCHS: m.step.epochs}
             | {schema.BASELINE_TEST_ACC: test_acc, **evaluation.metrics}
         )
         correct[name], features[name] = evaluation.correct, evaluation.features

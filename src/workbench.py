@@ -47,7 +47,7 @@ from src.data import SentimentDataModule, probe_loader
 from src.errors import SettingError
 from src.loading import CheckpointError, read_checkpoint
 from src.network import SentimentLSTM, last_word
-from src.sites import ModelShape, Site, check_target_width, resolve_site
+from src.sites import ModelShape, Site, check_target_width, read_sentences, resolve_site
 from src.store import ArtefactStore
 from src.tokens import collate
 
@@ -514,10 +514,9 @@ class Workbench:
         network = result.network.eval()
         logits, features = [], []
         for batch in self.datamodule.loader(split):
-            ids, lengths = batch["ids"], batch["lengths"]
-            layers = network.layer_states(ids, lengths)
-            logits.append(network.head_from(0, last_word(layers[-1], lengths)))
-            features.append(last_word(site.activations(network, ids, layers), lengths))
+            reading = read_sentences(network, batch["ids"], batch["lengths"], site)
+            logits.append(reading.logits)
+            features.append(last_word(reading.activations, batch["lengths"]))
         return torch.cat(logits), torch.cat(features)
 
     @torch.no_grad()
@@ -561,7 +560,5 @@ class Workbench:
         """One sentence through ``network`` (the baseline's by default): the site's activation
         after every word (T, N) and P(positive)."""
         network = (network or self.network).eval()
-        ids_t, lengths = torch.tensor([ids]), torch.tensor([len(ids)])
-        layers = network.layer_states(ids_t, lengths)  # each (1, T, H_l)
-        prob = torch.sigmoid(last_word(network.head_from(0, layers[-1]), lengths))[0].item()
-        return site.activations(network, ids_t, layers)[0], prob
+        reading = read_sentences(network, torch.tensor([ids]), torch.tensor([len(ids)]), site)
+        return reading.activations[0], torch.sigmoid(reading.logits)[0].item()

@@ -158,15 +158,15 @@ def test_random_representatives_follow_the_seed():
 
 
 def test_unknown_choices_name_the_setting():
-    with pytest.raises(ValueError, match="compress.representative"):
+    with pytest.raises(ValueError, match="compress.method.representative"):
         choose_representatives(torch.rand(5, 2), torch.tensor([0, 0]), "centroid")
-    with pytest.raises(ValueError, match="compress.representative"):
+    with pytest.raises(ValueError, match="compress.method.representative"):
         LeastSquaresRefit(representative="centroid")
-    with pytest.raises(ValueError, match="compress.scale"):
+    with pytest.raises(ValueError, match="compress.method.scale"):
         WeightSum(scale="cubic")
     with pytest.raises(ValueError, match="compress.criterion"):
         Prune(criterion="gradient")
-    with pytest.raises(ValueError, match="compress.ridge"):
+    with pytest.raises(ValueError, match="compress.method.ridge"):
         SpectralPruning(ridge=-1.0)
 
 

@@ -64,8 +64,8 @@ def test_output_shapes(method) -> None:
     ("build", "setting"),
     [
         (lambda: NeuronMerging(keep="l3"), "compress.keep"),
-        (lambda: NeuronMerging(threshold=0.0), "compress.threshold"),
-        (lambda: KeepOne(representative="first"), "compress.representative"),
+        (lambda: NeuronMerging(threshold=0.0), "compress.method.threshold"),
+        (lambda: KeepOne(representative="first"), "compress.method.representative"),
     ],
 )
 def test_unknown_options_name_the_setting(build, setting: str) -> None:
@@ -225,7 +225,9 @@ def test_neuron_merging_keeps_the_largest_l1_norms_by_default() -> None:
 
 
 def test_a_threshold_of_zero_is_refused_and_the_official_meaning_explained() -> None:
-    with pytest.raises(ValueError, match=r"compress.threshold.*official code.*every pruned neuron"):
+    with pytest.raises(
+        ValueError, match=r"compress.method.threshold.*official code.*every pruned neuron"
+    ):
         NeuronMerging(threshold=0.0)
 
 

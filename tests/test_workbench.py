@@ -244,8 +244,8 @@ def test_a_group_without_a_method_builds_nothing() -> None:
 @pytest.mark.parametrize(
     ("override", "setting"),
     [
-        ("compress.method.representative=best", "compress.representative"),
-        ("compress.method.scale=cubic", "compress.scale"),
+        ("compress.method.representative=best", "compress.method.representative"),
+        ("compress.method.scale=cubic", "compress.method.scale"),
     ],
 )
 def test_bad_method_settings_name_the_setting(override: str, setting: str) -> None:

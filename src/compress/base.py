@@ -157,7 +157,7 @@ def choose_representatives(
     member's trace or its negation, whichever is closer, as the signed shape measure does.
     ``max_activation`` takes the member with the largest mean |activation|.
     """
-    check_choice(how, REPRESENTATIVES, "compress.representative")
+    check_choice(how, REPRESENTATIVES, "compress.method.representative")
     peaks = activations.abs().amax(dim=0)
     traces = activations / peaks.clamp_min(torch.finfo(activations.dtype).tiny)
     signed = bool((activations < 0).any())

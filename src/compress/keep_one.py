@@ -49,7 +49,7 @@ class KeepOne:
     representative: str = "random"
 
     def __post_init__(self) -> None:
-        check_choice(self.representative, REPRESENTATIVES, "compress.representative")
+        check_choice(self.representative, REPRESENTATIVES, "compress.method.representative")
 
     def __call__(
         self,

@@ -60,7 +60,7 @@ class LeastSquaresRefit:
     ridge: float = 1e-6
 
     def __post_init__(self) -> None:
-        check_choice(self.representative, REPRESENTATIVES, "compress.representative")
+        check_choice(self.representative, REPRESENTATIVES, "compress.method.representative")
 
     def __call__(
         self,

@@ -9,7 +9,7 @@ What a neuron is clustered on follows the authors' code (github.com/marza96/Mode
 ``utils/weight_clustering.py``): ``concat_weights`` takes every tensor that the layer's neuron
 permutation touches, moves the neuron axis first, flattens and stacks them side by side, as they
 are (no block is normalised). For a linear layer without batch norm that is ``[w_in | b_in |
-w_out^T]``: incoming weights, bias **and outgoing weights** (``compress.features=
+w_out^T]``: incoming weights, bias **and outgoing weights** (``compress.method.features=
 incoming_outgoing``, the default; ``incoming`` drops the outgoing block). Their
 ``WeightClustering`` then runs PCA with as many components as neurons, a rotation of the centred
 rows that leaves k-means' distances as they are, and Hartigan's k-means (``hkmeans``, 10 restarts);
@@ -44,7 +44,7 @@ FEATURES = ("incoming_outgoing", "incoming")
 
 def folding_features(pair: LayerPair, features: str = "incoming_outgoing") -> Tensor:
     """What k-means sees of each neuron, (N, D + 1 [+ M]), float64 (module docstring)."""
-    check_choice(features, FEATURES, "compress.features")
+    check_choice(features, FEATURES, "compress.method.features")
     if features == "incoming":
         return pair.incoming().double()
     return torch.column_stack([pair.w_in, pair.b_in, pair.w_out.T]).double()
@@ -83,7 +83,7 @@ class ModelFolding:
     builds_units: ClassVar[bool] = True  # averaged rows: no site inside the LSTM can hold them
 
     def __post_init__(self) -> None:
-        check_choice(self.features, FEATURES, "compress.features")
+        check_choice(self.features, FEATURES, "compress.method.features")
 
     def __call__(
         self,

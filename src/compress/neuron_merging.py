@@ -40,7 +40,7 @@ def keep_scores(features: Tensor, criterion: str) -> Tensor:
     ``norm``/``l1``: the feature's l2/l1 norm. ``gm``: the summed Euclidean distance to all
     other features, so neurons nearest the geometric median (the most replaceable) go first.
     """
-    check_choice(criterion, KEEP_CRITERIA, "compress.keep")
+    check_choice(criterion, KEEP_CRITERIA, "compress.method.keep")
     if criterion == "norm":
         return features.norm(dim=1)
     if criterion == "l1":
@@ -80,11 +80,12 @@ class NeuronMerging:
     threshold: float = 0.45
 
     def __post_init__(self) -> None:
-        check_choice(self.keep, KEEP_CRITERIA, "compress.keep")
+        check_choice(self.keep, KEEP_CRITERIA, "compress.method.keep")
         if not 0 < self.threshold <= 1:
             raise ValueError(
-                f"compress.threshold must be in (0, 1], got {self.threshold!r} (the official "
-                "code's 0 merges every pruned neuron, even at a negative cosine; not offered here)"
+                f"compress.method.threshold must be in (0, 1], got {self.threshold!r} (the "
+                "official code's 0 merges every pruned neuron, even at a negative cosine; not "
+                "offered here)"
             )
 
     def __call__(

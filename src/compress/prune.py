@@ -44,7 +44,7 @@ def neuron_strength(pair: LayerPair, activations: Tensor, criterion: str) -> Ten
     ignores how often the neuron fires. ``group_norm``: the L2 norm of ``w_in[i]`` and
     ``w_out[:, i]`` together, Torch-Pruning's group magnitude (see the module docstring).
     """
-    check_choice(criterion, CRITERIA, "compress.criterion")
+    check_choice(criterion, CRITERIA, "compress.method.criterion")
     out_norm = pair.w_out.norm(dim=0)
     if criterion == "activation":
         return activations.abs().mean(dim=0) * out_norm
@@ -66,7 +66,7 @@ class Prune:
     criterion: str = "activation"
 
     def __post_init__(self) -> None:
-        check_choice(self.criterion, CRITERIA, "compress.criterion")
+        check_choice(self.criterion, CRITERIA, "compress.method.criterion")
 
     def __call__(
         self,

@@ -64,7 +64,7 @@ class ClusterInit:
     representative: str = "max_activation"
 
     def __post_init__(self) -> None:
-        check_choice(self.representative, REPRESENTATIVES, "compress.representative")
+        check_choice(self.representative, REPRESENTATIVES, "compress.method.representative")
 
     def __call__(
         self,

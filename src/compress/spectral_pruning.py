@@ -99,7 +99,7 @@ class SpectralPruning:
 
     def __post_init__(self) -> None:
         if not self.ridge >= 0:
-            raise ValueError(f"compress.ridge={self.ridge} must be at least 0")
+            raise ValueError(f"compress.method.ridge={self.ridge} must be at least 0")
 
     def __call__(
         self,

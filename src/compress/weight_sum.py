@@ -50,7 +50,7 @@ def merge_by_weight_sum(
     be wrong: those keep their bias and take the ``ls`` factor. Neurons labelled -1 are dead and
     their outgoing weights are dropped. Fits run in float64.
     """
-    check_choice(scale, SCALES, "compress.scale")
+    check_choice(scale, SCALES, "compress.method.scale")
     k = representatives.numel()
     if not torch.equal(labels[representatives], torch.arange(k, device=labels.device)):
         raise ValueError("representatives[c] must be a member of cluster c")
@@ -88,8 +88,8 @@ class WeightSum:
     scale: str = "ls"
 
     def __post_init__(self) -> None:
-        check_choice(self.representative, REPRESENTATIVES, "compress.representative")
-        check_choice(self.scale, SCALES, "compress.scale")
+        check_choice(self.representative, REPRESENTATIVES, "compress.method.representative")
+        check_choice(self.scale, SCALES, "compress.method.scale")
 
     def __call__(
         self,
