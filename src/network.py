@@ -112,7 +112,7 @@ class SentimentLSTM(nn.Module):
         )
         return [out * real[..., None] for out in self.layer_outputs(ids)]
 
-    def states(self, ids: Tensor, lengths: Tensor) -> Tensor:
+    def top_states(self, ids: Tensor, lengths: Tensor) -> Tensor:
         """The top LSTM layer's state after every word, (B, T, H) (dropout applied as in
         training); zeros at padding."""
         return self.dropout(self.layer_states(ids, lengths)[-1])
@@ -132,16 +132,16 @@ class SentimentLSTM(nn.Module):
             x = torch.relu(layer(x))
         return self.head[-1](x).squeeze(-1)
 
-    def layer_input(self, states: Tensor, layer: int) -> Tensor:
-        """What hidden head layer ``layer`` reads, (..., D): the LSTM states or the layer below's
+    def layer_input(self, states: Tensor, index: int) -> Tensor:
+        """What hidden head layer ``index`` reads, (..., D): the LSTM states or the layer below's
         activations (computing only the layers below it)."""
-        for below in self.head[:layer]:
+        for below in self.head[:index]:
             states = torch.relu(below(states))
         return states
 
     def forward(self, ids: Tensor, lengths: Tensor) -> Tensor:
         """Logit after every word, (B, T); use :func:`last_word` for the sentence's prediction."""
-        return self.head_from(0, self.states(ids, lengths))
+        return self.head_from(0, self.top_states(ids, lengths))
 
 
 def _stacked_lstm_keys(state_dict: dict, prefix: str, *args: object) -> None:

@@ -221,7 +221,8 @@ GATES = 4  # an LSTM's gate blocks, in PyTorch's order: input, forget, cell, out
 
 @dataclass(frozen=True)
 class LstmSite:
-    """LSTM layer ``layer``'s hidden units: unit j is index j of the hidden state.
+    """The hidden units of LSTM layer ``index`` (of ``layers``): unit j is index j of the
+    hidden state.
 
     A unit owns row j of each of the four gate blocks of ``weight_ih``, ``weight_hh`` and the two
     biases, and its cell state; what reads it is column j of ``weight_hh`` (every gate, at the
@@ -240,7 +241,7 @@ class LstmSite:
     marked ``reads_zero_state``: a merge keeps their bias there.
     """
 
-    layer: int
+    index: int  # which LSTM layer
     layers: int
     width: int
     signed = True  # h = o * tanh(c), in (-1, 1)
@@ -248,14 +249,14 @@ class LstmSite:
 
     @property
     def name(self) -> str:
-        return "lstm" if self.layers == 1 else f"lstm.{self.layer}"
+        return "lstm" if self.layers == 1 else f"lstm.{self.index}"
 
     @property
     def label(self) -> str:
         return f"{self.name} ({self.width})"
 
     def _cell(self, network: SentimentLSTM) -> nn.LSTM:
-        cell = network.lstm[self.layer]
+        cell = network.lstm[self.index]
         if not isinstance(cell, nn.LSTM) or cell.bidirectional or cell.num_layers != 1:
             raise SiteError(
                 f"layer={self.name}: the LSTM site takes a unidirectional single-layer "
@@ -266,9 +267,9 @@ class LstmSite:
 
     def _consumer(self, network: SentimentLSTM) -> tuple[Tensor, Tensor]:
         """What reads the units: the head's first layer, or the next LSTM layer's input."""
-        if self.layer + 1 == len(network.lstm):
+        if self.index + 1 == len(network.lstm):
             return network.head[0].weight, network.head[0].bias
-        after = network.lstm[self.layer + 1]
+        after = network.lstm[self.index + 1]
         return after.weight_ih_l0, after.bias_ih_l0
 
     def pair(self, network: SentimentLSTM) -> LayerPair:
@@ -303,18 +304,18 @@ class LstmSite:
             new.weight_hh_l0.copy_(recurrent)
             new.bias_ih_l0.copy_(cell.bias_ih_l0[gate_rows])
             new.bias_hh_l0.copy_(pair.b_out[consumer_rows:][gate_rows])
-        shrunk.lstm[self.layer] = new
+        shrunk.lstm[self.index] = new
         weight, bias = pair.w_out[:consumer_rows], pair.b_out[:consumer_rows]
-        if self.layer + 1 == len(network.lstm):
+        if self.index + 1 == len(network.lstm):
             shrunk.head[0] = _linear(weight, bias)
         else:
-            after = shrunk.lstm[self.layer + 1]
+            after = shrunk.lstm[self.index + 1]
             replaced = nn.LSTM(k, after.hidden_size, batch_first=True)
             with torch.no_grad():
                 for name, value in after.named_parameters():
                     getattr(replaced, name).copy_(weight if name == "weight_ih_l0" else value)
                 replaced.bias_ih_l0.copy_(bias)
-            shrunk.lstm[self.layer + 1] = replaced
+            shrunk.lstm[self.index + 1] = replaced
         return shrunk
 
     def fresh(
@@ -326,12 +327,12 @@ class LstmSite:
         shrunk = copy.deepcopy(network)
         with torch.random.fork_rng():
             torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=generator)))
-            shrunk.lstm[self.layer] = nn.LSTM(cell.input_size, width, batch_first=True)
-            if self.layer + 1 == len(network.lstm):
+            shrunk.lstm[self.index] = nn.LSTM(cell.input_size, width, batch_first=True)
+            if self.index + 1 == len(network.lstm):
                 shrunk.head[0] = nn.Linear(width, network.head[0].out_features)
             else:
-                after = network.lstm[self.layer + 1]
-                shrunk.lstm[self.layer + 1] = nn.LSTM(width, after.hidden_size, batch_first=True)
+                after = network.lstm[self.index + 1]
+                shrunk.lstm[self.index + 1] = nn.LSTM(width, after.hidden_size, batch_first=True)
         return None, shrunk
 
     def check_step(self, repair: bool, epochs: int, builds_units: bool) -> None:
@@ -347,13 +348,13 @@ class LstmSite:
     def activations(
         self, network: SentimentLSTM, ids: Tensor, layer_states: Sequence[Tensor]
     ) -> Tensor:
-        return layer_states[self.layer]
+        return layer_states[self.index]
 
     def probe(self, network: SentimentLSTM, ids: Tensor, layer_states: Sequence[Tensor]) -> Probe:
         """The units' states at the probe words; what they read is the layer below's states
         (or the embedding, which the probe does not keep: nothing here needs it)."""
-        below = layer_states[self.layer - 1] if self.layer else layer_states[self.layer][:, :0]
-        return Probe(below, layer_states[self.layer])
+        below = layer_states[self.index - 1] if self.index else layer_states[self.index][:, :0]
+        return Probe(below, layer_states[self.index])
 
     def reads(self, pair: LayerPair, states: Tensor) -> Tensor:
         """What the consumer computes from the units' states (..., N): its pre-activation."""
@@ -361,7 +362,7 @@ class LstmSite:
         return states @ pair.w_out[:consumer_rows].T + pair.b_out[:consumer_rows]
 
     def own_params(self, network: SentimentLSTM) -> int:
-        return sum(p.numel() for p in network.lstm[self.layer].parameters())
+        return sum(p.numel() for p in network.lstm[self.index].parameters())
 
 
 @dataclass(frozen=True)

@@ -85,7 +85,7 @@ def search(
     """The cascade of the module docstring, from ``bench``'s network."""
     start = time.perf_counter()
     target = bench.baseline_scores()[schema.BASELINE_VAL_ACC] - max_drop
-    labels = bench.states("validation").labels  # every cut model reads the same sentences
+    labels = bench.last_states("validation").labels  # every cut model reads the same sentences
     current = bench
     result = SearchResult(bench.network, {s.name: s.width for s in sites_of(bench.network)})
     for name in list(result.widths):

@@ -42,7 +42,7 @@ from src.analysis.similarity import MEASURES
 from src.analysis.stats import mcnemar_exact_interval, mcnemar_p
 from src.compress.base import LayerPair, MergeMethod
 from src.compress.repair import repair_statistics
-from src.compress.retrain import Features, train_pair
+from src.compress.retrain import LastWordInputs, train_pair
 from src.data import SentimentDataModule, probe_loader
 from src.errors import SettingError
 from src.loading import CheckpointError, read_checkpoint
@@ -220,7 +220,7 @@ def accuracy(logits: Tensor, labels: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def last_word_states(network: SentimentLSTM, loader: DataLoader) -> Features:
+def split_last_states(network: SentimentLSTM, loader: DataLoader) -> LastWordInputs:
     """The LSTM's state at each sentence's last real word (dropout off), in the loader's order:
     every head layer's input follows from it."""
     network.eval()
@@ -228,7 +228,7 @@ def last_word_states(network: SentimentLSTM, loader: DataLoader) -> Features:
     for batch in loader:
         states.append(network.last_states(batch["ids"], batch["lengths"]))
         labels.append(batch["labels"])
-    return Features(torch.cat(states), torch.cat(labels))
+    return LastWordInputs(torch.cat(states), torch.cat(labels))
 
 
 def shared_data_key(datamodule: SentimentDataModule) -> str:
@@ -274,16 +274,16 @@ class Workbench:
 
     # ---- shared by every job on this baseline ----
 
-    def states(self, split: str) -> Features:
+    def last_states(self, split: str) -> LastWordInputs:
         """Each sentence's LSTM state at its last word and its label, for ``split``."""
 
         def compute() -> dict[str, Tensor]:
-            features = last_word_states(self.network, self.datamodule.loader(split))
+            features = split_last_states(self.network, self.datamodule.loader(split))
             self._finite(features.inputs, f"the {split} sentences")
             return vars(features)
 
         stored = self.store.get(f"states-{split}", compute)
-        return Features(stored["inputs"], stored["labels"])
+        return LastWordInputs(stored["inputs"], stored["labels"])
 
     def baseline_scores(self) -> dict[str, float | int]:
         """The ``baseline/`` scores of src.schema, from the stored last-word states."""
@@ -291,7 +291,7 @@ class Workbench:
         def compute() -> dict[str, Tensor]:
             scores = {}
             for split in EVALUATED:
-                states = self.states(split)
+                states = self.last_states(split)
                 logits = self.network.head_from(0, states.inputs)
                 scores[split] = accuracy(logits, states.labels).float().mean()
             labels = states.labels.long()
@@ -399,7 +399,7 @@ class Workbench:
                 pair = None  # training moved every weight: no longer a pair of the original's
             return Shrunk(pair, shrunk), time.perf_counter() - start
         if step.epochs > 0:
-            train = self.states("train")
+            train = self.last_states("train")
             with torch.no_grad():  # what the site reads is fixed: computed once, no graph
                 inputs = site.inputs(self.network, train.inputs)
             frozen = copy.deepcopy(self.network).requires_grad_(False)  # the layers around it
@@ -407,7 +407,7 @@ class Workbench:
                 pair = train_pair(
                     pair,
                     lambda p, x: site.logits(frozen, p, x),
-                    Features(inputs, train.labels),
+                    LastWordInputs(inputs, train.labels),
                     step.epochs,
                     step.lr,
                     self.datamodule.batch_size,
@@ -475,7 +475,7 @@ class Workbench:
         keys); and which test sentences it gets right."""
         metrics: dict[str, float] = {}
         for split in EVALUATED:
-            states = self.states(split)
+            states = self.last_states(split)
             after, before = logits[split], self.network.head_from(0, states.inputs)
             correct = accuracy(after, states.labels)
             if split == "validation":
@@ -508,7 +508,9 @@ class Workbench:
         word, in the order of the stored states. A head site reads the stored LSTM states; a
         site inside the LSTM makes the shrunk network read every sentence again."""
         if result.pair is not None:
-            stored = site.from_last_states(self.network, result.pair, self.states(split).inputs)
+            stored = site.from_last_states(
+                self.network, result.pair, self.last_states(split).inputs
+            )
             if stored is not None:
                 return stored
         network = result.network.eval()

@@ -48,7 +48,7 @@ def twin(cell: nn.LSTM, copy: int, of: int, negate: bool = False) -> None:
 def probe(net: SentimentLSTM, site: LstmSite) -> torch.Tensor:
     ids, lengths = sentences(seed=7)
     real = torch.arange(ids.shape[1])[None, :] < lengths[:, None]
-    return net.layer_states(ids, lengths)[site.layer][real]
+    return net.layer_states(ids, lengths)[site.index][real]
 
 
 def logits(net: SentimentLSTM) -> torch.Tensor:

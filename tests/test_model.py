@@ -28,14 +28,14 @@ def test_per_word_outputs_and_activations_have_the_right_shapes() -> None:
     ids = torch.randint(2, 50, (3, 7))
     lengths = torch.tensor([7, 4, 1])
     assert net(ids, lengths).shape == (3, 7)
-    states = net.states(ids, lengths)
+    states = net.top_states(ids, lengths)
     acts = [torch.relu(net.head[i](net.layer_input(states, i))) for i in range(3)]
     assert [a.shape for a in acts] == [(3, 7, 256), (3, 7, 64), (3, 7, 16)]
 
 
 def test_layer_input_is_what_each_layer_reads() -> None:
     net = network()
-    states = net.states(torch.randint(2, 50, (2, 5)), torch.tensor([5, 3]))
+    states = net.top_states(torch.randint(2, 50, (2, 5)), torch.tensor([5, 3]))
     assert torch.equal(net.layer_input(states, 0), states)
     below = states
     for layer in (1, 2):
@@ -90,7 +90,7 @@ def test_per_word_states_are_zero_at_padding_and_match_the_last_word_states() ->
     net = network()
     ids = torch.randint(2, 50, (3, 6))
     lengths = torch.tensor([6, 2, 4])
-    states = net.states(ids, lengths)
+    states = net.top_states(ids, lengths)
     assert (states[1, 2:] == 0).all() and (states[2, 4:] == 0).all()
     torch.testing.assert_close(last_word(states, lengths), net.last_states(ids, lengths))
 

@@ -67,7 +67,7 @@ def sentence_logits(network, datamodule: SentimentDataModule, split: str) -> tor
 
 def test_a_site_with_its_own_pair_gives_the_networks_prediction(datamodule) -> None:
     wb = bench(datamodule)
-    states = wb.states("test")
+    states = wb.last_states("test")
     expected = sentence_logits(wb.network, datamodule, "test")
     for site in [s for s in all_sites(ModelShape.of(wb.network)) if isinstance(s, HeadSite)]:
         inputs = site.inputs(wb.network, states.inputs)
@@ -81,7 +81,7 @@ def test_a_rebuilt_network_computes_what_the_site_describes(datamodule) -> None:
     pair = site.pair(wb.network).select(torch.tensor([0, 3, 5]))
     shrunk = site.rebuild(wb.network, pair)
     assert shrunk.hidden_widths == [24, 3, 8]
-    inputs = site.inputs(wb.network, wb.states("test").inputs)
+    inputs = site.inputs(wb.network, wb.last_states("test").inputs)
     torch.testing.assert_close(
         sentence_logits(shrunk, datamodule, "test"), site.logits(wb.network, pair, inputs)
     )
@@ -106,7 +106,7 @@ def test_every_method_shrinks_every_site_with_the_right_parameter_count(
     before = sum(p.numel() for p in wb.network.parameters())
     assert metrics[schema.COMPRESSED_PARAMS] == before - removed
     assert 0 <= metrics[schema.COMPRESSED_AGREEMENT] <= 1
-    assert evaluation.features.shape == (len(wb.states("test").labels), evaluation.pair.width)
+    assert evaluation.features.shape == (len(wb.last_states("test").labels), evaluation.pair.width)
 
 
 class Unchanged:
@@ -139,7 +139,7 @@ def test_weight_sum_of_exact_multiples_leaves_the_network_unchanged(datamodule) 
     activations = wb.probe(site).activations
     labels = torch.arange(8) // 2  # the pairs as the clusters
     merged = WeightSum()(pair, activations, labels, 4, torch.Generator())
-    inputs = site.inputs(wb.network, wb.states("test").inputs)
+    inputs = site.inputs(wb.network, wb.last_states("test").inputs)
     torch.testing.assert_close(
         site.logits(wb.network, merged, inputs),
         site.logits(wb.network, pair, inputs),
@@ -159,7 +159,7 @@ class Killing:
 def test_dead_neurons_counts_kept_units_that_never_fire(datamodule) -> None:
     wb = bench(datamodule)
     site = resolve_site("head.2", ModelShape.of(wb.network))
-    inputs = site.inputs(wb.network, wb.states("test").inputs)
+    inputs = site.inputs(wb.network, wb.last_states("test").inputs)
     silent = int((~(site.pair(wb.network).hidden(inputs) > 0).any(dim=0)).sum())
     assert wb.evaluate(NO_STEP, Unchanged(), site, 4).metrics[schema.COMPRESSED_DEAD] == silent
     killed = wb.evaluate(NO_STEP, Killing(), site, 4).metrics[schema.COMPRESSED_DEAD]
@@ -175,7 +175,7 @@ def test_retraining_changes_only_the_pair_and_lowers_the_training_loss(datamodul
     untrained = wb.compress(NO_STEP, fresh, site, 4)[0].pair
     assert all(torch.equal(before[k], v) for k, v in wb.network.state_dict().items())
     assert all(p.grad is None for p in wb.network.parameters())
-    train = wb.states("train")
+    train = wb.last_states("train")
     inputs = site.inputs(wb.network, train.inputs)
     loss = torch.nn.functional.binary_cross_entropy_with_logits
     trained_loss = loss(site.logits(wb.network, trained, inputs), train.labels)
@@ -195,7 +195,7 @@ def test_the_saved_compressed_model_records_its_shape_and_predicts_what_was_meas
     loaded = load_checkpoint(path)
     assert loaded.hparams["head_widths"] == [24, 3, 8]
     assert loaded.tokenizer_json == original.tokenizer_json
-    inputs = site.inputs(wb.network, wb.states("test").inputs)
+    inputs = site.inputs(wb.network, wb.last_states("test").inputs)
     expected = site.logits(wb.network, evaluation.pair, inputs)
     torch.testing.assert_close(sentence_logits(loaded.network, datamodule, "test"), expected)
 
@@ -267,7 +267,7 @@ def test_every_method_that_keeps_units_shrinks_the_lstm(shared: Workbench, metho
         return
     evaluation = shared.evaluate(step, built, site, 6)
     assert evaluation.network.lstm_widths == [6]
-    assert evaluation.features.shape == (len(shared.states("test").labels), 6)
+    assert evaluation.features.shape == (len(shared.last_states("test").labels), 6)
     metrics = evaluation.metrics
     assert metrics[schema.COMPRESSED_PARAMS] < shared.baseline_scores()[schema.BASELINE_PARAMS]
     assert metrics[schema.COMPRESSED_LAYER_PARAMS] == 4 * 6 * (8 + 6 + 2)
@@ -275,7 +275,7 @@ def test_every_method_that_keeps_units_shrinks_the_lstm(shared: Workbench, metho
         assert 0 <= metrics[schema.COMPRESSED_DRIFT_LAST] < 10
         drift = evaluation.drift
         assert len(drift.by_position) == len(drift.sentences) and drift.sentences[0] == len(
-            shared.states("test").labels
+            shared.last_states("test").labels
         )
 
 

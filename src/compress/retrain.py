@@ -2,7 +2,7 @@
 
 Both freeze the whole network but the shrunk layer and the layer that reads it, and train those
 two for ``compress.epochs`` on the training sentences. Everything below the shrunk layer is
-frozen, so its input at each sentence's last word is computed once (:class:`Features`) and the
+frozen, so its input at each sentence's last word is computed once (:class:`LastWordInputs`) and the
 epochs only run the head: seconds instead of an LSTM epoch.
 """
 
@@ -82,7 +82,7 @@ class ClusterInit:
 
 
 @dataclass
-class Features:
+class LastWordInputs:
     """Input of the shrunk layer at each sentence's last real word, and the sentence labels."""
 
     inputs: Tensor  # (sentences, D)
@@ -92,7 +92,7 @@ class Features:
 def train_pair(
     pair: LayerPair,
     logits: Callable[[LayerPair, Tensor], Tensor],
-    train: Features,
+    train: LastWordInputs,
     epochs: int,
     lr: float,
     batch_size: int,
