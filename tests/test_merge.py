@@ -164,7 +164,7 @@ def test_unknown_choices_name_the_setting():
         LeastSquaresRefit(representative="centroid")
     with pytest.raises(ValueError, match="compress.method.scale"):
         WeightSum(scale="cubic")
-    with pytest.raises(ValueError, match="compress.criterion"):
+    with pytest.raises(ValueError, match="compress.method.criterion"):
         Prune(criterion="gradient")
     with pytest.raises(ValueError, match="compress.method.ridge"):
         SpectralPruning(ridge=-1.0)

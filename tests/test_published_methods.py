@@ -63,7 +63,7 @@ def test_output_shapes(method) -> None:
 @pytest.mark.parametrize(
     ("build", "setting"),
     [
-        (lambda: NeuronMerging(keep="l3"), "compress.keep"),
+        (lambda: NeuronMerging(keep="l3"), "compress.method.keep"),
         (lambda: NeuronMerging(threshold=0.0), "compress.method.threshold"),
         (lambda: KeepOne(representative="first"), "compress.method.representative"),
     ],
@@ -264,5 +264,5 @@ def test_model_folding_clusters_on_incoming_bias_and_outgoing_weights_as_the_off
 
 
 def test_model_folding_features_name_the_setting() -> None:
-    with pytest.raises(ValueError, match="compress.features"):
+    with pytest.raises(ValueError, match="compress.method.features"):
         ModelFolding(features="activations")

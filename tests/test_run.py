@@ -107,7 +107,7 @@ REFUSED_AT_ONCE = [
     (["resume={code}"], "resume="),
     (["resume={other}"], "the checkpoint was trained with"),
     (["data.root={empty}"], "data.root"),
-    (["compress=model_folding", "layer=lstm", "data.root={empty}"], "builds new units"),
+    (["compress=model_folding", "layer=lstm", "data.root={empty}"], "the method built new units"),
     (["compress=weight_sum", "compress.repair=true", "layer=lstm", "data.root={empty}"], "repair"),
     (["data.batch_size=0"], "data.batch_size must be >= 1"),
     (["data.max_length=0"], "data.max_length must be >= 1"),

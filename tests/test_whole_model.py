@@ -110,7 +110,7 @@ class Breaking:
 
     def __call__(self, pair: LayerPair, activations, labels, width, generator) -> LayerPair:
         keep = torch.arange(width)
-        return LayerPair(pair.w_in[keep], pair.b_in[keep], pair.w_out[:, keep] * 0, -pair.b_out)
+        return pair.select(keep, pair.w_out[:, keep] * 0, -pair.b_out)
 
 
 def test_a_budget_no_width_meets_keeps_the_original_model_with_a_note(datamodule) -> None:
