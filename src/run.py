@@ -94,7 +94,7 @@ def shrink(plan: Plan, opened: Opened, metrics: dict, loggers: list) -> Evaluati
         found, result = shrink_whole(cfg, cfg.compress, bench)
         metrics |= found
         write_search(output, result, bench.baseline_scores(), cfg.compress.max_drop, loggers)
-        record = {"method": "whole_model", "widths": result.widths}
+        record = {"method": cfg.compress.name, "widths": result.widths}
         shrunk, evaluation = result.network, None
     elif method is not None:
         evaluation = bench.evaluate(step, method, plan.site, plan.width)

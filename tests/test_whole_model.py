@@ -148,6 +148,8 @@ def test_a_shrunk_model_is_a_checkpoint_that_records_its_widths_and_reloads_as_m
         ("compress.max_drop=1", "compress.max_drop=1"),
         ("compress.merge=prune", "compress.merge='prune'"),
         ("compress.merge=magic", "compress.merge='magic'"),
+        ("compress.repair=true", "drop compress.repair and compress.epochs"),
+        ("compress.epochs=1", "drop compress.repair and compress.epochs"),
     ],
 )
 def test_a_bad_budget_or_merge_is_refused_naming_it(override: str, named: str) -> None:
