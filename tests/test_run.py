@@ -131,23 +131,11 @@ def test_a_refusal_is_one_line_and_leaves_no_run_folder_and_no_wandb_run(
     assert not run_dir.exists()  # no run folder, so no W&B run (logger.wandb.save_dir) either
 
 
-@pytest.mark.slow
-def test_ctrl_c_after_training_is_one_line_and_marks_the_partial_files(
-    tmp_path: Path, quick_cache: Path
-) -> None:
-    """Ctrl-C in the analysis, after compressed.ckpt is written: no traceback, and the run
-    folder says its files are partial."""
-    run_dir = tmp_path / "run"
+def interrupted_once(file: Path, within: float, *overrides: str) -> tuple[subprocess.Popen, str]:
+    """``python -m src.run`` pressed with Ctrl-C as soon as ``file`` appears (at most ``within``
+    seconds); the process, ended, and its standard error."""
     app = subprocess.Popen(
-        app_command(
-            *QUICK,
-            f"cache_dir={quick_cache}",
-            "compress=weight_sum",
-            "layer=lstm",
-            "analysis.probe_sentences=4000",  # an analysis long enough to be pressed in
-            f"hydra.run.dir={run_dir}",
-            "logger=csv",
-        ),
+        app_command(*overrides),
         cwd=ROOT,
         env=APP_ENV,
         preexec_fn=with_ctrl_c,
@@ -155,13 +143,34 @@ def test_ctrl_c_after_training_is_one_line_and_marks_the_partial_files(
         stderr=subprocess.PIPE,
         text=True,
     )
-    deadline = time.monotonic() + 500
-    while not (run_dir / "compressed.ckpt").exists():
+    deadline = time.monotonic() + within
+    while not file.exists():
         assert app.poll() is None, app.stderr.read()[-3000:]
-        assert time.monotonic() < deadline, "no compressed.ckpt after 500 s"
+        assert time.monotonic() < deadline, f"no {file.name} after {within} s"
         time.sleep(0.05)
     app.send_signal(signal.SIGINT)
     _, stderr = app.communicate(timeout=120)
+    return app, stderr
+
+
+@pytest.mark.slow
+def test_ctrl_c_after_training_is_one_line_and_marks_the_partial_files(
+    tmp_path: Path, quick_cache: Path
+) -> None:
+    """Ctrl-C in the analysis, after compressed.ckpt is written: no traceback, and the run
+    folder says its files are partial."""
+    run_dir = tmp_path / "run"
+    app, stderr = interrupted_once(
+        run_dir / "compressed.ckpt",
+        500,
+        *QUICK,
+        f"cache_dir={quick_cache}",
+        "compress=weight_sum",
+        "layer=lstm",
+        "analysis.probe_sentences=4000",  # an analysis long enough to be pressed in
+        f"hydra.run.dir={run_dir}",
+        "logger=csv",
+    )
     assert not (run_dir / "metrics.json").exists(), "finished before Ctrl-C: lengthen it"
     assert app.returncode == 130, stderr[-3000:]
     assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr
@@ -176,27 +185,14 @@ def test_ctrl_c_keeps_the_last_checkpoint_closes_the_wandb_run_and_can_resume(
     tmp_path: Path,
 ) -> None:
     checkpoints = tmp_path / "interrupted" / "checkpoints"
-    app = subprocess.Popen(
-        app_command(
-            *QUICK,
-            "trainer.max_epochs=100",
-            f"hydra.run.dir={checkpoints.parent}",
-            "cache_dir=null",
-        ),
-        cwd=ROOT,
-        env=APP_ENV,
-        preexec_fn=with_ctrl_c,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
+    app, stderr = interrupted_once(  # one epoch done: interrupt the second
+        checkpoints / "last.ckpt",
+        300,
+        *QUICK,
+        "trainer.max_epochs=100",
+        f"hydra.run.dir={checkpoints.parent}",
+        "cache_dir=null",
     )
-    deadline = time.monotonic() + 300
-    while not (checkpoints / "last.ckpt").exists():  # one epoch done: interrupt the second
-        assert app.poll() is None, app.stderr.read()[-3000:]
-        assert time.monotonic() < deadline, "no checkpoint after 300 s"
-        time.sleep(0.2)
-    app.send_signal(signal.SIGINT)
-    _, stderr = app.communicate(timeout=120)
     assert app.returncode != 0
     assert (checkpoints / "interrupted.ckpt").is_file(), stderr[-3000:]
     assert (checkpoints / "last.ckpt").is_file()

@@ -38,10 +38,10 @@ def quick_study(output: Path, cache: Path, *overrides: str) -> subprocess.Comple
         f"overrides=[{run_overrides}]",
         f"output_dir={output}",
         f"runs_dir={output / 'runs'}",
-        "whole_model=null",  # tests/test_sweep.py runs the search end to end
         "variants=[]",
         *overrides,
         *([] if any(o.startswith("layers=") for o in overrides) else [SMALL_LAYERS]),
+        *([] if any(o.startswith("whole_model=") for o in overrides) else ["whole_model=null"]),
     )
 
 
@@ -52,6 +52,7 @@ def study(tmp_path_factory: pytest.TempPathFactory, quick_cache: Path) -> Path:
         output,
         quick_cache,
         "methods=[weight_sum,freeze_retrain]",
+        "whole_model={max_drop: 0.05, merge: ls_refit, scratch: false}",  # the search, no anchor
     )
     assert result.returncode == 0, result.stderr[-3000:]
     return output
@@ -100,6 +101,9 @@ def test_the_study_measures_every_method_width_and_pair(study: Path) -> None:
     assert set(drift["method"]) == {"weight_sum"} and (drift["error"] > 0).all()  # 8 of 32: inexact
     assert drift["sentences"].iloc[0] == drift["sentences"].max()
     assert drift["sentences"].is_monotonic_decreasing  # fewer sentences reach each next word
+    (whole,) = pd.read_csv(study / "whole.csv").to_dict("records")  # the one search, as src.run's
+    assert whole["compressed/params"] < whole["baseline/params"]
+    assert whole["search/candidates"] > 0 and "scratch/test_acc" not in whole
     for figure in ("accuracy.png", "cka.png", "drift.png"):
         assert (study / figure).stat().st_size > 0
 
