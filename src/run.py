@@ -59,6 +59,7 @@ def plan(cfg: DictConfig) -> Plan:
     elif compression.method is not None:
         check_step(compression.step, compression.method, site)
     check_resume(cfg)
+    instantiate(cfg.data)  # the data settings are checked as it is built (nothing is read)
     locate_corpus(cfg.data.name, cfg.data.root)  # a data.root without the corpus: now
     job = OmegaConf.merge(cfg, {"layer": site.name, "target_width": width})
     return Plan(job, site, width, compression)
