@@ -51,6 +51,7 @@ class Plan:
 
 
 def plan(cfg: DictConfig) -> Plan:
+    """The job ``cfg`` asks for, refused in one line naming the setting that cannot work."""
     check_shape(cfg.model.head_widths, cfg.model.lstm.hidden_size, cfg.model.embedding_dim)
     compression = Compression.of(cfg.compress)
     site, width = run_site(cfg)
