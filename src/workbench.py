@@ -391,9 +391,9 @@ class Workbench:
             pair = method(original, analysis.probe.activations, analysis.labels, width, generator)
         if step.repair:  # where the site took it (check_step)
             pair = repair_statistics(original, pair, analysis.probe.inputs)
-        if pair is not None:
-            shrunk = site.rebuild(self.network, pair)
         if site.in_recurrence:
+            if pair is not None:
+                shrunk = site.rebuild(self.network, pair)
             if step.epochs > 0:
                 shrunk = self._train_lstm(step, shrunk, generator)
                 pair = None  # training moved every weight: no longer a pair of the original's
