@@ -128,12 +128,16 @@ class Site(Protocol):
         """The parameters the site's units own in ``network``."""
 
 
-def refuse_repair_of_signed(site: Site, repair: bool) -> None:
-    if repair and site.signed:
+def refuse_repair_or_new_units(site: Site, repair: bool, builds_units: bool) -> None:
+    """What a site whose units are signed and own more than their incoming weights (the LSTM's,
+    the embedding's) cannot take: REPAIR, and a method that builds new units."""
+    if repair:
         raise SiteError(
             f"compress.repair=true matches ReLU pre-activations; layer={site.name} has none: "
             "drop compress.repair"
         )
+    if builds_units:
+        raise new_units_refused(site.name)
 
 
 @dataclass(frozen=True)
@@ -338,9 +342,7 @@ class LstmSite:
     def check_step(self, repair: bool, epochs: int, builds_units: bool) -> None:
         """No repair (signed units) and no new units; training runs the shrunk LSTM over every
         sentence."""
-        refuse_repair_of_signed(self, repair)
-        if builds_units:
-            raise new_units_refused(self.name)
+        refuse_repair_or_new_units(self, repair, builds_units)
 
     def from_last_states(self, network: SentimentLSTM, pair: LayerPair, last_states: Tensor):
         return None
@@ -418,9 +420,7 @@ class EmbeddingSite:
 
     def check_step(self, repair: bool, epochs: int, builds_units: bool) -> None:
         """Neither repair (signed values), nor training, nor new units."""
-        refuse_repair_of_signed(self, repair)
-        if builds_units:
-            raise new_units_refused(self.name)
+        refuse_repair_or_new_units(self, repair, builds_units)
         if epochs > 0:
             raise SiteError(
                 f"compress.epochs={epochs}: layer=embedding takes methods without training "
