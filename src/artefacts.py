@@ -31,7 +31,7 @@ from src.analysis.stats import effective_rank
 from src.report import front_figure
 from src.sites import Site
 from src.tokens import check_known_words
-from src.viewer import Example, ViewerData, wandb_html, write_viewer
+from src.viewer import Example, ViewerData, render_word_groups, wandb_html, write_viewer
 from src.whole_model import SearchResult
 from src.workbench import AnalysisSettings, Evaluation, Workbench
 
@@ -195,6 +195,51 @@ def write_site_analysis(
             logger.experiment.log({"analysis/viewer": wandb_html(viewer)})
             logger.log_metrics(metrics)
     return metrics
+
+
+def word_groups(bench: Workbench, merged_into: Tensor) -> list[dict]:
+    """The rows of a words merge that hold more than one word, the most used first: each with
+    its words, the most frequent first, and their counts in the training split."""
+    counts = torch.bincount(bench.training_words(), minlength=len(merged_into)).tolist()
+    vocab = bench.datamodule.tokenizer
+    members: dict[int, list[tuple[str, int]]] = {}
+    for word, row in enumerate(merged_into.tolist()):
+        members.setdefault(row, []).append((vocab.id_to_token(word) or f"#{word}", counts[word]))
+    groups = [
+        {"row": row, "count": sum(c for _, c in words), "words": sorted(words, key=lambda w: -w[1])}
+        for row, words in members.items()
+        if len(words) > 1
+    ]
+    return sorted(groups, key=lambda group: -group["count"])
+
+
+def write_word_groups(
+    folder: Path,
+    bench: Workbench,
+    site: Site,
+    evaluation: Evaluation | None,
+    loggers: Sequence[Logger] = (),
+) -> dict[str, float]:
+    """The words site's analysis: which words share each row (clusters.json and a page to
+    search, viewer.html), once a merge has made rows shared; nothing to cluster before."""
+    folder.mkdir(parents=True, exist_ok=True)
+    pair = None if evaluation is None else evaluation.pair
+    if pair is None or pair.merged_into is None:
+        log.info("%s: a unit per word; compress=word_merge merges them", site.label)
+        return {}
+    groups = word_groups(bench, pair.merged_into)
+    rows = pair.width
+    summary = {"layer": site.name, "width": site.width, "rows": rows, "groups": groups}
+    (folder / "clusters.json").write_text(json.dumps(summary, indent=1) + "\n")
+    merged = sum(len(g["words"]) for g in groups)
+    text = f"{site.width} words into {rows} rows; {merged} words share {len(groups)} rows."
+    page = folder / "viewer.html"
+    page.write_text(render_word_groups(groups, f"Merged words: {site.label}", text))
+    log.info("%s", text)
+    for logger in loggers:
+        if isinstance(logger, WandbLogger):
+            logger.experiment.log({"analysis/viewer": wandb_html(page)})
+    return {}
 
 
 def write_search(

@@ -5,6 +5,7 @@ each sentence's last word.
 from __future__ import annotations
 
 import io
+import json
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from pathlib import Path
@@ -87,19 +88,37 @@ def save_compressed(
     hparams = dict(model.hparams)
     hparams["head_widths"] = shrunk.hidden_widths
     hparams["embedding_dim"] = shrunk.embedding.embedding_dim
+    hparams["vocab_size"] = shrunk.embedding.num_embeddings
     lstm = dict(hparams.get("lstm") or {})
     if shrunk.lstm_widths != lstm_widths_of(lstm):
         hparams["lstm"] = lstm | {"widths": shrunk.lstm_widths}
     compressed = SentimentClassifier(**hparams)
-    compressed.network.load_state_dict(shrunk.state_dict())
+    state = shrunk.state_dict()
+    row_of = state.pop("embedding.row_of", None)
+    compressed.network.load_state_dict(state)
+    tokenizer = model.tokenizer_json
+    if row_of is not None:
+        tokenizer = words_to_rows(tokenizer, row_of)
     checkpoint = {
         "state_dict": compressed.state_dict(),
         "hyper_parameters": hparams,
         "pytorch-lightning_version": L.__version__,
-        "tokenizer": model.tokenizer_json,
+        "tokenizer": tokenizer,
         "compressed": record,
     }
     buffer = io.BytesIO()
     torch.save(checkpoint, buffer)
     write_atomically(path, buffer.getvalue(), "hydra.run.dir")  # never a truncated one
     return Path(path)
+
+
+def words_to_rows(tokenizer_json: str, row_of: Tensor) -> str:
+    """The tokenizer with each word's id replaced by the row it reads (words that were merged
+    share an id), so that a merged embedding needs no map of its own."""
+    tokenizer = json.loads(tokenizer_json)
+    vocab = tokenizer["model"]["vocab"]
+    for word, index in vocab.items():
+        vocab[word] = int(row_of[index])
+    for token in tokenizer.get("added_tokens", []):
+        token["id"] = int(row_of[token["id"]])
+    return json.dumps(tokenizer, ensure_ascii=False)

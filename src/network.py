@@ -144,6 +144,49 @@ class SentimentLSTM(nn.Module):
         return self.head_from(0, self.top_states(ids, lengths))
 
 
+class SharedRowEmbedding(nn.Embedding):
+    """An embedding whose words share rows: word id ``i`` reads row ``row_of[i]``.
+
+    What merging words (the ``words`` site) leaves in memory: the tokenizer's ids are unchanged,
+    so every batch already tokenised reads the merged rows. A saved checkpoint folds ``row_of``
+    into its tokenizer instead (:func:`src.model.save_compressed`) and holds a plain embedding.
+    """
+
+    def __init__(self, row_of: Tensor, weight: Tensor, padding_idx: int | None = PAD_ID) -> None:
+        rows, dim = weight.shape
+        super().__init__(rows, dim, padding_idx=padding_idx, _weight=weight.detach().clone())
+        self.register_buffer("row_of", row_of.long().clone())
+
+    def forward(self, ids: Tensor) -> Tensor:
+        return super().forward(self.row_of[ids])
+
+
+def word_rows(embedding: nn.Embedding, ids: Tensor) -> Tensor:
+    """The row each word id reads: itself, or its merged row."""
+    row_of = getattr(embedding, "row_of", None)
+    return ids if row_of is None else row_of[ids]
+
+
+def stored_bytes(network: nn.Module) -> int:
+    """What storing ``network`` takes: its weights, and a merged embedding's word map (an int32
+    per word of the tokenizer)."""
+    weights = sum(p.numel() * p.element_size() for p in network.parameters())
+    maps = sum(m.row_of.numel() * 4 for m in network.modules() if isinstance(m, SharedRowEmbedding))
+    return weights + maps
+
+
+def with_columns(embedding: nn.Embedding, columns: Tensor) -> nn.Embedding:
+    """A copy of ``embedding`` that keeps only the dimensions ``columns`` (its rows shared as
+    before)."""
+    weight = embedding.weight.detach()[:, columns]
+    if isinstance(embedding, SharedRowEmbedding):
+        return SharedRowEmbedding(embedding.row_of, weight, embedding.padding_idx)
+    narrow = nn.Embedding(*weight.shape, padding_idx=embedding.padding_idx)
+    with torch.no_grad():
+        narrow.weight.copy_(weight)
+    return narrow
+
+
 def _stacked_lstm_keys(state_dict: dict, prefix: str, *args: object) -> None:
     """Checkpoints written when the LSTM was one stacked nn.LSTM name its layers
     ``lstm.weight_ih_l1``; here every layer is its own module, ``lstm.1.weight_ih_l0``."""

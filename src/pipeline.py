@@ -19,7 +19,14 @@ from src.baseline import Baseline, obtain_baseline
 from src.callbacks import progress_bar
 from src.checkpoints import AtomicCheckpointIO
 from src.sites import ModelShape
-from src.whole_model import SearchResult, merge_method, scratch_config, search, search_metrics
+from src.whole_model import (
+    Budget,
+    SearchResult,
+    merge_method,
+    scratch_config,
+    search,
+    search_metrics,
+)
 from src.workbench import AnalysisSettings, Workbench, shared_store
 
 
@@ -72,8 +79,8 @@ def shrink_whole(
     """``compress=whole_model`` on ``bench``'s network (``compress``: that node's settings): the
     search, its measures against the baseline, and the anchor trained from scratch when
     ``compress.scratch`` asks and the search cut something."""
-    step, method = merge_method(compress)
-    result = search(bench, step, method, compress.max_drop)
+    step, method, words = merge_method(compress)
+    result = search(bench, step, method, Budget.of(compress), words)
     metrics = search_metrics(bench, result)
     if compress.scratch and not result.note:
         metrics |= train_from_scratch(cfg, ModelShape.of(result.network))

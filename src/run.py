@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import hydra
@@ -24,7 +24,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from src import schema
-from src.artefacts import point_latest, write_search, write_site_analysis
+from src.artefacts import point_latest, write_search, write_site_analysis, write_word_groups
 from src.baseline import check_resume
 from src.data import locate_corpus
 from src.errors import reported
@@ -32,10 +32,10 @@ from src.model import save_compressed
 from src.network import check_shape
 from src.pipeline import Opened, open_workbench, shrink_whole
 from src.report import summary_table, write_metrics
-from src.sites import Site
+from src.sites import ModelShape, Site, check_target_width, resolve_site
 from src.threads import use_job_cpu
 from src.whole_model import check_budget
-from src.workbench import Compression, Evaluation, check_step, run_site
+from src.workbench import Compression, Evaluation, Workbench, check_step, run_site
 
 log = logging.getLogger(__name__)
 
@@ -110,11 +110,41 @@ def shrink(plan: Plan, opened: Opened, metrics: dict, loggers: list) -> Evaluati
     return evaluation
 
 
+def on_network(job: Plan, opened: Opened) -> Plan:
+    """The job with its site as the network has it: the words site's rows are known only once
+    the tokenizer is trained, so its width is checked again now."""
+    site = resolve_site(job.site.name, ModelShape.of(opened.bench.network))
+    check_target_width(job.width, site)
+    return replace(job, site=site)
+
+
+def write_analysis(
+    job: Plan, bench: Workbench, evaluation: Evaluation | None, metrics: dict, loggers: list
+) -> dict:
+    """The site's analysis files (``<run>/analysis``): its clusters, matrices, figures and viewer;
+    at the words site, the words each row holds."""
+    folder = Path(job.cfg.output_dir) / "analysis"
+    if not job.site.traced:
+        return write_word_groups(folder, bench, job.site, evaluation, loggers)
+    info = {k: str(metrics[k]) for k in schema.JOB if k in metrics}
+    return write_site_analysis(
+        folder,
+        bench,
+        job.site,
+        bench.analyse(job.site, job.width),
+        job.cfg.analysis.sentences,
+        evaluation,
+        loggers,
+        info,
+        figures=job.cfg.analysis.figures,
+    )
+
+
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 @reported
 def main(cfg: DictConfig) -> dict:
     job = plan(cfg)
-    cfg, site = job.cfg, job.site
+    cfg = job.cfg
     threads = use_job_cpu(cfg.threads)
     output_dir = Path(cfg.output_dir)
     loggers = [instantiate(c) for c in cfg.logger.values()]
@@ -123,23 +153,12 @@ def main(cfg: DictConfig) -> dict:
     exit_code = 1  # a failure or Ctrl-C marks the W&B run as failed, and still closes it
     try:
         opened = open_workbench(cfg, loggers)
+        job = on_network(job, opened)
         opened.bench.datamodule.tokenizer.save(str(output_dir / "tokenizer.json"))
         metrics = baseline_metrics(job, opened, threads)
         evaluation = shrink(job, opened, metrics, loggers)
-        bench = opened.bench
-        info = {k: str(metrics[k]) for k in schema.JOB if k in metrics}
-        metrics |= write_site_analysis(
-            output_dir / "analysis",
-            bench,
-            site,
-            bench.analyse(site, job.width),
-            cfg.analysis.sentences,
-            evaluation,
-            loggers,
-            info,
-            figures=cfg.analysis.figures,
-        )
-        metrics[schema.COMPUTED] = ",".join(bench.store.computed)
+        metrics |= write_analysis(job, opened.bench, evaluation, metrics, loggers)
+        metrics[schema.COMPUTED] = ",".join(opened.bench.store.computed)
         write_metrics(output_dir, metrics)
         for logger in loggers:
             logger.log_metrics({k: v for k, v in metrics.items() if not isinstance(v, str)})

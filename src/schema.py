@@ -40,6 +40,7 @@ COMPRESSED_CI_HIGH = "compressed/delta_acc_ci_high"
 COMPRESSED_MCNEMAR_P = "compressed/mcnemar_p"
 COMPRESSED_DEAD = "compressed/dead_neurons"  # kept units that never fire at a last word
 COMPRESSED_PARAMS = "compressed/params"
+COMPRESSED_BYTES = "compressed/bytes"  # stored size: the weights, and a merged embedding's word map
 COMPRESSED_LAYER_PARAMS = "compressed/layer_params"
 COMPRESSED_WIDTH = "compressed/width"
 COMPRESSED_DRIFT_LAST = "compressed/drift_last_word"  # an LSTM site: the consumer's relative error
@@ -89,6 +90,7 @@ CONSOLE = (
     COMPRESSED_LOGIT_ERROR,
     BASELINE_PARAMS,
     COMPRESSED_PARAMS,
+    COMPRESSED_BYTES,
     BASELINE_TRAIN_SECONDS,
     COMPRESS_SECONDS,
 )

@@ -5,7 +5,8 @@ activations and the weights that read them. The merge methods see a site as a
 :class:`~src.compress.base.LayerPair` (the units' incoming weights and the next layer), so a new
 place to cut is one new site class here and no change to the methods or to the evaluation core.
 
-The sites are the embedding's dimensions (``embedding``), the LSTM's hidden units (``lstm``, or
+The sites are the embedding's rows (``words``: a unit per word), its dimensions (``embedding``),
+the LSTM's hidden units (``lstm``, or
 ``lstm.0``, ``lstm.1``, ... when the LSTM has several layers), and the head's hidden layers
 (``head.<index>``; ``head.2`` is the 16-neuron layer of the default model). Figures and tables
 label a site with its width (``head.2 (16)``). The config's ``layer=`` takes a site's name, or a
@@ -20,13 +21,22 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 import torch
+from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
 from src.analysis.layer import Probe
 from src.compress.base import LayerPair
 from src.compress.retrain import fresh_pair
 from src.errors import SettingError
-from src.network import SentimentLSTM, last_word, lstm_widths_of
+from src.network import (
+    SentimentLSTM,
+    SharedRowEmbedding,
+    last_word,
+    lstm_widths_of,
+    with_columns,
+    word_rows,
+)
+from src.tokens import SPECIAL_IDS
 
 
 class SiteError(SettingError):
@@ -41,6 +51,7 @@ class ModelShape:
     head_widths: tuple[int, ...]
     lstm_widths: tuple[int, ...] = field(default=())
     embedding_dim: int = 0  # 0: no embedding site (a shape given by its head alone)
+    word_rows: int = 0  # the embedding's rows; 0 until a tokenizer is trained (a config's shape)
 
     @classmethod
     def of(cls, network: SentimentLSTM) -> ModelShape:
@@ -48,6 +59,7 @@ class ModelShape:
             tuple(network.hidden_widths),
             tuple(network.lstm_widths),
             network.embedding.embedding_dim,
+            network.embedding.num_embeddings,
         )
 
     @classmethod
@@ -58,6 +70,7 @@ class ModelShape:
             tuple(map(int, model["head_widths"])),
             tuple(lstm_widths_of(model.get("lstm"))),
             int(model.get("embedding_dim", 0)),
+            _known_int(model, "vocab_size"),
         )
 
     def model_settings(self) -> dict:
@@ -73,6 +86,13 @@ class ModelShape:
         }
 
 
+def _known_int(settings: Mapping, key: str) -> int:
+    """``settings[key]``, or 0 where it is absent or still missing (``???`` in a config)."""
+    if isinstance(settings, DictConfig) and OmegaConf.is_missing(settings, key):
+        return 0
+    return int(settings.get(key) or 0)
+
+
 class Site(Protocol):
     """A place to cut, as everything outside this module sees it.
 
@@ -86,6 +106,11 @@ class Site(Protocol):
     width: int
     signed: bool  # activations of either sign (similarity and status read |h|)
     in_recurrence: bool
+    # Its units have a trace per word that the analysis compares and clusters. False for the
+    # words site: a word's unit is on only at that word, and its methods cluster by what the
+    # LSTM reads from each word, weighted by the word counts that :meth:`probe` gives.
+    traced: bool
+    least_width: int  # the narrowest it can be cut to
 
     @property
     def label(self) -> str: ...  # the name with the width, for figures and tables
@@ -102,10 +127,11 @@ class Site(Protocol):
         """A freshly initialised site of ``width`` units in a copy of ``network`` (and its pair
         where the site is one): freeze_retrain's start."""
 
-    def check_step(self, repair: bool, epochs: int, builds_units: bool) -> None:
-        """Refuse, naming the setting, a step around the method that this site cannot take, or
-        a method that builds new units (averaged or rescaled ones) where units own more than
-        their incoming weights."""
+    def check_step(self, repair: bool, epochs: int, builds_units: bool, for_words: bool) -> None:
+        """Refuse, naming the setting, a step around the method that this site cannot take, a
+        method that builds new units (averaged or rescaled ones) where units own more than
+        their incoming weights, or a method made for another kind of unit (``for_words``: a
+        method of the words site)."""
 
     def activations(
         self, network: SentimentLSTM, ids: Tensor, layer_states: Sequence[Tensor]
@@ -140,6 +166,21 @@ def refuse_repair_or_new_units(site: Site, repair: bool, builds_units: bool) -> 
         raise new_units_refused(site.name)
 
 
+def refuse_word_method(site: Site, for_words: bool) -> None:
+    """A method of the words site (it maps words to rows) anywhere else."""
+    if for_words:
+        raise SiteError(f"layer={site.name}: this method merges words; it shrinks layer=words only")
+
+
+def training_refused(site: Site) -> SiteError:
+    return SiteError(f"layer={site.name} takes methods without training (compress.epochs=0)")
+
+
+def refuse_training(site: Site, epochs: int) -> None:
+    if epochs > 0:
+        raise SiteError(f"compress.epochs={epochs}: {training_refused(site)}")
+
+
 @dataclass(frozen=True)
 class HeadSite:
     """Hidden layer ``index`` of the per-word head: post-ReLU neurons, read by the next Linear."""
@@ -147,6 +188,8 @@ class HeadSite:
     index: int
     width: int
     in_recurrence = False
+    traced = True
+    least_width = 1
 
     @property
     def name(self) -> str:
@@ -179,8 +222,10 @@ class HeadSite:
         pair = fresh_pair(this.in_features, after.out_features, width, generator)
         return pair, self.rebuild(network, pair)
 
-    def check_step(self, repair: bool, epochs: int, builds_units: bool) -> None:
-        """A head layer takes every step (repair, training on the stored states) and method."""
+    def check_step(self, repair: bool, epochs: int, builds_units: bool, for_words: bool) -> None:
+        """A head layer takes every step (repair, training on the stored states) and method
+        but the words site's."""
+        refuse_word_method(self, for_words)
 
     def inputs(self, network: SentimentLSTM, states: Tensor) -> Tensor:
         """What the layer reads, (..., D), from the top LSTM states (..., H)."""
@@ -250,6 +295,8 @@ class LstmSite:
     width: int
     signed = True  # h = o * tanh(c), in (-1, 1)
     in_recurrence = True
+    traced = True
+    least_width = 1
 
     @property
     def name(self) -> str:
@@ -339,10 +386,11 @@ class LstmSite:
                 shrunk.lstm[self.index + 1] = nn.LSTM(width, after.hidden_size, batch_first=True)
         return None, shrunk
 
-    def check_step(self, repair: bool, epochs: int, builds_units: bool) -> None:
+    def check_step(self, repair: bool, epochs: int, builds_units: bool, for_words: bool) -> None:
         """No repair (signed units) and no new units; training runs the shrunk LSTM over every
         sentence."""
         refuse_repair_or_new_units(self, repair, builds_units)
+        refuse_word_method(self, for_words)
 
     def from_last_states(self, network: SentimentLSTM, pair: LayerPair, last_states: Tensor):
         return None
@@ -383,6 +431,8 @@ class EmbeddingSite:
     name = "embedding"
     signed = True  # embedding values have either sign
     in_recurrence = True
+    traced = True
+    least_width = 1
 
     @property
     def label(self) -> str:
@@ -403,12 +453,10 @@ class EmbeddingSite:
         columns, the first LSTM layer reads them through ``pair``'s columns and bias."""
         keep = kept_units(pair, self.name)
         shrunk = copy.deepcopy(network)
-        old = network.embedding
-        embedding = nn.Embedding(old.num_embeddings, len(keep), padding_idx=old.padding_idx)
+        embedding = with_columns(network.embedding, keep)
         first = network.lstm[0]
         replaced = nn.LSTM(len(keep), first.hidden_size, batch_first=True)
         with torch.no_grad():
-            embedding.weight.copy_(old.weight[:, keep])
             for name, value in first.named_parameters():
                 getattr(replaced, name).copy_(value if name != "weight_ih_l0" else pair.w_out)
             replaced.bias_ih_l0.copy_(pair.b_out)
@@ -416,16 +464,13 @@ class EmbeddingSite:
         return shrunk
 
     def fresh(self, network: SentimentLSTM, width: int, generator: torch.Generator):
-        raise SiteError("layer=embedding takes methods without training (compress.epochs=0)")
+        raise training_refused(self)
 
-    def check_step(self, repair: bool, epochs: int, builds_units: bool) -> None:
+    def check_step(self, repair: bool, epochs: int, builds_units: bool, for_words: bool) -> None:
         """Neither repair (signed values), nor training, nor new units."""
         refuse_repair_or_new_units(self, repair, builds_units)
-        if epochs > 0:
-            raise SiteError(
-                f"compress.epochs={epochs}: layer=embedding takes methods without training "
-                "(compress.epochs=0)"
-            )
+        refuse_word_method(self, for_words)
+        refuse_training(self, epochs)
 
     def from_last_states(self, network: SentimentLSTM, pair: LayerPair, last_states: Tensor):
         return None
@@ -444,6 +489,91 @@ class EmbeddingSite:
     def reads(self, pair: LayerPair, vectors: Tensor) -> Tensor:
         """What the first LSTM layer computes from the vectors: its input pre-activation."""
         return vectors @ pair.w_out.T + pair.b_out
+
+    def own_params(self, network: SentimentLSTM) -> int:
+        return network.embedding.weight.numel()
+
+
+@dataclass(frozen=True)
+class WordSite:
+    """The embedding's rows: a unit per word (per row, once words share rows).
+
+    A word's activation is 1 at the words that are it and 0 elsewhere; what it outputs is what
+    the LSTM reads from it, ``W_ih e_w``; its weight is its count in the training split. As a
+    :class:`~src.compress.base.LayerPair` (:mod:`src.compress.words`): ``w_in`` the rows,
+    ``w_out`` ``W_ih E^T`` (4H, V) and ``b_out`` ``bias_ih``. A merge maps each word to a row
+    (``merged_into``); the shrunk network's embedding has those rows and reads each word id
+    through the map, and a saved checkpoint folds the map into its tokenizer.
+    """
+
+    width: int  # rows; 0 until a tokenizer is trained (a config names the site before that)
+    name = "words"
+    signed = False  # one-hot
+    in_recurrence = True
+    traced = False
+    least_width = len(SPECIAL_IDS) + 1  # [PAD], [UNK] and one row of words
+
+    @property
+    def label(self) -> str:
+        return f"{self.name} ({self.width})"
+
+    def pair(self, network: SentimentLSTM) -> LayerPair:
+        rows = network.embedding.weight.detach()
+        first = network.lstm[0]
+        return LayerPair(
+            rows,
+            torch.zeros(len(rows), dtype=rows.dtype),
+            first.weight_ih_l0.detach() @ rows.T,
+            first.bias_ih_l0.detach(),
+            units=torch.arange(len(rows)),
+        )
+
+    def rebuild(self, network: SentimentLSTM, pair: LayerPair) -> SentimentLSTM:
+        """A copy of ``network`` whose words read ``pair``'s rows through its map."""
+        if pair.merged_into is None:
+            raise SiteError(
+                "layer=words: the method did not say which row each word reads; choose "
+                "compress=word_merge or compress=word_cutoff"
+            )
+        old = getattr(network.embedding, "row_of", None)
+        row_of = pair.merged_into if old is None else pair.merged_into[old]
+        shrunk = copy.deepcopy(network)
+        shrunk.embedding = SharedRowEmbedding(row_of, pair.w_in, network.embedding.padding_idx)
+        return shrunk
+
+    def fresh(self, network: SentimentLSTM, width: int, generator: torch.Generator):
+        raise training_refused(self)
+
+    def check_step(self, repair: bool, epochs: int, builds_units: bool, for_words: bool) -> None:
+        """Only the words site's own methods, with no repair and no training."""
+        if not for_words:
+            raise SiteError(
+                "layer=words: a word's unit is on at that word only, so the trace methods do "
+                "not apply; choose compress=word_merge or compress=word_cutoff"
+            )
+        if repair:
+            raise SiteError("compress.repair=true: layer=words has no pre-activations to match")
+        refuse_training(self, epochs)
+
+    def activations(
+        self, network: SentimentLSTM, ids: Tensor, layer_states: Sequence[Tensor]
+    ) -> Tensor:
+        """One-hot rows, (..., rows)."""
+        rows = word_rows(network.embedding, ids)
+        return nn.functional.one_hot(rows, network.embedding.num_embeddings).float()
+
+    def probe(self, network: SentimentLSTM, ids: Tensor, layer_states: Sequence[Tensor]) -> Probe:
+        """The rows' counts over the words ``ids``, (1, rows): the sum of their one-hot
+        activations, all that tells them apart."""
+        rows = network.embedding.num_embeddings
+        counts = torch.bincount(word_rows(network.embedding, ids).flatten(), minlength=rows)
+        return Probe(counts.new_zeros(1, 0).float(), counts[None].float())
+
+    def reads(self, pair: LayerPair, activations: Tensor) -> Tensor:
+        return pair.next_preactivation(activations)
+
+    def from_last_states(self, network: SentimentLSTM, pair: LayerPair, last_states: Tensor):
+        return None
 
     def own_params(self, network: SentimentLSTM) -> int:
         return network.embedding.weight.numel()
@@ -501,6 +631,8 @@ def all_sites(shape: ModelShape) -> list[Site]:
     """Every site of a model of this shape, in the order the network computes them."""
     layers = len(shape.lstm_widths)
     embedding = [EmbeddingSite(shape.embedding_dim)] if shape.embedding_dim else []
+    if shape.embedding_dim:
+        embedding.insert(0, WordSite(shape.word_rows))
     return [
         *embedding,
         *(LstmSite(i, layers, w) for i, w in enumerate(shape.lstm_widths)),
@@ -532,9 +664,12 @@ def resolve_site(layer: int | str, shape: ModelShape) -> Site:
 
 
 def check_target_width(target_width: int, site: Site) -> None:
-    """A width the site can be shrunk to: at least 1 and below its width."""
-    if not 1 <= target_width < site.width:
+    """A width the site can be shrunk to: at least its least width and below its width (not
+    yet known for the words site before the tokenizer is trained: checked again then)."""
+    least = site.least_width
+    if target_width < least or (site.width and target_width >= site.width):
+        most = f"{site.width - 1}: layer={site.name} has {site.width} units" if site.width else ""
         raise SiteError(
-            f"target_width={target_width} must be between 1 and {site.width - 1}: "
-            f"layer={site.name} has {site.width} units"
+            f"target_width={target_width} must be between {least} and "
+            + (most or f"the number of rows: layer={site.name}")
         )

@@ -15,6 +15,8 @@ from src.errors import SettingError
 
 PAD, UNK = "[PAD]", "[UNK]"
 PAD_ID = 0  # the first special token; the model's embedding uses it as padding_idx
+UNK_ID = 1  # the second: every word the tokenizer does not know
+SPECIAL_IDS = (PAD_ID, UNK_ID)  # a merge of words keeps each one its own row
 
 
 class SentenceError(SettingError):

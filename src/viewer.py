@@ -388,6 +388,49 @@ def topk_figure(data: ViewerData, neuron: int, top_k: int = 5, window: int = 20)
     return fig
 
 
+WORD_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>{title}</title>
+<style>
+body {{ font: 14px system-ui, sans-serif; margin: 1.5em; color: #222; }}
+table {{ border-collapse: collapse; }} td, th {{ padding: 3px 8px; border-bottom: 1px solid #ddd;
+text-align: left; vertical-align: top; }} .count {{ color: #888; font-size: 85%; }}
+</style></head><body>
+<h1>{title}</h1>
+<p>{summary}</p>
+<input id="filter" placeholder="find a word" autofocus>
+<table><thead><tr><th>row</th><th>training words</th><th>members</th>
+<th>words, most frequent first</th></tr></thead><tbody id="rows">{rows}</tbody></table>
+<script>
+document.getElementById("filter").addEventListener("input", (event) => {{
+  const wanted = event.target.value.trim().toLowerCase();
+  for (const row of document.querySelectorAll("#rows tr")) {{
+    row.hidden = wanted !== "" && !row.dataset.words.includes(" " + wanted + " ");
+  }}
+}});
+</script></body></html>
+"""
+
+
+def render_word_groups(groups: Sequence[Mapping[str, Any]], title: str, summary: str) -> str:
+    """A page of the rows that merged words share: each row's words by their count, with a
+    filter that finds the row of any word. ``groups``: ``row``, ``count`` and ``words`` (pairs
+    of a word and its count), as clusters.json holds them."""
+    rows = []
+    for group in groups:
+        words = " ".join(
+            f'{html.escape(word)}<span class="count">&nbsp;{count}</span>'
+            for word, count in group["words"]
+        )
+        index = " ".join(html.escape(word.lower(), quote=True) for word, _ in group["words"])
+        rows.append(
+            f'<tr data-words=" {index} "><td>{group["row"]}</td><td>{group["count"]}</td>'
+            f"<td>{len(group['words'])}</td><td>{words}</td></tr>"
+        )
+    return WORD_PAGE.format(
+        title=html.escape(title), summary=html.escape(summary), rows="\n".join(rows)
+    )
+
+
 def wandb_html(path: str | Path) -> Any:
     """The written page as a ``wandb.Html``, unchanged.
 

@@ -1,24 +1,28 @@
 """Shrink the whole model to an accuracy budget: a width for every site, chosen on validation.
 
-``compress=whole_model``: the sites in the order the network computes them (the embedding, each
-LSTM layer, each head layer). At each, the model as cut so far is probed again (a cascade: a site
-is analysed as the sites before it left it), and the smallest width whose validation accuracy stays
-within ``compress.max_drop`` of the baseline's is found by bisection, with the merge method of
-``compress.merge``; then the next site. The search reads the validation split only; the test
-split is read once, for the model it chose.
+``compress=whole_model``: the sites in the order the network computes them (the words, the
+embedding's dimensions, each LSTM layer, each head layer). At each, the model as cut so far is
+probed again (a cascade: a site is analysed as the sites before it left it), and the smallest
+width whose validation accuracy stays within ``compress.max_drop`` of the baseline's is found by
+bisection (to ``compress.width_tolerance`` of the width), with the merge of ``compress.merge``
+(``compress.words`` at the words site); then the next site. A width is accepted only when the
+one-sided ``compress.confidence`` bound of its paired validation drop is within the budget, so
+that the many candidates the search tries do not spend the budget on validation's noise. The
+search reads the validation split only; the test split is read once, for the model it chose.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from statistics import NormalDist
 
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
 from src import schema
 from src.compress.base import MergeMethod
-from src.network import SentimentLSTM
+from src.network import SentimentLSTM, stored_bytes
 from src.sites import ModelShape, Site, all_sites
 from src.workbench import (
     COMPRESS_DIR,
@@ -30,6 +34,7 @@ from src.workbench import (
 )
 
 MERGES = ("weight_sum", "ls_refit", "interpolative")  # no training: the budget is all it costs
+WORD_MERGES = ("word_merge", "word_cutoff")  # at the words site
 
 
 @dataclass(frozen=True)
@@ -69,35 +74,92 @@ def check_budget(compress: DictConfig) -> None:
         raise CompressionConfigError(
             f"compress.merge={compress.merge!r}: choose one of {', '.join(MERGES)}"
         )
+    words = compress.get("words")
+    if words not in (None, *WORD_MERGES):
+        raise CompressionConfigError(
+            f"compress.words={words!r}: choose one of {', '.join(WORD_MERGES)}, or null to "
+            "leave the words"
+        )
+    if not 0 <= compress.get("confidence", 0) < 1:
+        raise CompressionConfigError(
+            f"compress.confidence={compress.confidence}: a one-sided level in [0, 1) (0.9: the "
+            "drop's 90 % upper bound must be within max_drop; 0: the drop itself)"
+        )
+    if not 0 <= compress.get("width_tolerance", 0) < 1:
+        raise CompressionConfigError(
+            f"compress.width_tolerance={compress.width_tolerance}: a share of the width in [0, 1)"
+        )
 
 
-def merge_method(compress: DictConfig) -> tuple[CompressStep, MergeMethod]:
-    """The merge applied at every site: the method of ``compress.merge``'s file in
-    conf/compress/, with no repair and no training (the budget is all the search spends)."""
+@dataclass(frozen=True)
+class Budget:
+    """What the search may spend and how surely: ``compress=whole_model``'s settings."""
+
+    max_drop: float
+    confidence: float = 0.0  # 0: the validation drop itself must be within max_drop
+    width_tolerance: float = 0.0  # stop bisecting when the interval is this share of the width
+
+    @classmethod
+    def of(cls, compress: DictConfig) -> Budget:
+        return cls(
+            float(compress.max_drop), float(compress.confidence), float(compress.width_tolerance)
+        )
+
+    def accepts(self, correct: Tensor, baseline_correct: Tensor) -> bool:
+        """Whether the paired drop in accuracy (baseline minus candidate, per sentence) is within
+        ``max_drop`` at the one-sided ``confidence`` (a normal bound on the mean difference)."""
+        drop = baseline_correct.double() - correct.double()
+        bound = drop.mean()
+        if self.confidence > 0:
+            z = float(NormalDist().inv_cdf(self.confidence))
+            bound = bound + z * drop.std(unbiased=True) / len(drop) ** 0.5
+        return bool(bound <= self.max_drop + 1e-12)
+
+
+def merge_method(
+    compress: DictConfig,
+) -> tuple[CompressStep, MergeMethod, MergeMethod | None]:
+    """The merges the search applies: ``compress.merge``'s at every site, and
+    ``compress.words``'s at the words site (None: the words are left as they are); from their
+    files in conf/compress/, with no repair and no training (the budget is all it spends)."""
     check_budget(compress)
     method = build_method(OmegaConf.load(COMPRESS_DIR / f"{compress.merge}.yaml"))
-    return CompressStep.of(compress), method
+    words = compress.get("words")
+    at_words = words and build_method(OmegaConf.load(COMPRESS_DIR / f"{words}.yaml"))
+    return CompressStep.of(compress), method, at_words or None
 
 
 def search(
-    bench: Workbench, step: CompressStep, method: MergeMethod, max_drop: float
+    bench: Workbench,
+    step: CompressStep,
+    method: MergeMethod,
+    budget: Budget | float,
+    words: MergeMethod | None = None,
 ) -> SearchResult:
-    """The cascade of the module docstring, from ``bench``'s network."""
+    """The cascade of the module docstring, from ``bench``'s network; ``words``: the merge at
+    the words site (None: that site is left as it is); a bare number is ``max_drop``."""
+    budget = budget if isinstance(budget, Budget) else Budget(budget)
     start = time.perf_counter()
-    target = bench.baseline_scores()[schema.BASELINE_VAL_ACC] - max_drop
     labels = bench.last_states("validation").labels  # every cut model reads the same sentences
+    baseline_correct = accuracy(bench.logits(bench.network, "validation"), labels)
     current = bench
     result = SearchResult(bench.network, {s.name: s.width for s in sites_of(bench.network)})
     for name in list(result.widths):
         site = next(s for s in sites_of(current.network) if s.name == name)
+        at_site = method if site.traced else words
+        if at_site is None:
+            continue
         best = None
-        low, high = 1, site.width - 1
+        low, high = site.least_width, site.width - 1
         while low <= high:
+            if best is not None and high - low < budget.width_tolerance * best[0]:
+                break  # close enough: the next steps would save under the tolerance
             width = (low + high) // 2
-            shrunk = current.compress(step, method, site, width)[0].network
-            val_acc = validation_accuracy(bench, shrunk, labels)
+            shrunk = current.compress(step, at_site, site, width)[0].network
+            correct = accuracy(bench.logits(shrunk, "validation"), labels)
             params = sum(p.numel() for p in shrunk.parameters())
-            accepted = val_acc >= target
+            accepted = budget.accepts(correct, baseline_correct)
+            val_acc = correct.float().mean().item()
             result.candidates.append(Candidate(name, width, params, val_acc, accepted))
             if accepted:
                 best, high = (width, shrunk), width - 1
@@ -109,18 +171,14 @@ def search(
     result.seconds = time.perf_counter() - start
     if result.network is bench.network:
         result.note = (
-            f"no site could be cut within compress.max_drop={max_drop}: the original model is kept"
+            f"no site could be cut within compress.max_drop={budget.max_drop}: the original "
+            "model is kept"
         )
     return result
 
 
 def sites_of(network: SentimentLSTM) -> list[Site]:
     return all_sites(ModelShape.of(network))
-
-
-def validation_accuracy(bench: Workbench, network: SentimentLSTM, labels: Tensor) -> float:
-    correct = accuracy(bench.logits(network, "validation"), labels)
-    return correct.float().mean().item()
 
 
 def search_metrics(bench: Workbench, result: SearchResult) -> dict[str, float | int | str]:
@@ -130,6 +188,7 @@ def search_metrics(bench: Workbench, result: SearchResult) -> dict[str, float | 
     metrics, _ = bench.against_baseline(logits)
     metrics |= {
         schema.COMPRESSED_PARAMS: sum(p.numel() for p in result.network.parameters()),
+        schema.COMPRESSED_BYTES: stored_bytes(result.network),
         schema.COMPRESSED_WIDTHS: ",".join(f"{k}={v}" for k, v in result.widths.items()),
         schema.SEARCH_CANDIDATES: len(result.candidates),
         schema.SEARCH_SECONDS: result.seconds,
@@ -145,6 +204,8 @@ def scratch_config(cfg: DictConfig, shape: ModelShape) -> DictConfig:
     seed, a small model trained from scratch in ``<run>/scratch``."""
     scratch = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
     scratch.model = OmegaConf.merge(scratch.model, shape.model_settings())
+    if shape.word_rows:  # as many rows as the merged words left: a tokenizer of that many words
+        scratch.data.vocab_size = min(int(scratch.data.vocab_size), shape.word_rows)
     scratch.output_dir = f"{cfg.output_dir}/scratch"
     scratch.ckpt_path = scratch.resume = None
     for node in scratch.callbacks.values():  # every file of the anchor in its own folder

@@ -46,7 +46,7 @@ from src.compress.retrain import LastWordInputs, train_pair
 from src.data import SentimentDataModule, probe_loader
 from src.errors import SettingError
 from src.loading import CheckpointError, read_checkpoint
-from src.network import SentimentLSTM, last_word
+from src.network import SentimentLSTM, last_word, stored_bytes
 from src.sites import ModelShape, Site, check_target_width, read_sentences, resolve_site
 from src.store import ArtefactStore
 from src.tokens import collate
@@ -112,7 +112,8 @@ def run_site(cfg: DictConfig) -> tuple[Site, int]:
 
 def check_step(step: CompressStep, method: MergeMethod, site: Site) -> None:
     """Refuse a method or step the site cannot take, before any data is read or trained on."""
-    site.check_step(step.repair, step.epochs, getattr(method, "builds_units", False))
+    traits = (getattr(method, name, False) for name in ("builds_units", "for_words"))
+    site.check_step(step.repair, step.epochs, *traits)
 
 
 def shared_store(
@@ -210,7 +211,8 @@ class Evaluation:
     pair: LayerPair | None  # the shrunk site (None after training a site inside the LSTM)
     network: SentimentLSTM  # the whole shrunk network
     correct: Tensor  # (test sentences,) bool: the shrunk model is right
-    features: Tensor  # (test sentences, k): the shrunk site's activations at the last word
+    features: Tensor | None  # (test sentences, k): the shrunk site's units at the last word
+    # (None at the words site: a one-hot of the last word)
     drift: Drift | None = None  # a site inside the LSTM: the error along the sentence
 
 
@@ -260,6 +262,7 @@ class Workbench:
         self.network = network.eval()
         self.store = store or ArtefactStore(None)
         self._analyses: dict[tuple[str, int], LayerAnalysis] = {}
+        self._training_words: Tensor | None = None
         self.source = source  # where the network came from, for messages: its checkpoint
 
     def _finite(self, states: Tensor, where: str) -> Tensor:
@@ -381,16 +384,20 @@ class Workbench:
         """The site shrunk to ``width`` by ``method`` (then repaired and trained as ``step``
         says), and the seconds this took."""
         check_step(step, method, site)
-        analysis = self.analyse(site, width)
+        if site.traced:
+            analysis = self.analyse(site, width)
+            probe, labels = analysis.probe, analysis.labels
+        else:  # the site's units are told apart by their counts over the training words
+            probe, labels = site.probe(self.network, self.training_words(), []), None
         original = site.pair(self.network)
         generator = torch.Generator().manual_seed(self.settings.seed)
         start = time.perf_counter()
         if getattr(method, "starts_fresh", False):  # the site builds its own fresh units
             pair, shrunk = site.fresh(self.network, width, generator)
         else:
-            pair = method(original, analysis.probe.activations, analysis.labels, width, generator)
+            pair = method(original, probe.activations, labels, width, generator)
         if step.repair:  # where the site took it (check_step)
-            pair = repair_statistics(original, pair, analysis.probe.inputs)
+            pair = repair_statistics(original, pair, probe.inputs)
         if site.in_recurrence:
             if pair is not None:
                 shrunk = site.rebuild(self.network, pair)
@@ -414,6 +421,12 @@ class Workbench:
                     generator,
                 )
         return Shrunk(pair, site.rebuild(self.network, pair)), time.perf_counter() - start
+
+    def training_words(self) -> Tensor:
+        """Every word id of the training split, (words,)."""
+        if self._training_words is None:
+            self._training_words = torch.cat([ids for ids, _ in self.datamodule.splits["train"]])
+        return self._training_words
 
     def _train_lstm(
         self, step: CompressStep, shrunk: SentimentLSTM, generator: torch.Generator
@@ -450,10 +463,10 @@ class Workbench:
         for split in EVALUATED:
             logits[split], features[split] = self._outputs(site, result, split)
         metrics, correct = self.against_baseline(logits)
-        # Kept units that never fire at a test sentence's last word: a fresh layer can die.
-        metrics[schema.COMPRESSED_DEAD] = int((~(features["test"] != 0).any(dim=0)).sum())
         features = features["test"]
-        if site.in_recurrence and result.pair is not None:
+        if features is not None:  # kept units that never fire at a test sentence's last word
+            metrics[schema.COMPRESSED_DEAD] = int((~(features != 0).any(dim=0)).sum())
+        if site.traced and site.in_recurrence and result.pair is not None:
             drift = self.drift(site, result)
             metrics[schema.COMPRESSED_DRIFT_LAST] = drift.last_word
         else:
@@ -463,7 +476,8 @@ class Workbench:
             schema.BASELINE_LAYER_PARAMS: site.own_params(self.network),
             schema.COMPRESSED_LAYER_PARAMS: site.own_params(shrunk),
             schema.COMPRESSED_PARAMS: sum(p.numel() for p in shrunk.parameters()),
-            schema.COMPRESSED_WIDTH: features.shape[1],
+            schema.COMPRESSED_BYTES: stored_bytes(shrunk),
+            schema.COMPRESSED_WIDTH: resolve_site(site.name, ModelShape.of(shrunk)).width,
             schema.COMPRESS_SECONDS: seconds,
         }
         return Evaluation(metrics, result.pair, shrunk, correct, features, drift)
@@ -514,12 +528,14 @@ class Workbench:
             if stored is not None:
                 return stored
         network = result.network.eval()
+        traced = site if site.traced else None  # a word's one-hot says nothing at the last word
         logits, features = [], []
         for batch in self.datamodule.loader(split):
-            reading = read_sentences(network, batch["ids"], batch["lengths"], site)
+            reading = read_sentences(network, batch["ids"], batch["lengths"], traced)
             logits.append(reading.logits)
-            features.append(last_word(reading.activations, batch["lengths"]))
-        return torch.cat(logits), torch.cat(features)
+            if traced is not None:
+                features.append(last_word(reading.activations, batch["lengths"]))
+        return torch.cat(logits), torch.cat(features) if features else None
 
     @torch.no_grad()
     def drift(self, site: Site, result: Shrunk) -> Drift:

@@ -113,7 +113,8 @@ def test_unknown_data_set_names_the_group() -> None:
         ("layer=3", "output layer"),
         (
             "layer=-4",
-            "layer=-4 is out of range; choose one of embedding, lstm, head.0, head.1, head.2",
+            "layer=-4 is out of range; choose one of words, embedding, lstm, head.0, head.1, "
+            "head.2",
         ),
         ("layer=head.x", "layer=head.x names no site"),
         ("analysis.measure=cosine", "analysis.measure"),

@@ -10,12 +10,13 @@ from omegaconf import OmegaConf
 from src import schema
 from src.compress.base import LayerPair
 from src.compress.weight_sum import WeightSum
+from src.compress.word_merge import WordMerge
 from src.data import SentimentDataModule
 from src.loading import load_network
 from src.model import SentimentClassifier, save_compressed
 from src.network import SentimentLSTM
 from src.sites import ModelShape
-from src.whole_model import check_budget, merge_method, search, search_metrics
+from src.whole_model import Budget, check_budget, merge_method, search, search_metrics
 from src.workbench import (
     AnalysisSettings,
     CompressionConfigError,
@@ -91,8 +92,9 @@ def test_the_search_finds_the_duplicate_free_widths_at_no_cost(datamodule) -> No
     data = own_labels(datamodule, net)
     bench = Workbench(net, data, SETTINGS)
     assert bench.baseline_scores()[schema.BASELINE_VAL_ACC] == 1.0
-    result = search(bench, STEP, WeightSum(), max_drop=0.0)
-    assert result.widths == {"embedding": 3, "lstm": 4, "head.0": 5, "head.1": 3}
+    result = search(bench, STEP, WeightSum(), 0.0)
+    vocab = datamodule.tokenizer.get_vocab_size()  # words=None: the words are left as they are
+    assert result.widths == {"words": vocab, "embedding": 3, "lstm": 4, "head.0": 5, "head.1": 3}
     assert result.note == ""
     for split in ("validation", "test"):
         torch.testing.assert_close(
@@ -100,7 +102,9 @@ def test_the_search_finds_the_duplicate_free_widths_at_no_cost(datamodule) -> No
         )
     metrics = search_metrics(bench, result)
     assert metrics[schema.COMPRESSED_AGREEMENT] == 1.0
-    assert metrics[schema.COMPRESSED_WIDTHS] == "embedding=3,lstm=4,head.0=5,head.1=3"
+    assert (
+        metrics[schema.COMPRESSED_WIDTHS] == f"words={vocab},embedding=3,lstm=4,head.0=5,head.1=3"
+    )
     assert metrics[schema.SEARCH_CANDIDATES] == len(result.candidates) > 4
     assert {c.site for c in result.candidates} == {"embedding", "lstm", "head.0", "head.1"}
 
@@ -116,11 +120,11 @@ class Breaking:
 def test_a_budget_no_width_meets_keeps_the_original_model_with_a_note(datamodule) -> None:
     net = duplicated_network(datamodule.tokenizer.get_vocab_size())
     bench = Workbench(net, own_labels(datamodule, net), SETTINGS)
-    result = search(bench, STEP, Breaking(), max_drop=0.0)
+    result = search(bench, STEP, Breaking(), 0.0)
     assert result.network is net and "no site could be cut" in result.note
-    assert result.widths == {
-        s: w for s, w in zip(("embedding", "lstm", "head.0", "head.1"), (6, 8, 10, 6), strict=True)
-    }
+    sites = ("words", "embedding", "lstm", "head.0", "head.1")
+    widths = (datamodule.tokenizer.get_vocab_size(), 6, 8, 10, 6)
+    assert result.widths == dict(zip(sites, widths, strict=True))
     assert not any(c.accepted for c in result.candidates)
 
 
@@ -130,13 +134,13 @@ def test_a_shrunk_model_is_a_checkpoint_that_records_its_widths_and_reloads_as_m
     vocab = datamodule.tokenizer.get_vocab_size()
     net = duplicated_network(vocab)
     bench = Workbench(net, own_labels(datamodule, net), SETTINGS)
-    result = search(bench, STEP, WeightSum(), max_drop=0.0)
+    result = search(bench, STEP, WeightSum(), 0.0)
     model = SentimentClassifier(vocab, 6, {"hidden_size": 8}, [10, 6], dropout=0.0)
     model.network.load_state_dict(net.state_dict())
     model.tokenizer_json = datamodule.tokenizer.to_str()
     path = save_compressed(model, result.network, tmp_path / "compressed.ckpt", {"method": "x"})
     loaded, checkpoint = load_network(path)
-    assert ModelShape.of(loaded) == ModelShape((5, 3), (4,), 3)
+    assert ModelShape.of(loaded) == ModelShape((5, 3), (4,), 3, vocab)
     assert checkpoint["hyper_parameters"]["embedding_dim"] == 3
     torch.testing.assert_close(bench.logits(loaded, "test"), bench.logits(result.network, "test"))
 
@@ -150,6 +154,9 @@ def test_a_shrunk_model_is_a_checkpoint_that_records_its_widths_and_reloads_as_m
         ("compress.merge=magic", "compress.merge='magic'"),
         ("compress.repair=true", "drop compress.repair and compress.epochs"),
         ("compress.epochs=1", "drop compress.repair and compress.epochs"),
+        ("compress.words=ls_refit", "compress.words='ls_refit'"),
+        ("compress.confidence=1", "compress.confidence=1"),
+        ("compress.width_tolerance=-1", "compress.width_tolerance=-1"),
     ],
 )
 def test_a_bad_budget_or_merge_is_refused_naming_it(override: str, named: str) -> None:
@@ -162,7 +169,38 @@ def test_a_bad_budget_or_merge_is_refused_naming_it(override: str, named: str) -
 
 def test_the_default_budget_builds_its_merge() -> None:
     compress = compose_config("compress=whole_model").compress
-    step, method = merge_method(compress)
+    step, method, words = merge_method(compress)
     assert step.epochs == 0 and not step.repair
     assert type(method).__name__ in ("WeightSum", "LeastSquaresRefit", "InterpolativeDecomposition")
+    assert getattr(words, "for_words", False)
     assert OmegaConf.select(compress, "max_drop") == 0.01
+
+
+def test_duplicated_words_merge_within_the_budget_and_the_rest_stays_exact(datamodule) -> None:
+    vocab = datamodule.tokenizer.get_vocab_size()
+    net = duplicated_network(vocab)
+    with torch.no_grad():
+        net.embedding.weight[5:10] = net.embedding.weight[4]
+    bench = Workbench(net, own_labels(datamodule, net), SETTINGS)
+    result = search(bench, STEP, WeightSum(), 0.0, words=WordMerge())
+    assert result.widths["words"] <= vocab - 5
+    assert {"embedding": 3, "lstm": 4}.items() <= result.widths.items()
+    assert validation_accuracy(bench, result.network) == 1.0
+    assert {c.site for c in result.candidates} >= {"words", "embedding"}
+
+
+def validation_accuracy(bench: Workbench, net: SentimentLSTM) -> float:
+    labels = bench.last_states("validation").labels
+    return (bench.logits(net, "validation") > 0).eq(labels.bool()).float().mean().item()
+
+
+def test_the_budget_keeps_a_margin_for_the_noise_of_validation() -> None:
+    baseline = torch.ones(1000, dtype=torch.bool)
+    candidate = baseline.clone()
+    candidate[:8] = False  # 0.8 points lower, on 1,000 sentences
+    assert Budget(0.01).accepts(candidate, baseline)
+    assert not Budget(0.01, confidence=0.9).accepts(candidate, baseline)  # 0.8 + 1.28 * 0.28
+    candidate[:8] = True
+    candidate[:3] = False
+    assert Budget(0.01, confidence=0.9).accepts(candidate, baseline)  # 0.3 + 0.22 points
+    assert Budget(0.0, confidence=0.9).accepts(baseline, baseline)  # no change costs nothing

@@ -38,6 +38,9 @@ class LayerPair:
     # read at the first word, from its zero initial state). A merge must give what the original
     # gives there, so these outputs keep their bias and are fitted through the origin.
     reads_zero_state: Tensor | None = None
+    # (N_original,) long: the row each original unit was folded into, where a merge says so. A
+    # site whose units are words needs it: every word must still read some row.
+    merged_into: Tensor | None = None
 
     def __post_init__(self) -> None:
         n, m = self.w_in.shape[0], self.w_out.shape[0]

@@ -1,0 +1,70 @@
+"""The maths the word methods share: a site whose units are the embedding's rows.
+
+A word's unit is on (1) exactly at the words that are it, so traces never overlap and the trace
+similarity the other sites use says nothing. What a word does is what the LSTM reads from it,
+``W_ih e_w``; what it weighs is how often it occurs. The words site gives its methods the pair
+
+- ``w_in`` (V, E): each word's row (all it owns), ``b_in`` zeros;
+- ``w_out`` (4H, V): ``W_ih E^T``, what the LSTM reads from each word, ``b_out`` its ``bias_ih``;
+- ``activations`` (1, V): each word's count in the training split (the sum of its one-hot
+  activations over the training words).
+
+A method returns a pair of k rows and ``merged_into`` (V,): the row every word now reads.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from src.compress.base import LayerPair
+from src.tokens import SPECIAL_IDS
+
+
+def check_words_width(target_width: int, words: int) -> None:
+    """A width that keeps the special tokens' rows and merges something."""
+    if not len(SPECIAL_IDS) < target_width < words:
+        raise ValueError(
+            f"target_width={target_width}: the words site keeps [PAD] and [UNK] as rows of "
+            f"their own, so it takes {len(SPECIAL_IDS) + 1}..{words - 1} rows"
+        )
+
+
+def frequencies(activations: Tensor) -> Tensor:
+    """Each word's weight (V,), float64: its count, plus a little so that a word never seen
+    still has a defined merged row."""
+    return activations.sum(0).double() + 1e-3
+
+
+def fold_words(pair: LayerPair, merged_into: Tensor, weights: Tensor) -> LayerPair:
+    """The pair whose row r is the ``weights``-weighted mean of the words ``merged_into`` maps
+    to r: the least-squares row for them in the embedding and in what the LSTM reads (one is a
+    linear map of the other). Rows are numbered in order of their first word, so the special
+    tokens (ids 0 and 1, each alone) keep their ids."""
+    rows = int(merged_into.max()) + 1
+    w = weights.double()
+    total = torch.zeros(rows, dtype=torch.float64).index_add_(0, merged_into, w)
+
+    def mean(columns: Tensor) -> Tensor:  # (V, X) -> (rows, X)
+        summed = torch.zeros(rows, columns.shape[1], dtype=torch.float64)
+        summed.index_add_(0, merged_into, columns.double() * w[:, None])
+        return (summed / total[:, None]).to(columns.dtype)
+
+    return LayerPair(
+        mean(pair.w_in),
+        torch.zeros(rows, dtype=pair.b_in.dtype),
+        mean(pair.w_out.T).T.contiguous(),
+        pair.b_out,
+        merged_into=merged_into,
+    )
+
+
+def renumber(groups: Tensor) -> Tensor:
+    """Group labels (V,) as rows 0..k-1 in order of each group's first word, so that the
+    special tokens (the first ids, each in a group of its own) keep their ids."""
+    _, first = torch.unique(groups, return_inverse=True)
+    order = torch.full((int(first.max()) + 1,), len(groups), dtype=torch.long)
+    order.scatter_reduce_(0, first, torch.arange(len(groups)), "amin")
+    rank = torch.empty_like(order)
+    rank[order.argsort()] = torch.arange(len(order))
+    return rank[first]

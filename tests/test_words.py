@@ -1,0 +1,186 @@
+"""The words site: a unit per embedding row. Exact merges of hand-built twins (a duplicated word,
+two words the LSTM reads alike), the cut-off anchor, maps that compose, the checkpoint that folds
+the map into its tokenizer, and the refusals."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from tokenizers import Tokenizer
+
+from src.compress.weight_sum import WeightSum
+from src.compress.word_cutoff import FrequencyCutoff
+from src.compress.word_merge import WordMerge
+from src.compress.words import fold_words, renumber
+from src.loading import build_network
+from src.model import SentimentClassifier, save_compressed
+from src.network import SharedRowEmbedding, stored_bytes
+from src.sites import HeadSite, ModelShape, SiteError, WordSite, resolve_site
+from src.tokens import UNK_ID, train_tokenizer
+from src.workbench import CompressStep, check_step
+
+V, E, H = 12, 6, 1  # H = 1: W_ih is (4, 6), so two rows can differ where the LSTM cannot see
+
+
+def network(seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    classifier = SentimentClassifier(V, E, {"hidden_size": H}, [5, 3], dropout=0.0)
+    return classifier.network.eval()
+
+
+def sentences(seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(1, 9, (30,), generator=gen)
+    ids = torch.randint(1, V, (30, int(lengths.max())), generator=gen)
+    ids[torch.arange(ids.shape[1])[None, :] >= lengths[:, None]] = 0
+    return ids, lengths
+
+
+def counts(seed: int = 2) -> torch.Tensor:
+    """Each word's count, (1, V): a unit's summed one-hot activations."""
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randint(1, 50, (1, V), generator=gen).float()
+
+
+def logits(net: torch.nn.Module) -> torch.Tensor:
+    ids, lengths = sentences()
+    return net.sentence_logits(ids, lengths)
+
+
+def merge(net, method, width: int, activations: torch.Tensor | None = None):
+    site = resolve_site("words", ModelShape.of(net))
+    pair = method(
+        site.pair(net),
+        counts() if activations is None else activations,
+        None,
+        width,
+        torch.Generator().manual_seed(0),
+    )
+    return pair, site.rebuild(net, pair)
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("space", ["lstm_input", "embedding"])
+def test_a_duplicated_word_merges_exactly(space: str) -> None:
+    net = network()
+    net.embedding.weight[7] = net.embedding.weight[4]
+    pair, shrunk = merge(net, WordMerge(space=space), V - 1)
+    assert pair.merged_into[7] == pair.merged_into[4]
+    assert shrunk.embedding.num_embeddings == V - 1
+    torch.testing.assert_close(logits(shrunk), logits(net), atol=1e-6, rtol=1e-6)
+
+
+@torch.no_grad()
+def test_two_words_the_lstm_reads_alike_merge_with_logits_unchanged() -> None:
+    net = network()
+    w_ih = net.lstm[0].weight_ih_l0  # (4, 6): a null space of 2 dimensions
+    unseen = torch.linalg.svd(w_ih).Vh[-1]  # W_ih @ unseen = 0
+    net.embedding.weight[9] = net.embedding.weight[3] + 5.0 * unseen
+    assert (net.embedding.weight[9] - net.embedding.weight[3]).norm() > 4.0
+    pair, shrunk = merge(net, WordMerge(space="lstm_input"), V - 1)
+    assert pair.merged_into[9] == pair.merged_into[3]
+    torch.testing.assert_close(logits(shrunk), logits(net), atol=1e-5, rtol=1e-5)
+    # The rows themselves differ, so merging by the rows keeps them apart.
+    pair, _ = merge(net, WordMerge(space="embedding"), V - 1)
+    assert pair.merged_into[9] != pair.merged_into[3]
+
+
+def test_the_merged_row_is_the_frequency_weighted_mean() -> None:
+    net = network()
+    site = WordSite(V)
+    groups = torch.tensor([0, 1, 2, 2, 3, 3, 3, 4, 5, 6, 7, 8])
+    weights = torch.arange(1.0, V + 1)
+    pair = fold_words(site.pair(net), groups, weights)
+    rows = net.embedding.weight.detach()
+    expected = (rows[4:7] * weights[4:7, None]).sum(0) / weights[4:7].sum()
+    torch.testing.assert_close(pair.w_in[3], expected)
+    torch.testing.assert_close(pair.w_out[:, 3], net.lstm[0].weight_ih_l0.detach() @ expected)
+
+
+def test_renumbering_keeps_the_special_tokens_ids() -> None:
+    assert renumber(torch.tensor([40, 41, 7, 7, 40 + 2, 3])).tolist() == [0, 1, 2, 2, 3, 4]
+
+
+@torch.no_grad()
+def test_the_cutoff_keeps_the_most_frequent_words_and_sends_the_rest_to_unk() -> None:
+    net = network()
+    frequency = counts()
+    pair, shrunk = merge(net, FrequencyCutoff(), 6, frequency)
+    order = frequency[0, 2:].argsort(descending=True) + 2
+    kept, cut = order[:4], order[4:]
+    rows = net.embedding.weight
+    for word in kept:  # a kept word reads its own row, unchanged
+        torch.testing.assert_close(shrunk.embedding(word), rows[word])
+    for word in cut:  # a cut word reads [UNK]'s trained row
+        torch.testing.assert_close(shrunk.embedding(word), rows[UNK_ID])
+    assert shrunk.embedding.num_embeddings == 6 and pair.width == 6
+    # unk_row=mean: [UNK] becomes the weighted mean of itself and the words cut
+    pair, shrunk = merge(net, FrequencyCutoff(unk_row="mean"), 6, frequency)
+    members = torch.cat([torch.tensor([UNK_ID]), cut])
+    w = frequency[0, members] + 1e-3
+    expected = (rows[members] * w[:, None]).sum(0) / w.sum()
+    torch.testing.assert_close(shrunk.embedding(cut[0]), expected)
+
+
+@torch.no_grad()
+def test_merging_twice_composes_the_maps_and_counts_the_map_in_the_bytes() -> None:
+    net = network()
+    _, once = merge(net, WordMerge(), 9)
+    site = resolve_site("words", ModelShape.of(once))
+    assert site.width == 9
+    frequency = site.probe(once, torch.arange(V).repeat(3), []).activations
+    assert frequency.shape == (1, 9) and frequency.sum() == 3 * V
+    pair = WordMerge()(site.pair(once), frequency, None, 5, torch.Generator().manual_seed(0))
+    twice = site.rebuild(once, pair)
+    ids = torch.arange(V)
+    torch.testing.assert_close(
+        twice.embedding(ids), pair.w_in[pair.merged_into[once.embedding.row_of]]
+    )
+    params = sum(p.numel() for p in twice.parameters())
+    assert stored_bytes(twice) == 4 * params + 4 * V
+    assert stored_bytes(net) == 4 * sum(p.numel() for p in net.parameters())
+
+
+def test_a_checkpoint_folds_the_word_map_into_its_tokenizer(tmp_path) -> None:
+    texts = ["good great film", "bad awful movie", "good film", "a great movie", "awful bad"] * 3
+    tokenizer = train_tokenizer(texts, 100, 1)
+    vocab = tokenizer.get_vocab_size()
+    torch.manual_seed(0)
+    model = SentimentClassifier(vocab, E, {"hidden_size": 3}, [4], dropout=0.0)
+    model.tokenizer_json = tokenizer.to_str()
+    net = model.network.eval()
+    site = resolve_site("words", ModelShape.of(net))
+    frequency = torch.ones(1, vocab)
+    pair = WordMerge()(site.pair(net), frequency, None, 5, torch.Generator().manual_seed(0))
+    shrunk = site.rebuild(net, pair)
+    path = save_compressed(model, shrunk, tmp_path / "compressed.ckpt", {"method": "word_merge"})
+    checkpoint = torch.load(path, weights_only=True)
+    loaded = build_network(checkpoint)
+    assert not isinstance(loaded.embedding, SharedRowEmbedding)
+    assert checkpoint["hyper_parameters"]["vocab_size"] == 5
+    folded = Tokenizer.from_str(checkpoint["tokenizer"])
+    for text in ["good great film", "awful movie", "unseen words here good"]:
+        before, after = tokenizer.encode(text).ids, folded.encode(text).ids
+        assert after == shrunk.embedding.row_of[before].tolist()
+        length = torch.tensor([len(before)])
+        expected = shrunk.sentence_logits(torch.tensor([before]), length)
+        with torch.no_grad():
+            torch.testing.assert_close(
+                loaded.sentence_logits(torch.tensor([after]), length), expected
+            )
+    assert json.loads(checkpoint["tokenizer"])["model"]["vocab"]["[UNK]"] == UNK_ID
+
+
+def test_the_words_site_takes_only_word_methods_and_they_take_only_it() -> None:
+    words, head = WordSite(V), HeadSite(0, 5)
+    step = CompressStep(repair=False, epochs=0, lr=0.0)
+    with pytest.raises(SiteError, match="layer=words: .*choose compress=word_merge"):
+        check_step(step, WeightSum(), words)
+    with pytest.raises(SiteError, match="layer=head.0: this method merges words"):
+        check_step(step, WordMerge(), head)
+    with pytest.raises(SiteError, match="compress.epochs=1: layer=words takes methods without"):
+        check_step(CompressStep(repair=False, epochs=1, lr=0.0), WordMerge(), words)
+    with pytest.raises(ValueError, match="target_width=2: the words site keeps"):
+        merge(network(), WordMerge(), 2)
