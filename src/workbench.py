@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 from torch.utils.data import DataLoader
@@ -41,6 +41,7 @@ from src.analysis.neurons import NeuronStatus, neuron_status
 from src.analysis.similarity import MEASURES
 from src.analysis.stats import mcnemar_exact_interval, mcnemar_p
 from src.compress.base import LayerPair, MergeMethod
+from src.compress.ls_refit import refit_next_layer
 from src.compress.repair import repair_statistics
 from src.compress.retrain import LastWordInputs, train_pair
 from src.data import SentimentDataModule, probe_loader
@@ -69,14 +70,18 @@ class CompressionConfigError(SettingError):
 COMPRESS_DIR = Path(__file__).resolve().parents[1] / "conf" / "compress"
 
 
-def method_choices() -> list[str]:
+def method_choices(words: bool = False) -> list[str]:
     """Every method of conf/compress/ that shrinks one site: each choice that builds a method
-    (not ``none``, not ``whole_model``, which searches over sites, not the shared ``_step``)."""
-    return sorted(
-        p.stem
-        for p in COMPRESS_DIR.glob("*.yaml")
-        if not p.stem.startswith("_") and OmegaConf.load(p).get("method") is not None
-    )
+    (not ``none``, not ``whole_model``, which searches over sites, not the shared ``_step``);
+    those of the words site with ``words``, the others without."""
+    chosen = []
+    for path in sorted(COMPRESS_DIR.glob("*.yaml")):
+        method = OmegaConf.load(path).get("method")
+        if path.stem.startswith("_") or method is None:
+            continue
+        if getattr(get_class(method._target_), "for_words", False) == words:
+            chosen.append(path.stem)
+    return chosen
 
 
 def build_method(compress: DictConfig) -> MergeMethod | None:
@@ -114,6 +119,16 @@ def check_step(step: CompressStep, method: MergeMethod, site: Site) -> None:
     """Refuse a method or step the site cannot take, before any data is read or trained on."""
     traits = (getattr(method, name, False) for name in ("builds_units", "for_words"))
     site.check_step(step.repair, step.epochs, *traits)
+    if step.closed_loop < 0 or (step.closed_loop and (step.epochs or step.repair)):
+        raise CompressionConfigError(
+            f"compress.closed_loop={step.closed_loop}: a number of refits >= 0, with no "
+            "compress.epochs and no compress.repair"
+        )
+    if step.closed_loop and not (site.in_recurrence and site.traced):
+        raise CompressionConfigError(
+            f"compress.closed_loop={step.closed_loop}: layer={site.name}'s units are not fed "
+            "back word after word, so the shrunk network reads what the original read; drop it"
+        )
 
 
 def shared_store(
@@ -166,10 +181,18 @@ class CompressStep:
     repair: bool  # REPAIR: each kept unit's pre-activation statistics matched to its group's
     epochs: int  # training epochs after the method (0: none)
     lr: float  # their learning rate
+    # Closed-loop refits inside the LSTM: what reads the kept units fitted again, this many times,
+    # from the states the shrunk network itself computes (0: none).
+    closed_loop: int = 0
 
     @classmethod
     def of(cls, compress: DictConfig) -> CompressStep:
-        return cls(bool(compress.repair), int(compress.epochs), float(compress.lr))
+        return cls(
+            bool(compress.repair),
+            int(compress.epochs),
+            float(compress.lr),
+            int(compress.get("closed_loop", 0)),
+        )
 
 
 @dataclass(frozen=True)
@@ -317,22 +340,30 @@ class Workbench:
         (words, H_l)), in sentence order."""
         n, seed = self.settings.probe_sentences, self.settings.seed
 
-        @torch.no_grad()
         def compute() -> dict[str, Tensor]:
-            loader = probe_loader(self.datamodule.splits["train"], n, seed)
-            ids, lengths, layers = [], [], []
-            for batch in loader:
-                real = torch.arange(batch["ids"].shape[1])[None, :] < batch["lengths"][:, None]
-                states = self.network.layer_states(batch["ids"], batch["lengths"])
-                layers.append([layer[real] for layer in states])
-                ids.append(batch["ids"][real])
-                lengths.append(batch["lengths"])
-            words = {"ids": torch.cat(ids), "lengths": torch.cat(lengths)}
-            for index, per_batch in enumerate(zip(*layers, strict=True)):
-                words[f"states.{index}"] = self._finite(torch.cat(per_batch), "the probe words")
+            words = self._read_probe(self.network)
+            for key in [k for k in words if k.startswith("states.")]:
+                words[key] = self._finite(words[key], "the probe words")
             return words
 
         return self.store.get(f"probe-{n}-{seed}", compute)
+
+    @torch.no_grad()
+    def _read_probe(self, network: SentimentLSTM) -> dict[str, Tensor]:
+        """``network`` over the probe sentences: see :meth:`probe_words`."""
+        n, seed = self.settings.probe_sentences, self.settings.seed
+        loader = probe_loader(self.datamodule.splits["train"], n, seed)
+        ids, lengths, layers = [], [], []
+        for batch in loader:
+            real = torch.arange(batch["ids"].shape[1])[None, :] < batch["lengths"][:, None]
+            states = network.eval().layer_states(batch["ids"], batch["lengths"])
+            layers.append([layer[real] for layer in states])
+            ids.append(batch["ids"][real])
+            lengths.append(batch["lengths"])
+        words = {"ids": torch.cat(ids), "lengths": torch.cat(lengths)}
+        for index, per_batch in enumerate(zip(*layers, strict=True)):
+            words[f"states.{index}"] = torch.cat(per_batch)
+        return words
 
     def probe_states(self) -> list[Tensor]:
         """Every LSTM layer's states at the probe words, each (words, H_l)."""
@@ -398,6 +429,8 @@ class Workbench:
             pair = method(original, probe.activations, labels, width, generator)
         if step.repair:  # where the site took it (check_step)
             pair = repair_statistics(original, pair, probe.inputs)
+        for _ in range(step.closed_loop):  # where the site took it (check_step)
+            pair = self._closed_loop_refit(site, original, pair, probe.activations)
         if site.in_recurrence:
             if pair is not None:
                 shrunk = site.rebuild(self.network, pair)
@@ -421,6 +454,22 @@ class Workbench:
                     generator,
                 )
         return Shrunk(pair, site.rebuild(self.network, pair)), time.perf_counter() - start
+
+    def _closed_loop_refit(
+        self, site: Site, original: LayerPair, pair: LayerPair, activations: Tensor
+    ) -> LayerPair:
+        """What reads ``pair``'s kept units, fitted by least squares to what the original's
+        reader computes, from the states the network shrunk to ``pair`` computes itself over
+        the probe words: an error fed back through the recurrence is then part of the fit."""
+        if pair.units is None:
+            raise CompressionConfigError(
+                "compress.closed_loop needs a method that keeps units (not one that builds them)"
+            )
+        shrunk = site.rebuild(self.network, pair)
+        own = self._read_probe(shrunk)
+        states = [own[f"states.{i}"] for i in range(len(shrunk.lstm))]
+        design = site.activations(shrunk, own["ids"], states)
+        return refit_next_layer(original, activations, pair.units, design=design)
 
     def training_words(self) -> Tensor:
         """Every word id of the training split, (words,)."""

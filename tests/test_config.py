@@ -49,7 +49,9 @@ def test_every_choice_shares_the_step_settings_and_the_lists_come_from_the_folde
     assert {"repair", "epochs", "lr", "method"} <= step
     for compress in choices("compress"):
         assert set(compose_config(f"compress={compress}").compress) >= step
-    assert method_choices() == [c for c in choices("compress") if c not in ("none", "whole_model")]
+    every = sorted(method_choices() + method_choices(words=True))
+    assert every == [c for c in choices("compress") if c not in ("none", "whole_model")]
+    assert method_choices(words=True) == ["word_cutoff", "word_merge"]
 
 
 @pytest.mark.parametrize("experiment", choices("experiment"))

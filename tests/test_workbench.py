@@ -87,7 +87,7 @@ def test_a_rebuilt_network_computes_what_the_site_describes(datamodule) -> None:
     )
 
 
-@pytest.mark.parametrize("method", method_choices())
+@pytest.mark.parametrize("method", method_choices())  # the words site has its own tests
 @pytest.mark.parametrize("layer", ["head.0", "head.1", "head.2"])
 def test_every_method_shrinks_every_site_with_the_right_parameter_count(
     shared: Workbench, method: str, layer: str
@@ -256,7 +256,7 @@ def test_bad_method_settings_name_the_setting(override: str, setting: str) -> No
 BUILDS_NEW_UNITS = {"model_folding"}  # averages units: the LSTM site cannot hold them
 
 
-@pytest.mark.parametrize("method", method_choices())
+@pytest.mark.parametrize("method", method_choices())  # the words site has its own tests
 def test_every_method_that_keeps_units_shrinks_the_lstm(shared: Workbench, method: str) -> None:
     compress = compose_config(f"compress={method}").compress
     site = resolve_site("lstm", ModelShape.of(shared.network))
@@ -341,3 +341,55 @@ def test_the_embedding_site_is_exact_when_the_vectors_span_k_dimensions(datamodu
     evaluation = wb.evaluate(NO_STEP, method, site, 3)
     assert evaluation.metrics[schema.COMPRESSED_LOGIT_ERROR] < 1e-4
     assert evaluation.metrics[schema.COMPRESSED_AGREEMENT] == 1.0
+
+
+def test_a_closed_loop_refit_reads_the_shrunk_networks_own_states(shared: Workbench) -> None:
+    """After the refit, what reads the kept units is the least-squares fit from the states the
+    shrunk network itself computes, and no other pair fits them better."""
+    site = resolve_site("lstm", ModelShape.of(shared.network))
+    method = build_method(compose_config("compress=spectral_pruning").compress)
+    open_loop, _ = shared.compress(NO_STEP, method, site, 6)
+    closed, _ = shared.compress(CompressStep(False, 0, 0.01, closed_loop=1), method, site, 6)
+    assert torch.equal(closed.pair.units, open_loop.pair.units)
+    words = shared.probe_words()
+    target = site.reads(site.pair(shared.network), words[f"states.{site.index}"])
+
+    def error(pair: LayerPair, network) -> float:
+        """The reader's error over the probe words, fed by the states ``network`` computes."""
+        own = shared._read_probe(network)[f"states.{site.index}"]
+        return float((site.reads(pair, own) - target).square().sum())
+
+    shrunk_by_open_loop = site.rebuild(shared.network, open_loop.pair)
+    # the closed-loop pair is fitted on the open-loop network's states: there it beats the open
+    # loop's own reader
+    assert error(closed.pair, shrunk_by_open_loop) < error(open_loop.pair, shrunk_by_open_loop)
+
+
+@pytest.mark.parametrize(
+    ("closed_loop", "layer", "says"),
+    [(1, "head.1", "not fed back"), (-1, "lstm", "closed_loop=-1"), (2, "words", "not fed back")],
+)
+def test_a_closed_loop_is_refused_where_it_means_nothing(
+    shared: Workbench, closed_loop: int, layer: str, says: str
+) -> None:
+    site = resolve_site(layer, ModelShape.of(shared.network))
+    name = "word_merge" if layer == "words" else "ls_refit"
+    method = build_method(compose_config(f"compress={name}").compress)
+    with pytest.raises(CompressionConfigError, match=says):
+        check_step(CompressStep(False, 0, 0.01, closed_loop=closed_loop), method, site)
+
+
+def test_merged_words_are_evaluated_like_any_site(shared: Workbench) -> None:
+    site = resolve_site("words", ModelShape.of(shared.network))
+    method = build_method(compose_config("compress=word_merge").compress)
+    evaluation = shared.evaluate(NO_STEP, method, site, 40)
+    metrics = evaluation.metrics
+    assert metrics[schema.COMPRESSED_WIDTH] == 40 == evaluation.network.embedding.num_embeddings
+    assert metrics[schema.COMPRESSED_LAYER_PARAMS] == 40 * 8
+    assert (
+        metrics[schema.COMPRESSED_BYTES] == 4 * metrics[schema.COMPRESSED_PARAMS] + 4 * site.width
+    )
+    assert evaluation.features is None and evaluation.drift is None
+    logits = sentence_logits(evaluation.network, shared.datamodule, "test")
+    agree = ((logits > 0) == (shared.logits(shared.network, "test") > 0)).float().mean()
+    assert metrics[schema.COMPRESSED_AGREEMENT] == pytest.approx(agree.item())

@@ -17,13 +17,20 @@ from src.compress.base import REPRESENTATIVES, LayerPair, check_choice, cluster_
 
 
 def refit_next_layer(
-    pair: LayerPair, activations: Tensor, keep: Tensor, ridge: float = 1e-6
+    pair: LayerPair,
+    activations: Tensor,
+    keep: Tensor,
+    ridge: float = 1e-6,
+    design: Tensor | None = None,
 ) -> LayerPair:
     """Keep the neurons at ``keep`` and refit ``w_out``, ``b_out`` by least squares.
 
     Minimises ``|| [H_keep, 1] [W^T; b^T] - (H W_out^T + b_out) ||^2`` over the probe words, in
-    float64. ``ridge`` shrinks the weights (not the bias) for kept neurons that are nearly
-    collinear; it is relative to the kept activations' mean squared column norm, so unit-free.
+    float64. ``design`` (words, k): the kept units' activations to fit from, when they are not
+    the original's (a closed-loop refit: the shrunk network's own states); by default
+    ``H_keep``, the original's at ``keep``. ``ridge`` shrinks the weights (not the bias) for
+    kept neurons that are nearly collinear; it is relative to the kept activations' mean squared
+    column norm, so unit-free.
     The outputs that also read an all-zero state (``pair.reads_zero_state``) keep their bias and
     are fitted through the origin, so the merge gives what the original gives at that state.
     """
@@ -31,7 +38,7 @@ def refit_next_layer(
     h = activations.to(f64)
     b_old = pair.b_out.to(f64)
     target = h @ pair.w_out.to(f64).T + b_old  # (words, M)
-    h_keep = h[:, keep]
+    h_keep = h[:, keep] if design is None else design.to(f64)
     words, k = h_keep.shape
     lam = ridge * h_keep.square().sum() / max(k, 1)
     penalty = lam.sqrt() * torch.eye(k, dtype=f64, device=h.device)
