@@ -53,7 +53,8 @@ SEARCH_NOTE = "search/note"  # e.g. that no width met the budget
 SCRATCH_VAL_ACC = "scratch/val_acc"  # the chosen widths trained from scratch, same data and seed
 SCRATCH_TEST_ACC = "scratch/test_acc"
 SCRATCH_PARAMS = "scratch/params"
-SCRATCH_TRAIN_SECONDS = "scratch/train_seconds"
+SCRATCH_TRAIN_SECONDS = "scratch/train_seconds"  # every learning rate of the grid together
+SCRATCH_LR = "scratch/lr"  # the grid's learning rate with the best validation accuracy
 DELTA_ACC = "delta_acc"  # compressed minus baseline test accuracy
 COMPRESS_SECONDS = "compress_seconds"  # the compression step alone
 

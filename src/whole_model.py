@@ -199,14 +199,17 @@ def search_metrics(bench: Workbench, result: SearchResult) -> dict[str, float | 
     return metrics
 
 
-def scratch_config(cfg: DictConfig, shape: ModelShape) -> DictConfig:
+def scratch_config(cfg: DictConfig, shape: ModelShape, lr: float | None = None) -> DictConfig:
     """The run's config with the model's widths set to ``shape``'s: the same data, epochs and
-    seed, a small model trained from scratch in ``<run>/scratch``."""
+    seed, a small model trained from scratch in ``<run>/scratch`` (``<run>/scratch/lr=<lr>``
+    with its own learning rate ``lr``)."""
     scratch = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
     scratch.model = OmegaConf.merge(scratch.model, shape.model_settings())
+    if lr is not None:
+        scratch.model.optimizer.lr = lr
     if shape.word_rows:  # as many rows as the merged words left: a tokenizer of that many words
         scratch.data.vocab_size = min(int(scratch.data.vocab_size), shape.word_rows)
-    scratch.output_dir = f"{cfg.output_dir}/scratch"
+    scratch.output_dir = f"{cfg.output_dir}/scratch" + ("" if lr is None else f"/lr={lr}")
     scratch.ckpt_path = scratch.resume = None
     for node in scratch.callbacks.values():  # every file of the anchor in its own folder
         if "dirpath" in node:

@@ -251,6 +251,7 @@ def test_the_whole_model_is_shrunk_to_a_budget_beside_its_scratch_anchor(
         *QUICK,
         "compress=whole_model",
         "compress.max_drop=0.02",
+        "compress.scratch_lrs=[0.003,0.01]",
         f"hydra.run.dir={tmp_path}",
         f"cache_dir={cache}",
         "logger=csv",
@@ -258,13 +259,15 @@ def test_the_whole_model_is_shrunk_to_a_budget_beside_its_scratch_anchor(
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = read_metrics(tmp_path)
     widths = dict(w.split("=") for w in metrics["compressed/widths"].split(","))
-    assert list(widths) == ["embedding", "lstm", "head.0", "head.1", "head.2"]
+    assert list(widths) == ["words", "embedding", "lstm", "head.0", "head.1", "head.2"]
+    assert metrics["compressed/bytes"] >= 4 * metrics["compressed/params"]
     assert metrics["compressed/params"] <= metrics["baseline/params"]
     assert metrics["compressed/val_acc"] >= metrics["baseline/val_acc"] - 0.02
     assert metrics["search/candidates"] > 5 and metrics["search/seconds"] > 0
     for key in ("scratch/test_acc", "scratch/params", "compressed/agreement"):
         assert key in metrics
     assert metrics["scratch/params"] == metrics["compressed/params"]
+    assert metrics["scratch/lr"] in (0.003, 0.01)  # the grid's best on validation
     assert (tmp_path / "front.png").stat().st_size > 0
     assert len(pd.read_csv(tmp_path / "search.csv")) == metrics["search/candidates"]
     reloaded = run_app(

@@ -4,12 +4,18 @@ the map into its tokenizer, and the refusals."""
 
 from __future__ import annotations
 
+import html
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 from tokenizers import Tokenizer
 
+from src import schema
+from src.baseline import load_checkpoint
 from src.compress.weight_sum import WeightSum
 from src.compress.word_cutoff import FrequencyCutoff
 from src.compress.word_merge import WordMerge
@@ -20,6 +26,7 @@ from src.network import SharedRowEmbedding, stored_bytes
 from src.sites import HeadSite, ModelShape, SiteError, WordSite, resolve_site
 from src.tokens import UNK_ID, train_tokenizer
 from src.workbench import CompressStep, check_step
+from tests.conftest import APP_ENV, QUICK, ROOT, read_metrics, run_app
 
 V, E, H = 12, 6, 1  # H = 1: W_ih is (4, 6), so two rows can differ where the LSTM cannot see
 
@@ -184,3 +191,56 @@ def test_the_words_site_takes_only_word_methods_and_they_take_only_it() -> None:
         check_step(CompressStep(repair=False, epochs=1, lr=0.0), WordMerge(), words)
     with pytest.raises(ValueError, match="target_width=2: the words site keeps"):
         merge(network(), WordMerge(), 2)
+
+
+@pytest.mark.slow
+def test_merged_words_run_end_to_end_and_their_checkpoint_predicts_as_measured(
+    tmp_path: Path, quick_cache: Path
+) -> None:
+    """``src.run layer=words compress=word_merge``: the words each row holds in clusters.json
+    and viewer.html; the compressed checkpoint loads with ``ckpt_path=`` and ``src.predict``
+    and gives the accuracy and the probabilities measured."""
+    run = tmp_path / "merge"
+    common = [*QUICK, f"cache_dir={quick_cache}", "logger=csv"]
+    done = run_app(
+        *common, "layer=words", "compress=word_merge", "target_width=300", f"hydra.run.dir={run}"
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    metrics = read_metrics(run)
+    assert metrics[schema.COMPRESSED_WIDTH] == 300
+    assert metrics[schema.COMPRESSED_BYTES] > 4 * metrics[schema.COMPRESSED_PARAMS]
+    groups = json.loads((run / "analysis" / "clusters.json").read_text())["groups"]
+    assert groups and all(len(g["words"]) > 1 for g in groups)
+    counts = [c for _, c in groups[0]["words"]]
+    assert counts == sorted(counts, reverse=True)
+    page = (run / "analysis" / "viewer.html").read_text()
+    assert html.escape(groups[0]["words"][0][0]) in page
+
+    again = tmp_path / "again"
+    done = run_app(
+        *common,
+        f"ckpt_path={run / 'compressed.ckpt'}",
+        "compress=none",
+        "layer=head.2",
+        f"hydra.run.dir={again}",
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert read_metrics(again)["baseline/test_acc"] == pytest.approx(
+        metrics[schema.COMPRESSED_TEST_ACC], abs=1e-9
+    )
+    sentence = "a gorgeous , heartfelt film"
+    asked = subprocess.run(
+        [sys.executable, "-m", "src.predict", str(run / "compressed.ckpt"), sentence, "--json"],
+        cwd=ROOT,
+        env=APP_ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert asked.returncode == 0, asked.stderr
+    answer = json.loads(asked.stdout)
+    model = load_checkpoint(run / "compressed.ckpt").eval()
+    ids = torch.tensor([Tokenizer.from_str(model.tokenizer_json).encode(sentence).ids])
+    with torch.no_grad():
+        expected = torch.sigmoid(model.network.sentence_logits(ids, torch.tensor([ids.shape[1]])))
+    assert answer["p_positive"] == pytest.approx(float(expected[0]), abs=1e-6)
