@@ -155,8 +155,11 @@ def search(
             if best is not None and high - low < budget.width_tolerance * best[0]:
                 break  # close enough: the next steps would save under the tolerance
             width = (low + high) // 2
-            shrunk = current.compress(step, at_site, site, width)[0].network
-            correct = accuracy(bench.logits(shrunk, "validation"), labels)
+            cut = current.compress(step, at_site, site, width)[0]
+            # a head site reads the current network's stored last-word states: no sentence is
+            # read again; a site inside the LSTM reads every validation sentence
+            correct = accuracy(current.outputs(site, cut, "validation")[0], labels)
+            shrunk = cut.network
             params = sum(p.numel() for p in shrunk.parameters())
             accepted = budget.accepts(correct, baseline_correct)
             val_acc = correct.float().mean().item()

@@ -510,7 +510,7 @@ class Workbench:
         result, seconds = self.compress(step, method, site, width)
         logits, features = {}, {}
         for split in EVALUATED:
-            logits[split], features[split] = self._outputs(site, result, split)
+            logits[split], features[split] = self.outputs(site, result, split)
         metrics, correct = self.against_baseline(logits)
         features = features["test"]
         if features is not None:  # kept units that never fire at a test sentence's last word
@@ -566,7 +566,7 @@ class Workbench:
         batches = self.datamodule.loader(split)
         return torch.cat([network.sentence_logits(b["ids"], b["lengths"]) for b in batches])
 
-    def _outputs(self, site: Site, result: Shrunk, split: str) -> tuple[Tensor, Tensor]:
+    def outputs(self, site: Site, result: Shrunk, split: str) -> tuple[Tensor, Tensor | None]:
         """The shrunk model's logits and the shrunk site's activations at each sentence's last
         word, in the order of the stored states. A head site reads the stored LSTM states; a
         site inside the LSTM makes the shrunk network read every sentence again."""
