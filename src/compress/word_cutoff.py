@@ -13,8 +13,14 @@ import torch
 from torch import Tensor
 
 from src.compress.base import LayerPair, check_choice
-from src.compress.words import check_words_width, fold_words, frequencies, renumber
-from src.tokens import SPECIAL_IDS, UNK_ID
+from src.compress.words import (
+    by_frequency,
+    check_words_width,
+    fold_words,
+    frequencies,
+    renumber,
+)
+from src.tokens import UNK_ID
 
 UNK_ROWS = ("trained", "mean")
 
@@ -39,9 +45,7 @@ class FrequencyCutoff:
     ) -> LayerPair:
         check_words_width(target_width, pair.width)
         weights = frequencies(activations)
-        order = weights.clone()
-        order[list(SPECIAL_IDS)] = float("inf")  # the special tokens always keep their rows
-        kept = order.argsort(descending=True, stable=True)[:target_width]
+        kept = by_frequency(weights)[:target_width]  # the special tokens always keep their rows
         groups = torch.full((pair.width,), UNK_ID, dtype=torch.long)
         groups[kept] = kept
         if self.unk_row == "trained":  # the cut words weigh nothing: [UNK] keeps its own row

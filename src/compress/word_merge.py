@@ -18,7 +18,13 @@ from sklearn.cluster import AgglomerativeClustering, KMeans
 from torch import Tensor
 
 from src.compress.base import LayerPair, check_choice
-from src.compress.words import check_words_width, fold_words, frequencies, renumber
+from src.compress.words import (
+    by_frequency,
+    check_words_width,
+    fold_words,
+    frequencies,
+    renumber,
+)
 from src.tokens import SPECIAL_IDS
 
 CLUSTERINGS = ("kmeans", "agglomerative")
@@ -53,9 +59,7 @@ class WordMerge:
         weights = frequencies(activations)
         specials = len(SPECIAL_IDS)
         exact = min(self.keep_exact, target_width - specials - 1)
-        order = weights.clone()
-        order[list(SPECIAL_IDS)] = float("inf")
-        ranked = order.argsort(descending=True, stable=True)
+        ranked = by_frequency(weights)
         alone, rest = ranked[: specials + exact], ranked[specials + exact :]
         clusters = target_width - len(alone)
         groups = torch.empty(pair.width, dtype=torch.long)

@@ -36,6 +36,13 @@ def frequencies(activations: Tensor) -> Tensor:
     return activations.sum(0).double() + 1e-3
 
 
+def by_frequency(weights: Tensor) -> Tensor:
+    """Every word id, the special tokens first, then the most frequent first."""
+    order = weights.clone()
+    order[list(SPECIAL_IDS)] = float("inf")
+    return order.argsort(descending=True, stable=True)
+
+
 def fold_words(pair: LayerPair, merged_into: Tensor, weights: Tensor) -> LayerPair:
     """The pair whose row r is the ``weights``-weighted mean of the words ``merged_into`` maps
     to r: the least-squares row for them in the embedding and in what the LSTM reads (one is a
