@@ -101,7 +101,8 @@ def shrink(plan: Plan, opened: Opened, metrics: dict, loggers: list) -> Evaluati
     elif method is not None:
         evaluation = bench.evaluate(step, method, plan.site, plan.width)
         metrics |= {schema.TARGET_WIDTH: plan.width, **evaluation.metrics}
-        np.save(output / schema.ACTIVATIONS_FILE, evaluation.features.numpy())
+        if evaluation.features is not None:  # the units at the last word (not at the words)
+            np.save(output / schema.ACTIVATIONS_FILE, evaluation.features.numpy())
         shrunk, record = evaluation.network, {k: metrics[k] for k in schema.JOB if k in metrics}
     else:
         return None

@@ -29,6 +29,7 @@ from src.tokens import SPECIAL_IDS
 
 CLUSTERINGS = ("kmeans", "agglomerative")
 SPACES = ("lstm_input", "embedding")
+INITS = ("frequent", "k-means++")
 
 
 @dataclass(frozen=True)
@@ -39,11 +40,16 @@ class WordMerge:
     space: str = "lstm_input"
     weighted: bool = True
     keep_exact: int = 0
+    # k-means' start: the most frequent words as the centres (fast at thousands of clusters), or
+    # k-means++ (slower by far at that size); and its most iterations
+    init: str = "frequent"
+    iterations: int = 30
     for_words = True
 
     def __post_init__(self) -> None:
         check_choice(self.clustering, CLUSTERINGS, "compress.method.clustering")
         check_choice(self.space, SPACES, "compress.method.space")
+        check_choice(self.init, INITS, "compress.method.init")
         if self.keep_exact < 0:
             raise ValueError(f"compress.method.keep_exact={self.keep_exact} must be >= 0")
 
@@ -72,19 +78,34 @@ class WordMerge:
         """Each word's point, (V, X): what the LSTM reads from it in coordinates of the same
         distances and rank-many columns (an SVD of the 4H-wide rows), or its row."""
         if self.space == "embedding":
-            return pair.w_in.double().numpy()
+            return pair.w_in.float().numpy()
         u, s, _ = torch.linalg.svd(pair.w_out.T.double(), full_matrices=False)
         rank = int((s > s[0] * 1e-10).sum())
-        return (u[:, :rank] * s[:rank]).numpy()
+        return (u[:, :rank] * s[:rank]).float().numpy()
 
     def _cluster(
         self, points: np.ndarray, weights: Tensor, clusters: int, generator: torch.Generator
     ) -> np.ndarray:
-        if clusters >= len(points):
-            return np.arange(len(points))
+        """A cluster per point, ``clusters`` of them. Words the LSTM reads alike (to six digits
+        of the largest coordinate) are one point before any clustering, so they always merge,
+        and no start can keep them apart."""
+        keys = np.round(points / max(float(np.abs(points).max()), 1e-30), 6)
+        _, alike = np.unique(keys, axis=0, return_inverse=True)
+        alike = alike.reshape(-1)
+        weight = np.bincount(alike, weights=weights.numpy() if self.weighted else None)
+        # one point per group of alike words, the most used first
+        order = np.argsort(-weight, kind="stable")
+        rank = np.empty_like(order)
+        rank[order] = np.arange(len(order))
+        first = np.zeros(len(order), dtype=np.int64)
+        first[alike[::-1]] = np.arange(len(alike))[::-1]  # a member of each group
+        distinct, weight = points[first[order]], weight[order]
+        if clusters >= len(distinct):
+            return rank[alike]
         if self.clustering == "agglomerative":  # Ward's linkage: unweighted, O(V^2) memory
-            return AgglomerativeClustering(clusters).fit_predict(points)
+            return AgglomerativeClustering(clusters).fit_predict(distinct)[rank[alike]]
         seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
-        sample_weight = weights.numpy() if self.weighted else None
-        kmeans = KMeans(clusters, n_init=1, random_state=seed)
-        return kmeans.fit(points, sample_weight=sample_weight).labels_
+        init = distinct[:clusters] if self.init == "frequent" else self.init
+        kmeans = KMeans(clusters, init=init, n_init=1, max_iter=self.iterations, random_state=seed)
+        labels = kmeans.fit(distinct, sample_weight=weight).labels_
+        return labels[rank[alike]]
