@@ -155,11 +155,12 @@ def write_site_analysis(
     loggers: Sequence[Logger] = (),
     info: dict[str, str] | None = None,
     figures: bool = True,
+    viewer: bool = True,
 ) -> dict[str, float]:
     """clusters.json, similarity.npy, dissimilarity.npy, word_traces.png, similarity.png,
     clusters.png and viewer.html into ``folder``; the same to W&B. Returns the analysis/ keys
-    of src.schema. ``figures=False`` leaves out the three PNGs: drawing them is about half of a
-    sweep job's own time, and a sweep's summary draws its own."""
+    of src.schema. ``figures=False`` leaves out the three PNGs and ``viewer=False`` the page:
+    drawing them costs more than a sweep job's merge, and a sweep's summary draws its own."""
     folder.mkdir(parents=True, exist_ok=True)
     np.save(folder / "similarity.npy", affinity_from_dissimilarity(analysis.dissimilarity).numpy())
     np.save(folder / "dissimilarity.npy", analysis.dissimilarity.numpy())
@@ -169,8 +170,8 @@ def write_site_analysis(
         "%s: %d live of %d units, clusters of sizes %s, silhouette %s",
         *(site.label, len(summary["alive"]), site.width, summary["sizes"], summary["silhouette"]),
     )
-    examples = [(sentence, None) for sentence in sentences] + showcase(bench)
-    drawn = traces(bench, site, examples)
+    examples = [(sentence, None) for sentence in sentences]
+    drawn = traces(bench, site, examples + showcase(bench)) if figures or viewer else []
     quiet = set(summary["dead"]) | set(summary["nearly_dead"])
     drawings = {
         "word_traces": lambda: word_traces(drawn, site.label, quiet),
@@ -180,9 +181,10 @@ def write_site_analysis(
         "clusters": lambda: cluster_panels(drawn[: len(sentences)], analysis.labels),
     }
     pngs = save_figures(folder, drawings if figures else {})
-    viewer = write_viewer(
-        viewer_data(bench, site, analysis, drawn, evaluation, info or {}), folder / "viewer.html"
-    )
+    page = None
+    if viewer:
+        data = viewer_data(bench, site, analysis, drawn, evaluation, info or {})
+        page = write_viewer(data, folder / "viewer.html")
     silhouette = analysis.silhouette
     metrics = {
         schema.ANALYSIS_LIVE: len(summary["alive"]),
@@ -192,7 +194,8 @@ def write_site_analysis(
     log_files(loggers, folder, pngs, "analysis")
     for logger in loggers:
         if isinstance(logger, WandbLogger):
-            logger.experiment.log({"analysis/viewer": wandb_html(viewer)})
+            if page is not None:
+                logger.experiment.log({"analysis/viewer": wandb_html(page)})
             logger.log_metrics(metrics)
     return metrics
 

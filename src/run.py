@@ -110,6 +110,12 @@ def shrink(plan: Plan, opened: Opened, metrics: dict, loggers: list) -> Evaluati
     return evaluation
 
 
+def wanted(setting: bool | None) -> bool:
+    """A per-job file's setting: null means in a single run, not in a multirun's jobs (drawing
+    a job's figures and page cost more than its merge; the sweep's summary draws its own)."""
+    return setting if setting is not None else HydraConfig.get().mode == RunMode.RUN
+
+
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 @reported
 def main(cfg: DictConfig) -> dict:
@@ -137,7 +143,8 @@ def main(cfg: DictConfig) -> dict:
             evaluation,
             loggers,
             info,
-            figures=cfg.analysis.figures,
+            figures=wanted(cfg.analysis.figures),
+            viewer=wanted(cfg.analysis.viewer),
         )
         metrics[schema.COMPUTED] = ",".join(bench.store.computed)
         write_metrics(output_dir, metrics)
