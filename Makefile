@@ -60,5 +60,6 @@ clean:
 compression-sweep: install  ## every method x widths 1,2,4,8 x seeds 0,1,2 on the 16-neuron layer
 	$(BIN)/python -m src.run +experiment=compression_sweep $(ARGS)
 
-claims: install  ## the claims study: 3 corpora x 3 seeds x every method x widths on 3 layers
+claims: install  ## the claims study: 3 corpora x 3 seeds x every method x widths on 3 layers;
+                 ## finished units (corpus x seed) are reused; ARGS="-m hydra/launcher=..." fans out
 	$(BIN)/python -m src.study $(ARGS)
