@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 # The corpora need no setting here: src/data.py finds ../shared/data beside the checkout, or
 # the embedded rotten_tomatoes (SENTIMENT_DATA_DIR or data.root=... point elsewhere).
 
-.PHONY: install run sweep test test-fast lint format bench bench-train bench-similarity bench-infer clean compression-sweep claims
+.PHONY: install run sweep test test-fast lint format bench bench-train bench-similarity bench-infer bench-share bench-sweep clean compression-sweep claims
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,7 +37,7 @@ format: install
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-bench: bench-train bench-similarity bench-infer
+bench: bench-train bench-similarity bench-infer bench-share bench-sweep
 
 bench-train: install
 	$(BIN)/python benchmarks/bench_train.py
@@ -48,11 +48,18 @@ bench-similarity: install
 bench-infer: install  ## the default model and its whole-model shrink: words/s and latency, batch 64 and 1
 	$(BIN)/python benchmarks/bench_infer.py $(ARGS)
 
+bench-share: install  ## one training alone and two side by side, before and after the fair share
+	$(BIN)/python benchmarks/bench_share.py $(ARGS)
+
+bench-sweep: install  ## a 16-job sweep on a cached baseline: each job's cost, and the summary's
+	$(BIN)/python benchmarks/bench_sweep.py $(ARGS)
+
 clean:
 	rm -rf outputs/20* outputs/multirun .cache wandb
 
 compression-sweep: install  ## every method x widths 1,2,4,8 x seeds 0,1,2 on the 16-neuron layer
 	$(BIN)/python -m src.run +experiment=compression_sweep $(ARGS)
 
-claims: install  ## the claims study: 3 corpora x 3 seeds x every method x widths on 3 layers
+claims: install  ## the claims study: 3 corpora x 3 seeds x every method x widths on 3 layers;
+                 ## finished units (corpus x seed) are reused; ARGS="-m hydra/launcher=..." fans out
 	$(BIN)/python -m src.study $(ARGS)

@@ -155,11 +155,12 @@ def write_site_analysis(
     loggers: Sequence[Logger] = (),
     info: dict[str, str] | None = None,
     figures: bool = True,
+    viewer: bool = True,
 ) -> dict[str, float]:
     """clusters.json, similarity.npy, dissimilarity.npy, word_traces.png, similarity.png,
     clusters.png and viewer.html into ``folder``; the same to W&B. Returns the analysis/ keys
-    of src.schema. ``figures=False`` leaves out the three PNGs: drawing them is about half of a
-    sweep job's own time, and a sweep's summary draws its own."""
+    of src.schema. ``figures=False`` leaves out the three PNGs and ``viewer=False`` the page:
+    drawing them costs more than a sweep job's merge, and a sweep's summary draws its own."""
     folder.mkdir(parents=True, exist_ok=True)
     np.save(folder / "similarity.npy", affinity_from_dissimilarity(analysis.dissimilarity).numpy())
     np.save(folder / "dissimilarity.npy", analysis.dissimilarity.numpy())
@@ -169,8 +170,8 @@ def write_site_analysis(
         "%s: %d live of %d units, clusters of sizes %s, silhouette %s",
         *(site.label, len(summary["alive"]), site.width, summary["sizes"], summary["silhouette"]),
     )
-    examples = [(sentence, None) for sentence in sentences] + showcase(bench)
-    drawn = traces(bench, site, examples)
+    examples = [(sentence, None) for sentence in sentences]
+    drawn = traces(bench, site, examples + showcase(bench)) if figures or viewer else []
     quiet = set(summary["dead"]) | set(summary["nearly_dead"])
     drawings = {
         "word_traces": lambda: word_traces(drawn, site.label, quiet),
@@ -180,9 +181,10 @@ def write_site_analysis(
         "clusters": lambda: cluster_panels(drawn[: len(sentences)], analysis.labels),
     }
     pngs = save_figures(folder, drawings if figures else {})
-    viewer = write_viewer(
-        viewer_data(bench, site, analysis, drawn, evaluation, info or {}), folder / "viewer.html"
-    )
+    page = None
+    if viewer:
+        data = viewer_data(bench, site, analysis, drawn, evaluation, info or {})
+        page = write_viewer(data, folder / "viewer.html")
     silhouette = analysis.silhouette
     metrics = {
         schema.ANALYSIS_LIVE: len(summary["alive"]),
@@ -192,7 +194,8 @@ def write_site_analysis(
     log_files(loggers, folder, pngs, "analysis")
     for logger in loggers:
         if isinstance(logger, WandbLogger):
-            logger.experiment.log({"analysis/viewer": wandb_html(viewer)})
+            if page is not None:
+                logger.experiment.log({"analysis/viewer": wandb_html(page)})
             logger.log_metrics(metrics)
     return metrics
 
@@ -219,9 +222,11 @@ def write_word_groups(
     site: Site,
     evaluation: Evaluation | None,
     loggers: Sequence[Logger] = (),
+    viewer: bool = True,
 ) -> dict[str, float]:
-    """The words site's analysis: which words share each row (clusters.json and a page to
-    search, viewer.html), once a merge has made rows shared; nothing to cluster before."""
+    """The words site's analysis: which words share each row (clusters.json and, with
+    ``viewer``, a page to search, viewer.html), once a merge has made rows shared; nothing to
+    cluster before."""
     folder.mkdir(parents=True, exist_ok=True)
     pair = None if evaluation is None else evaluation.pair
     if pair is None or pair.merged_into is None:
@@ -233,12 +238,13 @@ def write_word_groups(
     (folder / "clusters.json").write_text(json.dumps(summary, indent=1) + "\n")
     merged = sum(len(g["words"]) for g in groups)
     text = f"{site.width} words into {rows} rows; {merged} words share {len(groups)} rows."
-    page = folder / "viewer.html"
-    page.write_text(render_word_groups(groups, f"Merged words: {site.label}", text))
     log.info("%s", text)
-    for logger in loggers:
-        if isinstance(logger, WandbLogger):
-            logger.experiment.log({"analysis/viewer": wandb_html(page)})
+    if viewer:
+        page = folder / "viewer.html"
+        page.write_text(render_word_groups(groups, f"Merged words: {site.label}", text))
+        for logger in loggers:
+            if isinstance(logger, WandbLogger):
+                logger.experiment.log({"analysis/viewer": wandb_html(page)})
     return {}
 
 

@@ -1,4 +1,5 @@
-"""Lightning glue that only checks and reports: the example sentences, one log line per epoch.
+"""Lightning glue that only checks, reports and shares: the example sentences, one log line per
+epoch, and the cores other processes leave free.
 
 A progress bar redraws itself with carriage returns, which a log file keeps as one endless line;
 when the output is not a terminal the run turns the bar off, and this line is what the log holds.
@@ -11,7 +12,9 @@ import sys
 import time
 
 import lightning as L
+import torch
 
+from src.threads import CoreShare
 from src.tokens import check_known_words
 
 log = logging.getLogger(__name__)
@@ -55,3 +58,24 @@ class KnownWords(L.Callback):
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         for sentence in self.sentences:
             check_known_words(trainer.datamodule.tokenizer, sentence)
+
+
+class FairShare(L.Callback):
+    """During fit, torch's threads follow the cores other processes leave free, measured once a
+    second (:class:`src.threads.CoreShare`); ``threads`` (the top-level setting) fixes them."""
+
+    def __init__(self, threads: int | None = None) -> None:
+        self.fixed = threads is not None
+        self.share: CoreShare | None = None
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not self.fixed:
+            self.share = CoreShare(most=torch.get_num_threads())
+
+    def on_train_batch_start(self, *args: object) -> None:
+        if self.share is not None:
+            self.share.update()
+
+    def on_validation_batch_start(self, *args: object) -> None:
+        if self.share is not None:
+            self.share.update()

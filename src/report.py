@@ -80,10 +80,18 @@ def one_line_error(error: BaseException) -> str:
 
 def job_folders(sweep_dir: Path) -> list[Path]:
     """Every job folder under ``sweep_dir``: where a job wrote metrics.json or its error, or
-    where Hydra saved a job's overrides (``.hydra/``) before it started."""
-    folders = {p.parent for p in sweep_dir.glob("**/metrics.json")}
-    folders |= {p.parent for p in sweep_dir.glob(f"**/{JOB_ERROR_FILE}")}
-    folders |= {p.parent.parent for p in sweep_dir.glob("**/.hydra/overrides.yaml")}
+    where Hydra saved a job's overrides (``.hydra/``) before it started. A job's own folders
+    (its W&B run, checkpoints, analysis) are not searched: jobs do not nest."""
+    folders = []
+    for folder, subfolders, files in os.walk(sweep_dir):
+        here = Path(folder)
+        if here != sweep_dir and (
+            schema.METRICS_FILE in files
+            or JOB_ERROR_FILE in files
+            or (here / ".hydra" / "overrides.yaml").is_file()
+        ):
+            folders.append(here)
+            subfolders.clear()
     return sorted(folders)
 
 
@@ -99,14 +107,21 @@ def job_row(sweep_dir: Path, folder: Path) -> dict:
     return row
 
 
-def gather_metrics(sweep_dir: str | Path, status: str | None = None) -> pd.DataFrame:
+def job_rows(sweep_dir: str | Path) -> list[dict]:
+    """:func:`job_row` of every job folder under ``sweep_dir``."""
+    return [job_row(Path(sweep_dir), folder) for folder in job_folders(Path(sweep_dir))]
+
+
+def gather_metrics(
+    sweep_dir: str | Path, status: str | None = None, rows: list[dict] | None = None
+) -> pd.DataFrame:
     """One row per job folder under ``sweep_dir`` (those with ``status`` alone, if given).
 
     The finished jobs' integer columns (width, layer, seed) stay integers, where the other
     jobs' empty cells would make them floats: nullable integers among every job, plain ones
     among the finished jobs alone.
     """
-    rows = [job_row(Path(sweep_dir), folder) for folder in job_folders(Path(sweep_dir))]
+    rows = job_rows(sweep_dir) if rows is None else rows
     finished = pd.DataFrame([row for row in rows if row["status"] == "finished"])
     if status == "finished":
         return finished
@@ -336,12 +351,13 @@ def summarise_sweep(sweep_dir: str | Path) -> pd.DataFrame:
     cka.csv and cka.png where jobs left their shrunk layers' features; the tables and figures
     are made from the finished jobs alone."""
     sweep_dir = Path(sweep_dir)
-    jobs = gather_metrics(sweep_dir)
+    rows = job_rows(sweep_dir)  # read once: the jobs' folders are walked once
+    jobs = gather_metrics(sweep_dir, rows=rows)
     if jobs.empty:
         log.warning("no job folder under %s: nothing to summarise", sweep_dir)
         return jobs
     jobs.to_csv(sweep_dir / "summary.csv", index=False)
-    finished = gather_metrics(sweep_dir, status="finished")
+    finished = gather_metrics(sweep_dir, status="finished", rows=rows)
     stats = aggregate(finished)
     sections = [unfinished_list(jobs)] if len(finished) < len(jobs) else []
     if not stats.empty:

@@ -111,6 +111,12 @@ def shrink(plan: Plan, opened: Opened, metrics: dict, loggers: list) -> Evaluati
     return evaluation
 
 
+def wanted(setting: bool | None) -> bool:
+    """A per-job file's setting: null means in a single run, not in a multirun's jobs (drawing
+    a job's figures and page cost more than its merge; the sweep's summary draws its own)."""
+    return setting if setting is not None else HydraConfig.get().mode == RunMode.RUN
+
+
 def on_network(job: Plan, opened: Opened) -> Plan:
     """The job with its site as the network has it: the words site's rows are known only once
     the tokenizer is trained, so its width is checked again now."""
@@ -126,7 +132,8 @@ def write_analysis(
     at the words site, the words each row holds."""
     folder = Path(job.cfg.output_dir) / "analysis"
     if not job.site.traced:
-        return write_word_groups(folder, bench, job.site, evaluation, loggers)
+        viewer = wanted(job.cfg.analysis.viewer)
+        return write_word_groups(folder, bench, job.site, evaluation, loggers, viewer)
     info = {k: str(metrics[k]) for k in schema.JOB if k in metrics}
     return write_site_analysis(
         folder,
@@ -137,7 +144,8 @@ def write_analysis(
         evaluation,
         loggers,
         info,
-        figures=job.cfg.analysis.figures,
+        figures=wanted(job.cfg.analysis.figures),
+        viewer=wanted(job.cfg.analysis.viewer),
     )
 
 

@@ -3,19 +3,27 @@ plus the comparisons between methods and the source's claims judged over seeds.
 
 python -m src.study                                          # the whole study (make claims)
 python -m src.study seeds=[0] corpora=[rotten_tomatoes]       # one corpus, one seed
+python -m src.study -m hydra/launcher=submitit_slurm          # one job per corpus and seed
 
-Each corpus and seed is one :class:`~src.workbench.Workbench` (its baseline trained once, or loaded
-from the cache ``src.run`` shares); every cell of the grid is one ``evaluate`` on it, exactly what
-a ``src.run`` job measures.
+Each corpus and seed is one unit: one :class:`~src.workbench.Workbench` (its baseline trained
+once, or loaded from the cache ``src.run`` shares), every cell of the grid one ``evaluate`` on it,
+exactly what a ``src.run`` job measures. A unit writes its own tables into
+``<output_dir>/jobs/<corpus>-seed<seed>/``, and the study's tables and claims are assembled from
+them: in one process (``python -m src.study``: every unit in turn, then the assembly), or as a
+multirun (``-m``: each unit one job of any Hydra launcher, the assembly at the end of the
+multirun). A unit whose settings and code have not changed since it finished is reused, so a
+study that stopped, or a multirun with a failed job, goes on from the units it finished.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import shlex
 import shutil
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,12 +34,13 @@ import wandb
 from hydra import compose
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import MissingConfigException
+from hydra.experimental.callback import Callback
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from src import schema
 from src.analysis.stats import effective_rank, mcnemar_exact_interval, mcnemar_p
-from src.claims import TABLES, StudyTables, judge, write_tables
+from src.claims import TABLES, StudyTables, judge, read_tables, write_tables
 from src.errors import SettingError, reported
 from src.network import check_shape
 from src.pipeline import open_workbench, shrink_whole
@@ -63,12 +72,32 @@ class Rows:
         return StudyTables(*(pd.DataFrame(rows) for rows in vars(self).values()))
 
 
+def units(corpora: list, seeds: list, seeds_by_corpus: Mapping) -> list[tuple[str, int]]:
+    """Every corpus and seed of the study, in order: its units."""
+    return [(d, s) for d in corpora for s in (seeds_by_corpus.get(d) or seeds)]
+
+
+def unit_name(data: str, seed: int) -> str:
+    return f"{data}-seed{seed}"
+
+
+def sweep_units(corpora: list, seeds: list, seeds_by_corpus: Mapping) -> str:
+    """The units as a multirun sweeps them (``hydra.sweeper.params.unit`` in conf/study.yaml)."""
+    return ",".join(unit_name(d, s) for d, s in units(corpora, seeds, seeds_by_corpus or {}))
+
+
+OmegaConf.register_new_resolver("study_units", sweep_units, replace=True)
+
+
 def run_configs(cfg: DictConfig) -> dict[tuple[str, int], DictConfig]:
     """The ``src.run`` config of every corpus and seed, composed (and so checked) up front."""
     if not cfg.corpora or not cfg.seeds:
         raise StudyConfigError("corpora and seeds must each name at least one")
     configs = {}
-    pairs = [(d, s) for d in cfg.corpora for s in cfg.seeds_by_corpus.get(d) or cfg.seeds]
+    pairs = units(cfg.corpora, cfg.seeds, cfg.seeds_by_corpus)
+    names = [unit_name(*pair) for pair in pairs]
+    if cfg.get("unit") is not None and cfg.unit not in names:
+        raise StudyConfigError(f"unit={cfg.unit} is not one of the study's: {', '.join(names)}")
     for data, seed in pairs:
         folder = Path(cfg.runs_dir) / f"{data}-seed{seed}"
         own = cfg.corpus_overrides.get(data, [])
@@ -228,37 +257,91 @@ def compare(
     rows.similarity += [key | pair for pair in pairwise_similarity(features)]
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="study")
-@reported
-def main(cfg: DictConfig) -> pd.DataFrame:
+SOURCE = Path(__file__).resolve().parent  # the code a unit's tables depend on
+
+
+def fingerprint(cfg: DictConfig, run: DictConfig) -> str:
+    """What decides a unit's tables: its run config, the study's measuring settings and the
+    source code. A finished unit with the same fingerprint is reused."""
+    measured = {k: v for k, v in OmegaConf.to_container(cfg).items() if k in MEASURING}
+    digest = hashlib.sha256(OmegaConf.to_yaml(run).encode())
+    digest.update(json.dumps(measured, sort_keys=True, default=str).encode())
+    for path in sorted(SOURCE.rglob("*.py")):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+# The study settings that change what a unit measures (the rest say where and how it reports).
+MEASURING = ("methods", "variants", "layers", "lstm_retraining", "whole_model", "comparisons")
+UNIT_RECORD = "unit.json"  # a finished unit's fingerprint and seconds, beside its tables
+
+
+def measure_unit(cfg: DictConfig, run: DictConfig, methods: dict[str, Compression]) -> Path:
+    """One corpus and seed measured into ``<output_dir>/jobs/<unit>/`` (reused when it finished
+    with the same fingerprint); its folder. A unit that stops keeps what it measured in its
+    ``partial/``."""
+    folder = Path(cfg.output_dir) / "jobs" / unit_name(run.data.name, run.seed)
+    key = fingerprint(cfg, run)
+    record = folder / UNIT_RECORD
+    if record.is_file() and json.loads(record.read_text()).get("fingerprint") == key:
+        log.info("%s: finished before with the same settings and code, reused", folder.name)
+        return folder
     start = time.perf_counter()
-    runs, methods = run_configs(cfg), method_configs(cfg)  # bad settings fail here, in seconds
-    use_job_cpu(None)
-    last = list(runs.values())[-1]
-    claims_site = resolve_site(cfg.claims.layer, ModelShape.of_settings(last.model))
-    folder = Path(cfg.output_dir)
     rows = Rows(*([] for _ in TABLES))
     try:
-        for run in runs.values():
-            study_baseline(cfg, run, methods, rows)
-            write_tables(folder / "partial", rows.frames())  # kept even if the machine goes
+        study_baseline(cfg, run, methods, rows)
     except BaseException:  # Ctrl-C or a failure: keep every measurement taken so far
         write_tables(folder / "partial", rows.frames())
-        log.error("study stopped: what it measured is in %s", folder / "partial")
+        log.error("%s stopped: what it measured is in %s", folder.name, folder / "partial")
         raise
     shutil.rmtree(folder / "partial", ignore_errors=True)  # an earlier, stopped run's
+    write_tables(folder, rows.frames())
+    seconds = time.perf_counter() - start
+    record.write_text(json.dumps({"fingerprint": key, "seconds": seconds}) + "\n")
+    return folder
+
+
+def gather(folders: list[Path]) -> StudyTables:
+    """The units' tables, one after another in the study's order."""
+    parts = [read_tables(folder) for folder in folders]
+    return StudyTables(
+        *(
+            pd.concat([f for p in parts if not (f := getattr(p, name)).empty], ignore_index=True)
+            if any(not getattr(p, name).empty for p in parts)
+            else pd.DataFrame()
+            for name in TABLES
+        )
+    )
+
+
+def assemble(cfg: DictConfig, overrides: list[str], wall_seconds: float) -> pd.DataFrame:
+    """The study's tables from its finished units, its record, the claims judged, and the W&B
+    summary run; a unit that has not finished is named in one line."""
+    runs = run_configs(cfg)
+    folder = Path(cfg.output_dir)
+    jobs = [folder / "jobs" / unit_name(*pair) for pair in runs]
+    missing = [job.name for job in jobs if not (job / UNIT_RECORD).is_file()]
+    if missing:
+        raise StudyConfigError(
+            f"units not finished: {', '.join(missing)}; run the study again (finished units are "
+            "reused)"
+        )
+    last = list(runs.values())[-1]
+    claims_site = resolve_site(cfg.claims.layer, ModelShape.of_settings(last.model))
+    seconds = sum(json.loads((job / UNIT_RECORD).read_text())["seconds"] for job in jobs)
     record = {
-        "seconds": time.perf_counter() - start,
-        "command": shlex.join(["python", "-m", "src.study", *HydraConfig.get().overrides.task]),
+        "seconds": seconds,  # the units' own measuring time, summed
+        "wall_seconds": wall_seconds,  # this command's, reused units included
+        "command": shlex.join(["python", "-m", "src.study", *overrides]),
         "claims": {"layer": claims_site.name, "width": cfg.claims.width},
         "config": OmegaConf.to_container(cfg),
     }
-    tables = rows.frames()
+    tables = gather(jobs)
     write_tables(folder, tables)
     (folder / "study.json").write_text(json.dumps(record, indent=2) + "\n")
     claims, figures = judge(folder)
     print(claims.to_markdown(index=False))
-    print(f"study: {folder / 'claims.md'} ({record['seconds'] / 60:.1f} min)")
+    print(f"study: {folder / 'claims.md'} ({seconds / 60:.1f} min of measuring)")
     if cfg.wandb and "wandb" in last.logger:
         log_summary_run(
             folder,
@@ -270,6 +353,40 @@ def main(cfg: DictConfig) -> pd.DataFrame:
             config=record,
         )
     return claims
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="study")
+@reported
+def main(cfg: DictConfig) -> pd.DataFrame | None:
+    start = time.perf_counter()
+    runs, methods = run_configs(cfg), method_configs(cfg)  # bad settings fail here, in seconds
+    use_job_cpu(None)
+    if cfg.unit is not None:  # one job of a multirun: its unit; the callback assembles
+        data, seed = cfg.unit.rsplit("-seed", 1)
+        measure_unit(cfg, runs[data, int(seed)], methods)
+        return None
+    for run in runs.values():
+        measure_unit(cfg, run, methods)
+    overrides = list(HydraConfig.get().overrides.task)
+    return assemble(cfg, overrides, time.perf_counter() - start)
+
+
+class AssembleStudy(Callback):
+    """Hydra callback: at the end of a multirun of units (``python -m src.study -m``), the
+    study's tables and claims from the units' stored results. A failed job ends the multirun
+    before this runs: its unit is measured again, the others reused, by the same command."""
+
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: object) -> None:
+        self.start = time.perf_counter()
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: object) -> None:
+        cfg = OmegaConf.masked_copy(config, [k for k in config if k != "hydra"])
+        cfg.unit = None
+        overrides = ["-m", *config.hydra.overrides.task]
+        assemble(cfg, overrides, time.perf_counter() - self.start)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,15 @@ Two trainings that each take every core slow each other down far more than twofo
 pools fight over the same cores), so a launcher that runs n jobs side by side gives each job 1/n of
 the cores. The top-level ``threads`` setting overrides the share.
 
+Whoever starts the jobs (a launcher, two terminals, another person's tests), a training also
+yields the cores other processes are using: :class:`CoreShare` (the ``fair_share`` callback)
+measures, every second, how many of this process's cores the other processes kept busy, and gives
+torch the rest (never more than the share above, at least one thread). OpenMP's idle threads
+spin before they sleep, so two jobs that each take every core slow each other 4x; each now drops
+to one thread within a second.
+``OMP_WAIT_POLICY=PASSIVE`` (no spinning) would share as fairly, but costs a job alone about 15 %
+(``make bench-share``).
+
 An LSTM's gradients shrink along the sentence into the denormal range (below ~1e-38), where a CPU
 computes them many times slower; flushing them to zero (as GPUs do) changes nothing a float32
 model can represent and made a 400-word IMDB training step 6x faster (``make bench-train``).
@@ -12,7 +21,9 @@ model can represent and made a 400-word IMDB training step 6x faster (``make ben
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Mapping
+from pathlib import Path
 
 import torch
 from hydra.core.hydra_config import HydraConfig
@@ -66,3 +77,64 @@ def use_job_cpu(setting: int | None) -> int:
     torch.set_num_threads(threads)
     torch.set_flush_denormal(True)
     return threads
+
+
+PROC_STAT = Path("/proc/stat")
+BUSY_FIELDS = (0, 1, 2, 5, 6, 7)  # user, nice, system, irq, softirq, steal (not idle, iowait)
+
+
+def busy_seconds(cpus: set[int], stat: str | None = None) -> float | None:
+    """CPU seconds spent busy so far on ``cpus``, by every process (None: no /proc/stat)."""
+    if stat is None:
+        if not PROC_STAT.is_file():
+            return None
+        stat = PROC_STAT.read_text()
+    ticks = 0
+    for line in stat.splitlines():
+        name, *fields = line.split()
+        if name.startswith("cpu") and name[3:].isdigit() and int(name[3:]) in cpus:
+            ticks += sum(int(fields[i]) for i in BUSY_FIELDS if i < len(fields))
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def own_seconds() -> float:
+    """CPU seconds this process (all its threads) has used."""
+    times = os.times()
+    return times.user + times.system
+
+
+def free_threads(cores: int, others_busy: float, most: int) -> int:
+    """Threads for a job on ``cores`` cores when other processes keep ``others_busy`` of them
+    busy (in cores): the cores left, rounded, at most ``most``, at least one."""
+    return max(1, min(most, int(cores - others_busy + 0.5)))
+
+
+class CoreShare:
+    """Torch's threads from the cores other processes leave free, measured again when at least
+    ``every`` seconds have passed (:meth:`update`, called often and cheap: one read of
+    /proc/stat). ``most``: the job's share (:func:`use_job_cpu`)."""
+
+    def __init__(self, most: int, every: float = 1.0) -> None:
+        self.most, self.every = most, every
+        self.cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set()
+        self.last = self._sample()
+
+    def _sample(self) -> tuple[float, float, float | None]:
+        return time.perf_counter(), own_seconds(), busy_seconds(self.cpus)
+
+    def update(self) -> int | None:
+        """Set torch's threads if a window has passed; the threads set (None: not yet, or no
+        /proc/stat to measure with)."""
+        now = time.perf_counter()
+        if now - self.last[0] < self.every:
+            return None
+        sample = self._sample()
+        (then, own_then, busy_then), self.last = self.last, sample
+        if busy_then is None or sample[2] is None:
+            return None
+        wall = sample[0] - then
+        others = max(0.0, (sample[2] - busy_then) - (sample[1] - own_then)) / wall
+        threads = free_threads(len(self.cpus), others, self.most)
+        if threads != torch.get_num_threads():
+            torch.set_num_threads(threads)
+        return threads

@@ -151,3 +151,48 @@ def test_claims_are_judged_again_from_the_tables(study: Path) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
     assert (study / "claims.csv").read_text() == before
     assert "statement" in result.stdout
+
+
+def tiny_study(output: Path, cache: Path, *extra: str) -> subprocess.CompletedProcess:
+    """Two units (two seeds) of a tiny study: 1,500 sentences, one epoch, one width, two methods."""
+    tiny = [*QUICK, "data.limit=1500", "trainer.max_epochs=1", f"cache_dir={cache}"]
+    return run_study(
+        *extra,
+        "corpora=[rotten_tomatoes]",
+        "seeds=[1,2]",
+        f"overrides=[{','.join(f'{o!r}' for o in tiny)}]",
+        f"output_dir={output}",
+        f"runs_dir={output / 'runs'}",
+        "methods=[weight_sum,prune]",
+        "variants=[]",
+        "layers=[{layer: -1, widths: [2]}]",
+        "whole_model=null",
+        "wandb=false",
+    )
+
+
+@pytest.mark.slow
+def test_the_study_as_submitit_jobs_gives_the_claims_of_one_process(tmp_path: Path) -> None:
+    """Each corpus and seed one job of a Hydra launcher; the tables and claims assembled from the
+    jobs' results are those of the study in one process; a rerun reuses every finished unit."""
+    cache = tmp_path / "cache"
+    one = tiny_study(tmp_path / "one", cache)  # trains the two baselines the jobs then read
+    assert one.returncode == 0, one.stderr[-3000:]
+    jobs = tiny_study(tmp_path / "jobs", cache, "-m", "hydra/launcher=submitit_local")
+    assert jobs.returncode == 0, jobs.stderr[-3000:]
+    finished = sorted(p.parent.name for p in (tmp_path / "jobs" / "jobs").glob("*/unit.json"))
+    assert finished == ["rotten_tomatoes-seed1", "rotten_tomatoes-seed2"]
+    assert (tmp_path / "one" / "claims.csv").read_text() == (
+        tmp_path / "jobs" / "claims.csv"
+    ).read_text()
+    for table in ("runs.csv", "baselines.csv", "layers.csv"):  # equal but for the timings
+        one_table, jobs_table = (pd.read_csv(tmp_path / f / table) for f in ("one", "jobs"))
+        timings = [c for c in one_table if c.endswith("seconds")]
+        pd.testing.assert_frame_equal(
+            one_table.drop(columns=timings), jobs_table.drop(columns=timings)
+        )
+    records = {p: p.read_text() for p in (tmp_path / "one" / "jobs").glob("*/unit.json")}
+    again = tiny_study(tmp_path / "one", cache)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert len(records) == 2 and all(p.read_text() == text for p, text in records.items())
+    assert (again.stdout + again.stderr).count("with the same settings and code, reused") == 2

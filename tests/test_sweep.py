@@ -82,11 +82,12 @@ def test_every_job_leaves_the_analysis_artefacts(sweep: Path) -> None:
         groups = ("alive", "dead", "nearly_dead")
         assert sorted(sum((clusters[g] for g in groups), [])) == list(range(16))
         assert max(clusters["labels"]) + 1 <= metrics["target_width"]
-        for name in ("word_traces", "similarity", "clusters"):
-            assert (job / "analysis" / f"{name}.png").stat().st_size > 0
+        # a multirun's jobs draw no figures and write no viewer page by default (the summary
+        # draws the sweep's figures); analysis.figures=true and analysis.viewer=true ask for them
+        assert not list(job.glob("analysis/*.png")) and not (job / "analysis/viewer.html").exists()
         assert (job / "compressed.ckpt").stat().st_size > 0
         (offline,) = (job / "wandb").glob("offline-run-*")
-        assert len(list(offline.glob("files/media/images/**/*.png"))) >= 3
+        assert not list(offline.glob("files/media/images/**/*.png"))
 
 
 @pytest.mark.slow
@@ -101,7 +102,7 @@ def test_a_failed_job_leaves_the_summary_of_the_others(
         "target_width=2,99",  # 99: wider than the 16-neuron layer, refused by the job
         f"hydra.sweep.dir={tmp_path}",
         f"cache_dir={cache}",  # the sweep's baseline: no training here
-        "analysis.figures=false",  # as +experiment=compression_sweep
+        "analysis.figures=false",  # as +experiment=compression_sweep (a multirun's default)
         multirun=True,
     )
     assert result.returncode != 0  # the sweep still says that a job failed
@@ -117,9 +118,7 @@ def test_a_failed_job_leaves_the_summary_of_the_others(
     assert "width 2" in table and "width 99" not in table
     assert (tmp_path / "accuracy.png").stat().st_size > 0  # the sweep's own figures, not the jobs'
     (job,) = [p.parent for p in tmp_path.glob("*/metrics.json")]
-    assert (job / "analysis" / "clusters.json").is_file() and (
-        job / "analysis" / "viewer.html"
-    ).is_file()
+    assert (job / "analysis" / "clusters.json").is_file()
     assert not list(job.glob("analysis/*.png"))
     (offline,) = (tmp_path / "wandb").glob("offline-run-*")  # the W&B summary run
     assert list(offline.glob("files/media/images/**/*.png"))

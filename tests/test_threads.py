@@ -2,9 +2,20 @@
 
 from __future__ import annotations
 
-import pytest
+import os
 
-from src.threads import ThreadsConfigError, concurrent_jobs, job_threads, machine_cores
+import pytest
+import torch
+
+from src.threads import (
+    CoreShare,
+    ThreadsConfigError,
+    busy_seconds,
+    concurrent_jobs,
+    free_threads,
+    job_threads,
+    machine_cores,
+)
 from tests.conftest import QUICK, read_metrics, run_app
 
 JOBLIB = "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"
@@ -66,3 +77,37 @@ def test_jobs_under_the_joblib_launcher_report_their_share_of_the_cores(
     jobs = [read_metrics(p.parent) for p in (tmp_path / "sweep").glob("*/metrics.json")]
     assert len(jobs) == 2
     assert [job["threads"] for job in jobs] == [max(1, machine_cores() // 2)] * 2
+
+
+@pytest.mark.parametrize(
+    ("cores", "others", "most", "threads"),
+    [
+        (2, 0.0, 2, 2),  # alone: every core of its share
+        (2, 1.0, 2, 1),  # another training on one core: the other one
+        (2, 2.0, 2, 1),  # every core busy: still one thread
+        (8, 2.6, 8, 5),
+        (8, 0.0, 4, 4),  # never more than the launcher's share
+    ],
+)
+def test_a_training_takes_the_cores_others_leave_free(
+    cores: int, others: float, most: int, threads: int
+) -> None:
+    assert free_threads(cores, others, most) == threads
+
+
+def test_busy_seconds_count_only_this_process_cpus() -> None:
+    stat = "cpu  9 9 9 9 9 9 9 9\ncpu0 100 0 50 1000 7 0 0 10\ncpu1 200 0 0 5 0 0 0 0\nintr 5\n"
+    ticks = os.sysconf("SC_CLK_TCK")
+    assert busy_seconds({0}, stat) == pytest.approx(160 / ticks)  # user, system, steal
+    assert busy_seconds({0, 1}, stat) == pytest.approx(360 / ticks)
+
+
+def test_the_share_is_measured_again_only_once_a_window_has_passed() -> None:
+    before = torch.get_num_threads()
+    try:
+        share = CoreShare(most=1, every=3600.0)
+        assert share.update() is None  # within the window: nothing measured, nothing changed
+        share.every = 0.0
+        assert share.update() in (None, 1)  # None only where there is no /proc/stat
+    finally:
+        torch.set_num_threads(before)
