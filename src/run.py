@@ -27,6 +27,7 @@ from src import schema
 from src.artefacts import point_latest, write_search, write_site_analysis
 from src.baseline import check_resume
 from src.data import locate_corpus
+from src.encoder_run import is_encoder
 from src.errors import reported
 from src.model import save_compressed
 from src.network import check_shape
@@ -113,6 +114,10 @@ def shrink(plan: Plan, opened: Opened, metrics: dict, loggers: list) -> Evaluati
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 @reported
 def main(cfg: DictConfig) -> dict:
+    if is_encoder(cfg):  # model=minilm: a pretrained encoder's MLP sites (src.encoder_run)
+        from src.encoder_run import main as encoder_main
+
+        return encoder_main(cfg)
     job = plan(cfg)
     cfg, site = job.cfg, job.site
     threads = use_job_cpu(cfg.threads)
