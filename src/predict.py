@@ -257,6 +257,8 @@ def main(argv: Sequence[str] | None = None, stdin: TextIO | None = None) -> int:
     if args.top < 1:
         raise PredictError(f"--top must be at least 1, got {args.top}")
     sentences = gather_sentences(args, stdin or sys.stdin)
+    if encoder_main(args, sentences):  # a pretrained encoder's (model=minilm) checkpoint
+        return 0
     network, tokenizer = load(Path(args.checkpoint))
     site = None
     if args.layer is not None:
@@ -273,6 +275,24 @@ def main(argv: Sequence[str] | None = None, stdin: TextIO | None = None) -> int:
         draw(predictions, site, args.plot)
         print(f"drew {args.plot}", file=sys.stderr)
     return 0
+
+
+def encoder_main(args: argparse.Namespace, sentences: list[str]) -> bool:
+    """P(positive) of each sentence by a saved encoder and its probe; False when the checkpoint
+    holds an LSTM."""
+    from src.encoder import saved_encoder
+    from src.loading import read_checkpoint
+
+    saved = saved_encoder(read_checkpoint(args.checkpoint, "the checkpoint"))
+    if saved is None:
+        return False
+    if args.layer is not None:
+        raise PredictError("--layer shows an LSTM's sites; this checkpoint holds an encoder")
+    for sentence, prob in zip(sentences, saved.probabilities(sentences).tolist(), strict=True):
+        verdict = "positive" if prob > 0.5 else "negative"
+        record = {"sentence": sentence, "p_positive": prob}
+        print(json.dumps(record) if args.json else f"{prob:.4f}  {verdict}  {sentence}")
+    return True
 
 
 def run(argv: Sequence[str] | None = None) -> int:

@@ -27,6 +27,7 @@ from src import schema
 from src.artefacts import point_latest, write_search, write_site_analysis, write_word_groups
 from src.baseline import check_resume
 from src.data import locate_corpus
+from src.encoder_run import is_encoder
 from src.errors import reported
 from src.model import save_compressed
 from src.network import check_shape
@@ -152,6 +153,10 @@ def write_analysis(
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 @reported
 def main(cfg: DictConfig) -> dict:
+    if is_encoder(cfg):  # model=minilm: a pretrained encoder's MLP sites (src.encoder_run)
+        from src.encoder_run import main as encoder_main
+
+        return encoder_main(cfg)
     job = plan(cfg)
     cfg = job.cfg
     threads = use_job_cpu(cfg.threads)

@@ -45,6 +45,11 @@ COMPRESSED_LAYER_PARAMS = "compressed/layer_params"
 COMPRESSED_WIDTH = "compressed/width"
 COMPRESSED_DRIFT_LAST = "compressed/drift_last_word"  # an LSTM site: the consumer's relative error
 COMPRESSED_WIDTHS = "compressed/widths"  # compress=whole_model: every site's width, site=width,...
+# a pretrained encoder (model=minilm): each test sentence's embedding against the original's
+COMPRESSED_EMBEDDING_COSINE = "compressed/embedding_cosine"  # mean over test sentences
+COMPRESSED_EMBEDDING_COSINE_MIN = "compressed/embedding_cosine_min"
+BASELINE_SENTENCES_PER_SECOND = "baseline/sentences_per_second"  # encoder inference, batch 64
+COMPRESSED_SENTENCES_PER_SECOND = "compressed/sentences_per_second"
 
 # ---- compress=whole_model: the search and its honest anchor ----
 SEARCH_CANDIDATES = "search/candidates"  # models evaluated on validation

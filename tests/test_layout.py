@@ -17,6 +17,7 @@ LEVELS = {
     "src.tokens": 1,
     "src.data": 1,
     "src.network": 2,
+    "src.encoder": 2,
     "src.model": 2,
     "src.loading": 2,
     "src.analysis": 3,
@@ -26,14 +27,17 @@ LEVELS = {
     "src.callbacks": 5,
     "src.store": 5,
     "src.sites": 5,
+    "src.mlp_sites": 5,
     "src.workbench": 6,
     "src.viewer": 7,
     "src.report": 7,
     "src.artefacts": 7,
     "src.whole_model": 6,
+    "src.encoder_bench": 6,
     "src.claims": 7,
     "src.pipeline": 8,
     "src.run": 8,
+    "src.encoder_run": 8,
     "src.study": 8,
     "src.predict": 8,
 }
@@ -92,7 +96,15 @@ def test_the_analysis_package_is_pure() -> None:
             assert all(m.startswith(("src.analysis", "src.errors")) for m in imported), module
 
 
-CORE = ("src.sites", "src.workbench", "src.whole_model", "src.compress", "src.analysis")
+CORE = (
+    "src.sites",
+    "src.mlp_sites",
+    "src.workbench",
+    "src.encoder_bench",
+    "src.whole_model",
+    "src.compress",
+    "src.analysis",
+)
 
 
 def is_core(module: str) -> bool:

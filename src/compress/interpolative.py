@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from src.compress.base import LayerPair
+from src.compress.ls_refit import refit_next_layer
 
 
 def interpolative_decomposition(h: Tensor, k: int) -> tuple[Tensor, Tensor]:
@@ -43,7 +44,15 @@ class InterpolativeDecomposition:
     """:class:`~src.compress.base.MergeMethod` for the interpolative decomposition.
 
     Ignores the labels: the pivoting picks the neurons, and neurons that never fire come last.
+    ``refit``: instead of folding ``T`` in, refit the next layer (weights and bias) to the kept
+    neurons by least squares against the original next-layer input (as ``ls_refit`` does): it
+    fits the M outputs the next layer computes rather than all N activations, so it is never
+    worse on the probe words. Our addition, for wide layers read by a narrower one (a
+    transformer's MLP: 1,536 units read by 384 outputs).
     """
+
+    refit: bool = False
+    ridge: float = 1e-6  # with refit: relative ridge of the least squares (src.compress.ls_refit)
 
     def __call__(
         self,
@@ -54,5 +63,7 @@ class InterpolativeDecomposition:
         generator: torch.Generator,
     ) -> LayerPair:
         keep, t = interpolative_decomposition(activations, target_width)
+        if self.refit:
+            return refit_next_layer(pair, activations, keep, self.ridge)
         w_out = (pair.w_out.double() @ t.T).to(pair.w_out.dtype)
         return pair.select(keep, w_out)

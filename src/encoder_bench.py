@@ -1,0 +1,242 @@
+"""The evaluation core for a frozen pretrained encoder: one encoder, a linear probe on its
+sentence embeddings, and every measure taken on a shrunk copy of it.
+
+The task is the LSTM's (sentiment on the same corpora), solved the way a frozen sentence encoder
+is used: each sentence's mean-pooled, L2-normalised embedding, and a logistic regression
+(scikit-learn) fitted on the training sentences' embeddings. The embeddings of each split are
+what every job on one encoder and corpus shares, so they are kept in an
+:class:`~src.store.ArtefactStore` (computed once, checked on every load), as the LSTM's last-word
+states are.
+
+Shrinking reads no label: the merge methods are calibrated on the units' activations at every
+wordpiece of a seeded sample of *unlabelled* training sentences. With several sites (``layer=all``)
+the sites are shrunk in order and, with ``cascade``, each is calibrated on the already-shrunk
+model's activations, so a later site's fit absorbs what the earlier ones changed.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+from sklearn.linear_model import LogisticRegression
+from torch import Tensor, nn
+
+from src import schema
+from src.analysis.layer import Probe, cluster_layer, probe_dissimilarity
+from src.analysis.stats import mcnemar_exact_interval, mcnemar_p
+from src.compress.base import MergeMethod
+from src.encoder import TextEncoder
+from src.mlp_sites import MlpSite
+from src.store import ArtefactStore
+from src.workbench import CHUNK_SIZE, CompressStep, check_step
+
+SPLITS = ("train", "validation", "test")
+
+
+@dataclass
+class Sentences:
+    """A corpus as texts and 0/1 labels per split (``train`` may be a sample of it)."""
+
+    texts: dict[str, list[str]]
+    labels: dict[str, Tensor]  # (sentences,) float
+    unlabelled: list[str] = field(default_factory=list)  # calibration sentences (labels unread)
+
+
+def sample_sentences(
+    texts: dict[str, Sequence[str]],
+    labels: dict[str, Sequence[int]],
+    train_sentences: int,
+    calibration_sentences: int,
+    seed: int,
+) -> Sentences:
+    """A seeded sample of ``train_sentences`` training sentences for the probe, the validation
+    and test splits whole, and ``calibration_sentences`` other training texts for calibration."""
+    order = list(range(len(texts["train"])))
+    random.Random(seed).shuffle(order)
+    probe = order[:train_sentences]
+    rest = order[train_sentences:] or order  # a small corpus calibrates on the probe's texts
+    chosen = {"train": probe}
+    out_texts = {s: [texts[s][i] for i in chosen.get(s, range(len(texts[s])))] for s in SPLITS}
+    out_labels = {
+        s: torch.tensor([labels[s][i] for i in chosen.get(s, range(len(labels[s])))]).float()
+        for s in SPLITS
+    }
+    unlabelled = [texts["train"][i] for i in rest[:calibration_sentences]]
+    return Sentences(out_texts, out_labels, unlabelled)
+
+
+@dataclass
+class Shrunk:
+    model: nn.Module
+    widths: dict[str, int]  # each shrunk site's width
+    seconds: float
+
+
+class EncoderBench:
+    """One frozen encoder, its probe, and its measures (module docstring)."""
+
+    def __init__(
+        self,
+        encoder: TextEncoder,
+        sentences: Sentences,
+        store: ArtefactStore | None = None,
+        head_c: float = 10.0,
+        seed: int = 0,
+        head: tuple[Tensor, Tensor] | None = None,  # a saved probe's (H,) weights and bias
+        clustering: str = "kmeans",
+        measure: str = "correlation",
+    ) -> None:
+        self.encoder, self.sentences = encoder, sentences
+        self.store = store or ArtefactStore(None)
+        self.head_c, self.seed, self._head = head_c, seed, head
+        self.clustering, self.measure = clustering, measure
+
+    # ---- shared by every job on this encoder and corpus ----
+
+    def embeddings(self, split: str) -> Tensor:
+        """Each sentence's embedding through the original encoder, (sentences, H)."""
+        texts = self.sentences.texts[split]
+        return self.store.get(f"embeddings-{split}", lambda: {"e": self.encoder.embed(texts)})["e"]
+
+    def head(self) -> tuple[Tensor, Tensor]:
+        """The probe: a logistic regression on the training sentences' embeddings (fitted once,
+        seeded), as its weights (H,) and bias () in float64."""
+        if self._head is None:
+            fitted = LogisticRegression(C=self.head_c, max_iter=5000, random_state=self.seed).fit(
+                self.embeddings("train").double().numpy(),
+                self.sentences.labels["train"].long().numpy(),
+            )
+            coef = torch.from_numpy(fitted.coef_[0])
+            self._head = (coef, torch.tensor(float(fitted.intercept_[0]), dtype=torch.float64))
+        return self._head
+
+    def logits(self, embeddings: Tensor) -> Tensor:
+        """The probe's logit per sentence, (sentences,) float64."""
+        weight, bias = self.head()
+        return embeddings.double() @ weight.double() + bias
+
+    def baseline_scores(self) -> dict[str, float | int]:
+        scores = {}
+        for split, key in (
+            ("validation", schema.BASELINE_VAL_ACC),
+            ("test", schema.BASELINE_TEST_ACC),
+        ):
+            predicted = (self.logits(self.embeddings(split)) > 0).float()
+            scores[key] = (predicted == self.sentences.labels[split]).float().mean().item()
+        scores[schema.BASELINE_PARAMS] = sum(p.numel() for p in self.encoder.model.parameters())
+        return scores
+
+    # ---- one cell: sites, a width, a method ----
+
+    def calibration(self) -> list[dict[str, Tensor]]:
+        """The calibration sentences, tokenised once: unlabelled training texts."""
+        return list(self.encoder.batches(self.sentences.unlabelled))
+
+    def labels(self, site: MlpSite, model: nn.Module, activations: Tensor, width: int) -> Tensor:
+        """Cluster labels of the site's units (``clustering``: kmeans on the incoming weights by
+        default, cheap at 1,536 units), for the methods that merge clusters."""
+        pair = site.pair(model)
+        probe = Probe(activations[:, :0], activations)
+        dissimilarity = (
+            torch.zeros(site.width, site.width)
+            if self.clustering == "kmeans"
+            else probe_dissimilarity(probe, self.measure, CHUNK_SIZE)
+        )
+        analysis = cluster_layer(
+            probe,
+            dissimilarity,
+            pair.incoming(),
+            pair.w_out,
+            site.name,
+            width,
+            self.clustering,
+            self.seed,
+        )
+        return analysis.labels
+
+    def shrink(
+        self,
+        step: CompressStep,
+        method: MergeMethod,
+        sites: Sequence[MlpSite],
+        width: int,
+        cascade: bool = True,
+    ) -> Shrunk:
+        """Every site of ``sites`` shrunk to ``width`` by ``method``, in order (each calibrated
+        on the shrunk model so far with ``cascade``, else on the original)."""
+        for site in sites:
+            check_step(step, method, site)
+        batches = self.calibration()
+        model, original = self.encoder.model, self.encoder.model
+        generator = torch.Generator().manual_seed(self.seed)
+        start = time.perf_counter()
+        widths = {}
+        for site in sites:
+            activations = site.activations(model if cascade else original, batches)
+            pair = site.pair(model)
+            try:
+                new = method(pair, activations, None, width, generator)
+            except ValueError as error:  # a method that merges clusters asks for them
+                if "cluster labels" not in str(error):
+                    raise
+                labels = self.labels(site, model, activations, width)
+                new = method(pair, activations, labels, width, generator)
+            model = site.rebuild(model, new)
+            widths[site.name] = new.width
+        return Shrunk(model.eval(), widths, time.perf_counter() - start)
+
+    @torch.no_grad()
+    def evaluate(self, shrunk: Shrunk, sites: Sequence[MlpSite], time_inference: bool) -> dict:
+        """The shrunk encoder against the original on the same sentences, through the same probe:
+        accuracy, its paired interval and McNemar's p, agreement, and each test sentence's
+        embedding cosine to the original's (src.schema's keys)."""
+        metrics: dict[str, float | int] = {}
+        labels = self.sentences.labels
+        val = self.encoder.embed(self.sentences.texts["validation"], shrunk.model)
+        right = (self.logits(val) > 0).float() == labels["validation"]
+        metrics[schema.COMPRESSED_VAL_ACC] = right.float().mean().item()
+        start = time.perf_counter()
+        after_emb = self.encoder.embed(self.sentences.texts["test"], shrunk.model)
+        seconds = time.perf_counter() - start
+        before_emb = self.embeddings("test")
+        after, before = self.logits(after_emb), self.logits(before_emb)
+        correct = (after > 0).float() == labels["test"]
+        baseline_correct = (before > 0).float() == labels["test"]
+        low, high = mcnemar_exact_interval(correct, baseline_correct)
+        cosine = (after_emb * before_emb).sum(-1)  # both unit length
+        metrics |= {
+            schema.COMPRESSED_TEST_ACC: correct.float().mean().item(),
+            schema.DELTA_ACC: (correct.float().mean() - baseline_correct.float().mean()).item(),
+            schema.COMPRESSED_CI_LOW: low,
+            schema.COMPRESSED_CI_HIGH: high,
+            schema.COMPRESSED_MCNEMAR_P: mcnemar_p(correct, baseline_correct),
+            schema.COMPRESSED_AGREEMENT: ((after > 0) == (before > 0)).float().mean().item(),
+            schema.COMPRESSED_LOGIT_ERROR: (
+                (after - before).norm() / before.norm().clamp_min(1e-12)
+            ).item(),
+            schema.COMPRESSED_EMBEDDING_COSINE: cosine.mean().item(),
+            schema.COMPRESSED_EMBEDDING_COSINE_MIN: cosine.min().item(),
+            schema.BASELINE_LAYER_PARAMS: sum(s.own_params(self.encoder.model) for s in sites),
+            schema.COMPRESSED_LAYER_PARAMS: sum(
+                MlpSite(s.index, shrunk.widths[s.name]).own_params(shrunk.model) for s in sites
+            ),
+            schema.COMPRESSED_PARAMS: sum(p.numel() for p in shrunk.model.parameters()),
+            schema.COMPRESSED_WIDTH: min(shrunk.widths.values()),
+            schema.COMPRESSED_WIDTHS: ",".join(f"{k}={v}" for k, v in shrunk.widths.items()),
+            schema.COMPRESS_SECONDS: shrunk.seconds,
+        }
+        if time_inference:  # the test split, batch encoder.batch_size, both encoders now
+            texts = self.sentences.texts["test"]
+            start = time.perf_counter()
+            self.encoder.embed(texts)
+            original = time.perf_counter() - start
+            start = time.perf_counter()
+            self.encoder.embed(texts, shrunk.model)
+            seconds = min(seconds, time.perf_counter() - start)
+            metrics[schema.BASELINE_SENTENCES_PER_SECOND] = len(texts) / original
+            metrics[schema.COMPRESSED_SENTENCES_PER_SECOND] = len(texts) / seconds
+        return metrics

@@ -1,0 +1,157 @@
+"""The MLP neurons of a pretrained transformer as sites: ``encoder.<l>.mlp``.
+
+A site names three modules by path, as PEFT's ``target_modules`` and TransformerLens's hook points
+do, so a reader finds each with ``model.get_submodule``: the Linear that produces the units
+(``encoder.layer.<l>.intermediate.dense``), their activation
+(``encoder.layer.<l>.intermediate.intermediate_act_fn``, GELU in BERT) and the Linear that reads
+them (``encoder.layer.<l>.output.dense``). The merge
+methods see the pair as a :class:`~src.compress.base.LayerPair`; since the units are GELU, not
+ReLU, :meth:`MlpSite.activations` records them with a forward hook on the activation module
+(``LayerPair.hidden`` would apply a ReLU), and :meth:`MlpSite.rebuild` puts a k-wide Linear pair
+back in place. A unit owns only its row of the producing Linear and its column of the reader, so
+every method applies, new units (averages, rescaled rows) included; REPAIR matches ReLU
+statistics and is refused, as is training (the encoder is frozen).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from src.compress.base import LayerPair
+from src.sites import SiteError
+
+
+@dataclass(frozen=True)
+class MlpSite:
+    """The intermediate (MLP) neurons of transformer layer ``index``."""
+
+    index: int
+    width: int
+    signed = True  # GELU reaches below zero (to about -0.17)
+    in_recurrence = False
+
+    @property
+    def name(self) -> str:
+        return f"encoder.{self.index}.mlp"
+
+    @property
+    def label(self) -> str:
+        return f"{self.name} ({self.width})"
+
+    @property
+    def producer(self) -> str:
+        return f"encoder.layer.{self.index}.intermediate.dense"
+
+    @property
+    def activation(self) -> str:
+        return f"encoder.layer.{self.index}.intermediate.intermediate_act_fn"
+
+    @property
+    def reader(self) -> str:
+        return f"encoder.layer.{self.index}.output.dense"
+
+    def pair(self, model: nn.Module) -> LayerPair:
+        """The producing Linear (N, D) and the reader (D, N), detached."""
+        this, after = model.get_submodule(self.producer), model.get_submodule(self.reader)
+        weights = (t.detach() for t in (this.weight, this.bias, after.weight, after.bias))
+        return LayerPair(*weights, units=torch.arange(self.width))
+
+    def rebuild(self, model: nn.Module, pair: LayerPair) -> nn.Module:
+        """A copy of ``model`` whose site is ``pair``: a k-wide producing Linear and a (D, k)
+        reader; the activation module is kept."""
+        shrunk = copy.deepcopy(model)
+        set_submodule(shrunk, self.producer, linear(pair.w_in, pair.b_in))
+        set_submodule(shrunk, self.reader, linear(pair.w_out, pair.b_out))
+        return shrunk
+
+    def check_step(self, repair: bool, epochs: int, builds_units: bool) -> None:
+        """No REPAIR (it matches ReLU pre-activations) and no training (the encoder is frozen);
+        every method, new units included."""
+        if repair:
+            raise SiteError(
+                f"compress.repair=true matches ReLU pre-activations; layer={self.name} is GELU: "
+                "drop compress.repair"
+            )
+        if epochs > 0:
+            raise SiteError(
+                f"compress.epochs={epochs}: layer={self.name} takes methods without training "
+                "(compress.epochs=0), the encoder is frozen"
+            )
+
+    @torch.no_grad()
+    def activations(self, model: nn.Module, batches: Iterable[dict[str, Tensor]]) -> Tensor:
+        """The units' activations at every real wordpiece of ``batches``, (wordpieces, N),
+        recorded by a forward hook on the activation module."""
+        seen: list[Tensor] = []
+        hook = model.get_submodule(self.activation).register_forward_hook(
+            lambda module, args, output: seen.append(output)
+        )
+        out = []
+        try:
+            model.eval()
+            for batch in batches:
+                seen.clear()
+                model(**batch)
+                real = batch["attention_mask"].bool()  # (B, T)
+                out.append(seen[-1][real])  # (real wordpieces, N)
+        finally:
+            hook.remove()
+        return torch.cat(out)
+
+    def reads(self, pair: LayerPair, activations: Tensor) -> Tensor:
+        """What the reader computes from the activations (before the residual and LayerNorm)."""
+        return pair.next_preactivation(activations)
+
+    def own_params(self, model: nn.Module) -> int:
+        """The producing Linear's parameters and the reader's weights (its bias is not the
+        units')."""
+        this, after = model.get_submodule(self.producer), model.get_submodule(self.reader)
+        return sum(p.numel() for p in this.parameters()) + after.weight.numel()
+
+
+def set_submodule(model: nn.Module, path: str, module: nn.Module) -> None:
+    parent, _, name = path.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, name, module)
+
+
+def linear(weight: Tensor, bias: Tensor) -> nn.Linear:
+    layer = nn.Linear(weight.shape[1], weight.shape[0])
+    with torch.no_grad():
+        layer.weight.copy_(weight)
+        layer.bias.copy_(bias)
+    return layer
+
+
+def mlp_sites(model: nn.Module) -> list[MlpSite]:
+    """Every MLP site of a BERT-like encoder, in order."""
+    return [
+        MlpSite(i, layer.intermediate.dense.out_features)
+        for i, layer in enumerate(model.encoder.layer)
+    ]
+
+
+ALL = "all"  # layer=all: every MLP site, in cascade
+
+
+def resolve_mlp_sites(layer: int | str, model: nn.Module) -> list[MlpSite]:
+    """The sites ``layer`` names: ``encoder.<l>.mlp``, a layer index (``-1`` the last), or
+    ``all``."""
+    sites = mlp_sites(model)
+    if str(layer) == ALL:
+        return sites
+    by_name = {site.name: site for site in sites}
+    if str(layer) in by_name:
+        return [by_name[str(layer)]]
+    choose = f"choose one of {', '.join(by_name)}, all, or a layer index"
+    try:
+        index = int(layer)
+    except ValueError:
+        raise SiteError(f"layer={layer} names no site of this encoder; {choose}") from None
+    if not -len(sites) <= index < len(sites):
+        raise SiteError(f"layer={layer} is out of range; {choose}")
+    return [sites[index]]
