@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from src.compress.base import LayerPair
-from src.sites import SiteError
+from src.sites import SiteError, refuse_word_method
 
 
 @dataclass(frozen=True)
@@ -34,6 +34,8 @@ class MlpSite:
     width: int
     signed = True  # GELU reaches below zero (to about -0.17)
     in_recurrence = False
+    traced = True
+    least_width = 1
 
     @property
     def name(self) -> str:
@@ -69,9 +71,10 @@ class MlpSite:
         set_submodule(shrunk, self.reader, linear(pair.w_out, pair.b_out))
         return shrunk
 
-    def check_step(self, repair: bool, epochs: int, builds_units: bool) -> None:
+    def check_step(self, repair: bool, epochs: int, builds_units: bool, for_words: bool) -> None:
         """No REPAIR (it matches ReLU pre-activations) and no training (the encoder is frozen);
-        every method, new units included."""
+        every method, new units included, but the words site's."""
+        refuse_word_method(self, for_words)
         if repair:
             raise SiteError(
                 f"compress.repair=true matches ReLU pre-activations; layer={self.name} is GELU: "

@@ -143,10 +143,14 @@ def test_interpolative_refit_fits_the_reader_at_least_as_well(encoder: TextEncod
 def test_repair_and_training_are_refused() -> None:
     site = MlpSite(3, 1536)
     with pytest.raises(SiteError, match="compress.repair=true .* layer=encoder.3.mlp is GELU"):
-        site.check_step(True, 0, False)
+        site.check_step(True, 0, False, False)
     with pytest.raises(SiteError, match="compress.epochs=1: layer=encoder.3.mlp"):
-        site.check_step(False, 1, False)
-    site.check_step(False, 0, True)  # new units are fine: a unit owns only its row and column
+        site.check_step(False, 1, False, False)
+    site.check_step(
+        False, 0, True, False
+    )  # new units are fine: a unit owns only its row and column
+    with pytest.raises(SiteError, match="layer=encoder.3.mlp: this method merges words"):
+        site.check_step(False, 0, False, True)
 
 
 def bench(encoder: TextEncoder, tmp_path: Path) -> EncoderBench:
