@@ -27,12 +27,11 @@ from torch import Tensor, nn
 
 from src import schema
 from src.analysis.layer import Probe, cluster_layer, probe_dissimilarity
-from src.analysis.stats import mcnemar_exact_interval, mcnemar_p
 from src.compress.base import MergeMethod
 from src.encoder import TextEncoder
 from src.mlp_sites import MlpSite
 from src.store import ArtefactStore
-from src.workbench import CHUNK_SIZE, CompressStep, check_step
+from src.workbench import CHUNK_SIZE, CompressStep, check_step, paired_measures
 
 SPLITS = ("train", "validation", "test")
 
@@ -204,20 +203,9 @@ class EncoderBench:
         seconds = time.perf_counter() - start
         before_emb = self.embeddings("test")
         after, before = self.logits(after_emb), self.logits(before_emb)
-        correct = (after > 0).float() == labels["test"]
-        baseline_correct = (before > 0).float() == labels["test"]
-        low, high = mcnemar_exact_interval(correct, baseline_correct)
         cosine = (after_emb * before_emb).sum(-1)  # both unit length
+        metrics |= paired_measures(after, before, labels["test"])
         metrics |= {
-            schema.COMPRESSED_TEST_ACC: correct.float().mean().item(),
-            schema.DELTA_ACC: (correct.float().mean() - baseline_correct.float().mean()).item(),
-            schema.COMPRESSED_CI_LOW: low,
-            schema.COMPRESSED_CI_HIGH: high,
-            schema.COMPRESSED_MCNEMAR_P: mcnemar_p(correct, baseline_correct),
-            schema.COMPRESSED_AGREEMENT: ((after > 0) == (before > 0)).float().mean().item(),
-            schema.COMPRESSED_LOGIT_ERROR: (
-                (after - before).norm() / before.norm().clamp_min(1e-12)
-            ).item(),
             schema.COMPRESSED_EMBEDDING_COSINE: cosine.mean().item(),
             schema.COMPRESSED_EMBEDDING_COSINE_MIN: cosine.min().item(),
             schema.BASELINE_LAYER_PARAMS: sum(s.own_params(self.encoder.model) for s in sites),

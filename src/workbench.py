@@ -244,6 +244,25 @@ def accuracy(logits: Tensor, labels: Tensor) -> Tensor:
     return (logits > 0).float() == labels
 
 
+def paired_measures(after: Tensor, before: Tensor, labels: Tensor) -> dict[str, float]:
+    """A shrunk model's test measures against the original on the same sentences, from both
+    models' logits: accuracy, its change with the paired interval and McNemar's p, agreement and
+    logit error (src.schema's keys)."""
+    correct, baseline_correct = accuracy(after, labels), accuracy(before, labels)
+    low, high = mcnemar_exact_interval(correct, baseline_correct)
+    return {
+        schema.COMPRESSED_TEST_ACC: correct.float().mean().item(),
+        schema.DELTA_ACC: (correct.float().mean() - baseline_correct.float().mean()).item(),
+        schema.COMPRESSED_CI_LOW: low,
+        schema.COMPRESSED_CI_HIGH: high,
+        schema.COMPRESSED_MCNEMAR_P: mcnemar_p(correct, baseline_correct),
+        schema.COMPRESSED_AGREEMENT: ((after > 0) == (before > 0)).float().mean().item(),
+        schema.COMPRESSED_LOGIT_ERROR: (
+            (after - before).norm() / before.norm().clamp_min(1e-12)
+        ).item(),
+    }
+
+
 @torch.no_grad()
 def split_last_states(network: SentimentLSTM, loader: DataLoader) -> LastWordInputs:
     """The LSTM's state at each sentence's last real word (dropout off), in the loader's order:
@@ -544,19 +563,7 @@ class Workbench:
             if split == "validation":
                 metrics[schema.COMPRESSED_VAL_ACC] = correct.float().mean().item()
                 continue
-            baseline_correct = accuracy(before, states.labels)
-            low, high = mcnemar_exact_interval(correct, baseline_correct)
-            metrics |= {
-                schema.COMPRESSED_TEST_ACC: correct.float().mean().item(),
-                schema.DELTA_ACC: (correct.float().mean() - baseline_correct.float().mean()).item(),
-                schema.COMPRESSED_CI_LOW: low,
-                schema.COMPRESSED_CI_HIGH: high,
-                schema.COMPRESSED_MCNEMAR_P: mcnemar_p(correct, baseline_correct),
-                schema.COMPRESSED_AGREEMENT: ((after > 0) == (before > 0)).float().mean().item(),
-                schema.COMPRESSED_LOGIT_ERROR: (
-                    (after - before).norm() / before.norm().clamp_min(1e-12)
-                ).item(),
-            }
+            metrics |= paired_measures(after, before, states.labels)
         return metrics, correct
 
     @torch.no_grad()
