@@ -18,7 +18,14 @@ import numpy as np
 import pandas as pd
 
 from src import schema
-from src.report import accuracy_figure, aggregate, cka_figure, drift_figure, width_table
+from src.report import (
+    accuracy_figure,
+    aggregate,
+    cka_figure,
+    drift_figure,
+    study_front_figure,
+    width_table,
+)
 
 SOURCE_BASELINE = 0.7969  # the source's test accuracy on its movie reviews
 ABOUT = 0.015  # "about 79.7 %": at least 1.5 points below it, or anything above
@@ -310,6 +317,141 @@ def whole_table(t: StudyTables) -> str:
     return pd.DataFrame(rows).to_markdown(index=False)
 
 
+WORDS = "words"  # the words site (src.sites.WordSite): its widths are shares of a vocabulary
+WORD_METHODS = ("word_merge", "word_cutoff")  # the words site's merge and its anchor
+LSTM_TARGET = ("lstm", 32)  # the LSTM's last point: 128 units -> 32
+
+
+def words_table(t: StudyTables) -> str:
+    """The words site: test accuracy change (points, mean ± std over seeds) per corpus, method
+    and share of the rows kept."""
+    runs = t.runs[t.runs[schema.LAYER] == WORDS]
+    if runs.empty:
+        return ""
+    runs = runs.assign(
+        change=100 * (runs[schema.COMPRESSED_TEST_ACC] - runs[schema.BASELINE_TEST_ACC]),
+        kept=runs[schema.TARGET_WIDTH].astype(int).astype(str)
+        + " of "
+        + runs[schema.LAYER_WIDTH].astype(int).astype(str),
+    )
+    table = runs.pivot_table(
+        index=[schema.DATA, schema.METHOD],
+        columns="kept",
+        values="change",
+        aggfunc=lambda v: mean_std(v, sign=True),
+        sort=False,
+    )
+    return table.to_markdown()
+
+
+def fewest_rows_within(runs: pd.DataFrame, slack: float) -> float:
+    """How many times fewer rows the smallest width within ``slack`` of the baseline keeps
+    (1.0 when none is)."""
+    within = runs[runs[schema.COMPRESSED_TEST_ACC] >= runs[schema.BASELINE_TEST_ACC] - slack]
+    if within.empty:
+        return 1.0
+    best = within.loc[within[schema.TARGET_WIDTH].idxmin()]
+    return float(best[schema.LAYER_WIDTH] / best[schema.TARGET_WIDTH])
+
+
+def targets_table(t: StudyTables, max_drop: float) -> pd.DataFrame:
+    """The study's targets for merging words and the whole model (issue #20), each counted
+    over the runs (corpus x seed) that measured it: what held, in how many, and the figures."""
+    rows = []
+
+    def add(target: str, held: pd.Series, figure: str) -> None:
+        rows.append(
+            {"target": target, "held": f"{int(held.sum())} of {len(held)}", "figures": figure}
+        )
+
+    whole = t.whole
+    if not whole.empty:
+        ratio = whole[schema.BASELINE_PARAMS] / whole[schema.COMPRESSED_PARAMS]
+        drop = -whole[schema.DELTA_ACC]
+        per_run = [
+            f"{d} {s}: {r:.1f}x, {-100 * x:+.2f} pts"
+            for d, s, r, x in zip(whole[schema.DATA], whole[schema.SEED], ratio, drop, strict=True)
+        ]
+        add(
+            "whole model: >= 4x fewer parameters, test drop <= 1 point",
+            (ratio >= 4) & (drop <= NEAR_BASELINE),
+            "; ".join(per_run),
+        )
+        add(
+            "whole model: >= 10x fewer parameters, test drop <= 1 point",
+            (ratio >= 10) & (drop <= NEAR_BASELINE),
+            f"largest ratio {ratio.max():.1f}x",
+        )
+        add(
+            f"whole model: test drop within max_drop ({100 * max_drop:.1f} pts)",
+            drop <= max_drop + 1e-9,
+            f"worst {-100 * drop.max():+.2f} pts",
+        )
+        if schema.SCRATCH_TEST_ACC in whole:
+            anchored = whole.dropna(subset=[schema.SCRATCH_TEST_ACC])
+            gap = 100 * (anchored[schema.COMPRESSED_TEST_ACC] - anchored[schema.SCRATCH_TEST_ACC])
+            add(
+                "merged >= the same widths trained from scratch (learning rate on validation)",
+                gap >= 0,
+                "merged minus scratch: " + ", ".join(f"{g:+.2f}" for g in gap),
+            )
+        seconds = whole.groupby(schema.DATA, sort=False)[schema.SEARCH_SECONDS].mean()
+        imdb = whole.loc[whole[schema.DATA] == "imdb", schema.SEARCH_SECONDS]
+        add(
+            "whole-model search on IMDB within 120 s",
+            imdb <= 120,
+            "mean " + ", ".join(f"{d} {v:.0f} s" for d, v in seconds.items()),
+        )
+    runs = t.runs[t.runs[schema.COMPRESS_EPOCHS] == 0]
+    words = runs[runs[schema.LAYER] == WORDS]
+    if not words.empty:
+        merged = words[words[schema.METHOD] == WORD_METHODS[0]]
+        per_seed = merged.groupby([schema.DATA, schema.SEED], sort=False).apply(
+            lambda r: fewest_rows_within(r, NEAR_BASELINE)
+        )
+        figure = "; ".join(f"{d} {s}: {x:.0f}x" for (d, s), x in per_seed.items())
+        add("word site (word_merge): >= 4x fewer rows within 1 point", per_seed >= 4, figure)
+        add("word site (word_merge): >= 10x fewer rows within 1 point", per_seed >= 10, figure)
+        cells = words.pivot_table(
+            index=[schema.DATA, schema.SEED, schema.TARGET_WIDTH],
+            columns=schema.METHOD,
+            values=schema.COMPRESSED_TEST_ACC,
+        )
+        if set(WORD_METHODS) <= set(cells.columns):
+            cells = cells.dropna(subset=list(WORD_METHODS))
+            gap = 100 * (cells[WORD_METHODS[0]] - cells[WORD_METHODS[1]])
+            add(
+                "word_merge >= the frequency cut-off at every size (cells)",
+                gap >= 0,
+                f"merge minus cut-off: worst {gap.min():+.2f}, mean {gap.mean():+.2f} pts",
+            )
+    layer, width = LSTM_TARGET
+    lstm = runs[(runs[schema.LAYER] == layer) & (runs[schema.TARGET_WIDTH] == width)]
+    if not lstm.empty:
+        within = lstm[schema.COMPRESSED_TEST_ACC] >= lstm[schema.BASELINE_TEST_ACC] - NEAR_BASELINE
+        counts = within.groupby(lstm[schema.METHOD]).agg(["sum", "count"])
+        best = counts["sum"].idxmax()
+        add(
+            f"LSTM 128 -> {width} within 1 point, no training (best method: {best})",
+            within[lstm[schema.METHOD] == best],
+            "; ".join(
+                f"{m}: {int(r['sum'])} of {int(r['count'])}"
+                for m, r in counts.sort_values("sum", ascending=False).iterrows()
+            ),
+        )
+    return pd.DataFrame(rows)
+
+
+def phase_shares(phases: dict[str, float], seconds: float) -> str:
+    """Where the study's time went: ``: baseline 12 % (3.1 min), ...`` ('' when not recorded)."""
+    if not phases or not seconds:
+        return ""
+    return ": " + ", ".join(
+        f"{name} {100 * spent / seconds:.0f} % ({spent / 60:.1f} min)"
+        for name, spent in phases.items()
+    )
+
+
 def read_tables(folder: Path) -> StudyTables:
     """The tables a finished study wrote (:func:`write_tables`); a table it left empty is an
     empty frame."""
@@ -348,22 +490,38 @@ def judge(folder: Path) -> tuple[pd.DataFrame, list[Path]]:
         f"{claims.to_markdown(index=False)}\n\nThresholds: {THRESHOLDS}.\n\n"
         f"Baselines (accuracy in %, mean ± std over seeds)\n\n{baselines.to_markdown()}\n\n"
         "Test accuracy after shrinking (mean ± std over seeds)\n\n"
-        f"{width_table(aggregate(tables.runs))}\n\n"
-        f"Measured in {record['seconds'] / 60:.1f} min with `{record['command']}`.\n"
+        f"{width_table(aggregate(tables.runs[tables.runs[schema.LAYER] != WORDS]))}\n\n"
+        f"Measured in {record['seconds'] / 60:.1f} min with `{record['command']}`"
+        f"{phase_shares(record.get('phases', {}), record['seconds'])}.\n"
     )
     variants = variant_table(tables, "weight_sum", layer, width)
     if variants:
         with (folder / "claims.md").open("a") as md:
             md.write(f"\nWeight-sum's representative, {layer} -> {width}\n\n{variants}\n")
+    words = words_table(tables)
+    if words:
+        with (folder / "claims.md").open("a") as md:
+            md.write(f"\nThe words site: test accuracy change (points), rows kept\n\n{words}\n")
     if not tables.whole.empty:
         with (folder / "claims.md").open("a") as md:
             md.write(
                 f"\nThe whole model to a budget (compress=whole_model)\n\n{whole_table(tables)}\n"
             )
+    max_drop = (record["config"].get("whole_model") or {}).get("max_drop", NEAR_BASELINE)
+    targets = targets_table(tables, max_drop)
+    targets.to_csv(folder / "targets.csv", index=False)
+    if not targets.empty:
+        with (folder / "claims.md").open("a") as md:
+            md.write(
+                "\nTargets (merging words and the whole model)\n\n"
+                f"{targets.to_markdown(index=False)}\n"
+            )
     similarity = tables.similarity[tables.similarity[schema.LAYER] == layer]
     figures = {"accuracy": accuracy_figure(tables.runs), "cka": cka_figure(similarity)}
     if not tables.drift.empty:
         figures["drift"] = drift_figure(tables.drift)
+    if not tables.whole.empty or (tables.runs[schema.LAYER] == WORDS).any():
+        figures["front"] = study_front_figure(tables.runs, tables.whole, tables.baselines)
     paths = []
     for name, figure in figures.items():
         paths.append(folder / f"{name}.png")

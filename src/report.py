@@ -513,3 +513,33 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def study_front_figure(runs: pd.DataFrame, whole: pd.DataFrame, baselines: pd.DataFrame) -> Figure:
+    """The whole model's front, one panel per corpus: test accuracy against parameters for
+    the words site's cut-off and merge (one line per method, mean over seeds), the whole-model
+    search and the same widths trained from scratch (a point per seed), and the baseline."""
+    corpora = list(baselines[schema.DATA].unique())
+    fig, axes = panel_grid(len(corpora), 5.5, 4, per_row=3)
+    styles = method_styles(sorted(runs[schema.METHOD].unique())) if not runs.empty else {}
+    for ax, data in zip(axes, corpora, strict=False):
+        words = runs[(runs[schema.DATA] == data) & (runs[schema.LAYER] == "words")]
+        for method, rows in words.groupby(schema.METHOD):
+            line = rows.groupby(schema.COMPRESSED_PARAMS)[schema.COMPRESSED_TEST_ACC].mean()
+            ax.plot(line.index, line.values, marker="o", ms=4, **styles[method])
+        chosen = whole[whole[schema.DATA] == data] if not whole.empty else whole
+        points = [("whole-model search", schema.COMPRESSED_PARAMS, schema.COMPRESSED_TEST_ACC)]
+        points += [("scratch, same widths", schema.SCRATCH_PARAMS, schema.SCRATCH_TEST_ACC)]
+        for (label, params, acc), marker in zip(points, ("*", "x"), strict=True):
+            if params in chosen and chosen[params].notna().any():
+                ax.scatter(chosen[params], chosen[acc], marker=marker, s=80, label=label, zorder=3)
+        base = baselines[baselines[schema.DATA] == data]
+        ax.scatter(base[schema.BASELINE_PARAMS], base[schema.BASELINE_TEST_ACC], marker="D",
+                   color="black", label="baseline", zorder=3)  # fmt: skip
+        ax.set_xscale("log")
+        ax.set_xlabel("parameters")
+        ax.set_ylabel("test accuracy")
+        ax.set_title(data)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig

@@ -23,8 +23,9 @@ import logging
 import shlex
 import shutil
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import hydra
@@ -45,7 +46,7 @@ from src.errors import SettingError, reported
 from src.network import check_shape
 from src.pipeline import open_workbench, shrink_whole
 from src.report import log_summary_run, pairwise_similarity
-from src.sites import ModelShape, Site, check_target_width, resolve_site
+from src.sites import ModelShape, Site, SiteError, check_target_width, resolve_site
 from src.threads import use_job_cpu
 from src.workbench import AnalysisSettings, Compression, Workbench, method_choices
 
@@ -70,6 +71,28 @@ class Rows:
 
     def frames(self) -> StudyTables:
         return StudyTables(*(pd.DataFrame(rows) for rows in vars(self).values()))
+
+
+# Where a unit's time goes, in the order a unit spends it (unit.json, study.json, claims.md).
+PHASES = ("baseline", "probing", "merging", "retraining", "whole-model search", "scratch")
+
+
+@dataclass
+class Phases:
+    """Seconds a unit spent in each of :data:`PHASES`: what the study costs, and where."""
+
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def add(self, phase: str, seconds: float) -> None:
+        self.seconds[phase] = self.seconds.get(phase, 0.0) + seconds
+
+    @contextmanager
+    def timing(self, phase: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.add(phase, time.perf_counter() - start)
 
 
 def units(corpora: list, seeds: list, seeds_by_corpus: Mapping) -> list[tuple[str, int]]:
@@ -117,19 +140,39 @@ def site_grid(cfg: DictConfig, shape: ModelShape) -> dict[Site, list[int]]:
             raise StudyConfigError(f"layers: {entry} needs a layer and its widths")
         try:
             site = resolve_site(entry.layer, shape)
-            for width in entry.widths:
-                check_target_width(width, site)
+            grid[site] = target_widths(entry.widths, site)
         except SettingError as error:  # it names src.run's settings: say where they are
             raise StudyConfigError(f"layers: {error}") from error
-        grid[site] = list(entry.widths)
     return grid
+
+
+def target_widths(widths: list, site: Site) -> list[int]:
+    """A site's widths as unit counts: an integer as it is, a fraction in (0, 1) as that share
+    of the site's units (the words site's rows are known only once its tokenizer is trained: a
+    config's shape skips its fractions, the baseline's network resolves them)."""
+    resolved = []
+    for width in widths:
+        if isinstance(width, float):
+            if not 0 < width < 1:
+                raise SiteError(
+                    f"widths: {width} for layer={site.name} must be a whole number of units or "
+                    "a fraction between 0 and 1"
+                )
+            if not site.width:
+                continue
+            width = max(site.least_width, round(width * site.width))
+        check_target_width(width, site)
+        resolved.append(width)
+    return resolved
 
 
 def method_configs(cfg: DictConfig) -> dict[str, Compression]:
     """Every method of the study by its row name: ``methods``, or every choice of
-    conf/compress/. An entry is a choice, optionally followed by its own overrides
+    conf/compress/ (the words site's included: each site takes the methods that fit it). An
+    entry is a choice, optionally followed by its own overrides
     (``"weight_sum compress.method.representative=max_activation"``)."""
-    entries = list(cfg.methods) if cfg.methods is not None else method_choices()
+    every = method_choices() + method_choices(words=True)
+    entries = list(cfg.methods) if cfg.methods is not None else every
     entries += list(cfg.get("variants") or [])
     if not entries:
         raise StudyConfigError("methods must name at least one compress method")
@@ -150,12 +193,18 @@ def method_configs(cfg: DictConfig) -> dict[str, Compression]:
 
 
 def study_baseline(
-    cfg: DictConfig, run: DictConfig, methods: dict[str, Compression], rows: Rows
+    cfg: DictConfig,
+    run: DictConfig,
+    methods: dict[str, Compression],
+    rows: Rows,
+    phases: Phases,
 ) -> None:
-    """Every site, width and method on one corpus and seed, appended to ``rows``."""
+    """Every site, width and method on one corpus and seed, appended to ``rows``; the seconds
+    of each phase added to ``phases``."""
     data, seed = run.data.name, run.seed
     try:
-        opened = open_workbench(run, [instantiate(c) for c in run.logger.values()])
+        with phases.timing("baseline"):  # trained now, or loaded from the cache
+            opened = open_workbench(run, [instantiate(c) for c in run.logger.values()])
     finally:
         wandb.finish()  # a W&B run exists only when a baseline was trained now
     bench, train_seconds = opened.bench, opened.baseline.train_seconds
@@ -168,12 +217,14 @@ def study_baseline(
         "%s seed %d: baseline test accuracy %.4f", data, seed, scores[schema.BASELINE_TEST_ACC]
     )
     for site, widths in site_grid(cfg, ModelShape.of(bench.network)).items():
-        status = bench.status(site)
-        rows.layers.append(
-            {schema.DATA: data, schema.SEED: seed, schema.LAYER: site.name, "width": site.width}
-            | {"dead": int(status.dead.sum()), "nearly_dead": int(status.nearly_dead.sum())}
-            | {"effective_rank": effective_rank(bench.probe(site).activations)}
-        )
+        key = {schema.DATA: data, schema.SEED: seed, schema.LAYER: site.name, "width": site.width}
+        if site.traced:  # a word's one-hot has no trace to be dead in, nor a rank worth a row
+            with phases.timing("probing"):
+                status = bench.status(site)
+                rank = effective_rank(bench.probe(site).activations)
+            key |= {"dead": int(status.dead.sum()), "nearly_dead": int(status.nearly_dead.sum())}
+            key |= {"effective_rank": rank}
+        rows.layers.append(key)
         usable = {
             name: m
             for name, m in methods.items()
@@ -182,13 +233,19 @@ def study_baseline(
         for width in widths:
             key = {schema.DATA: data, schema.SEED: seed, schema.LAYER: site.name}
             key[schema.LAYER_WIDTH] = site.width
-            shrink_every_way(cfg, bench, site, key | {schema.TARGET_WIDTH: width}, usable, rows)
+            cell = key | {schema.TARGET_WIDTH: width}
+            shrink_every_way(cfg, bench, site, cell, usable, rows, phases)
         log.info(
             "%s seed %d %s: %d widths x %d methods",
             *(data, seed, site.label, len(widths), len(usable)),
         )
     if cfg.whole_model is not None:
-        rows.whole.append({schema.DATA: data, schema.SEED: seed} | whole_model_row(cfg, run, bench))
+        start = time.perf_counter()
+        row = whole_model_row(cfg, run, bench)
+        scratch = row.get(schema.SCRATCH_TRAIN_SECONDS, 0.0)
+        phases.add("scratch", scratch)
+        phases.add("whole-model search", time.perf_counter() - start - scratch)
+        rows.whole.append({schema.DATA: data, schema.SEED: seed} | row)
 
 
 def whole_model_row(cfg: DictConfig, run: DictConfig, bench: Workbench) -> dict:
@@ -210,13 +267,15 @@ def shrink_every_way(
     key: dict,
     methods: dict[str, Compression],
     rows: Rows,
+    phases: Phases,
 ) -> None:
     """Every method on one site and width: a row each, then the siblings compared."""
     test_acc = bench.baseline_scores()[schema.BASELINE_TEST_ACC]
     correct, features = {}, {}
     for name, m in methods.items():
         try:
-            evaluation = bench.evaluate(m.step, m.method, site, key[schema.TARGET_WIDTH])
+            with phases.timing("retraining" if m.step.epochs else "merging"):
+                evaluation = bench.evaluate(m.step, m.method, site, key[schema.TARGET_WIDTH])
         except SettingError as why:  # e.g. a method that builds new units, at the LSTM
             log.info("%s at %s: not applicable (%s)", name, site.name, why)
             continue
@@ -273,7 +332,7 @@ def fingerprint(cfg: DictConfig, run: DictConfig) -> str:
 
 # The study settings that change what a unit measures (the rest say where and how it reports).
 MEASURING = ("methods", "variants", "layers", "lstm_retraining", "whole_model", "comparisons")
-UNIT_RECORD = "unit.json"  # a finished unit's fingerprint and seconds, beside its tables
+UNIT_RECORD = "unit.json"  # a finished unit's fingerprint, seconds and phases, beside its tables
 
 
 def measure_unit(cfg: DictConfig, run: DictConfig, methods: dict[str, Compression]) -> Path:
@@ -287,9 +346,9 @@ def measure_unit(cfg: DictConfig, run: DictConfig, methods: dict[str, Compressio
         log.info("%s: finished before with the same settings and code, reused", folder.name)
         return folder
     start = time.perf_counter()
-    rows = Rows(*([] for _ in TABLES))
+    rows, phases = Rows(*([] for _ in TABLES)), Phases()
     try:
-        study_baseline(cfg, run, methods, rows)
+        study_baseline(cfg, run, methods, rows, phases)
     except BaseException:  # Ctrl-C or a failure: keep every measurement taken so far
         write_tables(folder / "partial", rows.frames())
         log.error("%s stopped: what it measured is in %s", folder.name, folder / "partial")
@@ -297,7 +356,9 @@ def measure_unit(cfg: DictConfig, run: DictConfig, methods: dict[str, Compressio
     shutil.rmtree(folder / "partial", ignore_errors=True)  # an earlier, stopped run's
     write_tables(folder, rows.frames())
     seconds = time.perf_counter() - start
-    record.write_text(json.dumps({"fingerprint": key, "seconds": seconds}) + "\n")
+    record.write_text(
+        json.dumps({"fingerprint": key, "seconds": seconds, "phases": phases.seconds}) + "\n"
+    )
     return folder
 
 
@@ -328,9 +389,15 @@ def assemble(cfg: DictConfig, overrides: list[str], wall_seconds: float) -> pd.D
         )
     last = list(runs.values())[-1]
     claims_site = resolve_site(cfg.claims.layer, ModelShape.of_settings(last.model))
-    seconds = sum(json.loads((job / UNIT_RECORD).read_text())["seconds"] for job in jobs)
+    finished = [json.loads((job / UNIT_RECORD).read_text()) for job in jobs]
+    seconds = sum(unit["seconds"] for unit in finished)
+    phases = Phases()
+    for unit in finished:
+        for phase, spent in unit.get("phases", {}).items():
+            phases.add(phase, spent)
     record = {
         "seconds": seconds,  # the units' own measuring time, summed
+        "phases": phases.seconds,  # ... and where it went
         "wall_seconds": wall_seconds,  # this command's, reused units included
         "command": shlex.join(["python", "-m", "src.study", *overrides]),
         "claims": {"layer": claims_site.name, "width": cfg.claims.width},

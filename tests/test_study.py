@@ -3,6 +3,7 @@ two widths, and its settings refused before any training."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -51,7 +52,8 @@ def study(tmp_path_factory: pytest.TempPathFactory, quick_cache: Path) -> Path:
     result = quick_study(
         output,
         quick_cache,
-        "methods=[weight_sum,freeze_retrain]",
+        "methods=[weight_sum,freeze_retrain,word_merge]",
+        f"{SMALL_LAYERS[:-1]}, {{layer: words, widths: [0.25]}}]",  # a share of the rows
         "whole_model={max_drop: 0.05, merge: ls_refit, scratch: false}",  # the search, no anchor
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -78,6 +80,11 @@ def test_the_study_writes_one_row_per_claim(study: Path) -> None:
 @pytest.mark.slow
 def test_the_study_measures_every_method_width_and_pair(study: Path) -> None:
     runs = pd.read_csv(study / "runs.csv")
+    words = runs[runs["layer"] == "words"]  # each site takes the methods that fit it
+    assert words["method"].tolist() == ["word_merge"]
+    (rows,) = words["layer_width"]
+    assert words["target_width"].tolist() == [round(0.25 * rows)]
+    runs = runs[runs["layer"] != "words"]
     assert len(runs) == 6 and set(runs["method"]) == {"weight_sum", "freeze_retrain"}
     head, lstm = runs[runs["layer"] == "head.2"], runs[runs["layer"] == "lstm"]
     assert set(head["target_width"]) == {2, 4} and set(lstm["target_width"]) == {8}
@@ -93,7 +100,9 @@ def test_the_study_measures_every_method_width_and_pair(study: Path) -> None:
     similarity = pd.read_csv(study / "similarity.csv")
     assert len(similarity) == 3 and similarity["cka"].between(0, 1 + 1e-9).all()
     layers = pd.read_csv(study / "layers.csv").set_index("layer")
-    assert layers["width"].to_dict() == {"head.2": 16, "lstm": 32}
+    assert layers["width"].to_dict() == {"head.2": 16, "lstm": 32, "words": rows}
+    assert layers.loc["words", ["dead", "effective_rank"]].isna().all()  # no trace to read
+    layers = layers.drop(index="words")
     # a dead unit is a zero column: the layer uses at most its live units' directions
     live = layers["width"] - layers["dead"]
     assert (layers["effective_rank"] <= live + 1e-6).all()
@@ -104,8 +113,24 @@ def test_the_study_measures_every_method_width_and_pair(study: Path) -> None:
     (whole,) = pd.read_csv(study / "whole.csv").to_dict("records")  # the one search, as src.run's
     assert whole["compressed/params"] < whole["baseline/params"]
     assert whole["search/candidates"] > 0 and "scratch/test_acc" not in whole
-    for figure in ("accuracy.png", "cka.png", "drift.png"):
+    for figure in ("accuracy.png", "cka.png", "drift.png", "front.png"):
         assert (study / figure).stat().st_size > 0
+    targets = pd.read_csv(study / "targets.csv").set_index("target")
+    held = targets["held"].str.extract(r"(\d+) of (\d+)").astype(int)
+    assert (held[0] <= held[1]).all() and held.loc[held.index.str.startswith("word site"), 1].eq(
+        1
+    ).all()
+    assert "Targets (merging words and the whole model)" in (study / "claims.md").read_text()
+
+
+@pytest.mark.slow
+def test_the_study_records_where_its_time_went(study: Path) -> None:
+    record = json.loads((study / "study.json").read_text())
+    phases = record["phases"]
+    assert {"baseline", "probing", "merging", "retraining", "whole-model search"} <= set(phases)
+    assert all(seconds >= 0 for seconds in phases.values())
+    assert sum(phases.values()) <= record["seconds"] + 1e-6  # parts of the units' own time
+    assert "merging" in (study / "claims.md").read_text().split("Measured in")[1]
 
 
 @pytest.mark.slow
@@ -125,6 +150,7 @@ def test_the_study_leaves_a_wandb_summary_run(study: Path) -> None:
         ("methods=[none]", "methods: none shrinks nothing"),
         ("layers=[{layer: 2, widths: [16]}]", "layers: target_width=16"),
         ("layers=[{layer: 7, widths: [2]}]", "layers: layer=7"),
+        ("layers=[{layer: words, widths: [1.5]}]", "layers: widths: 1.5 for layer=words"),
     ],
 )
 def test_bad_study_settings_fail_before_training(
