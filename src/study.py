@@ -313,7 +313,8 @@ def compare(
                 | {"a": a, "b": b, "diff": diff, "ci_low": low, "ci_high": high}
                 | {"p": mcnemar_p(correct[a], correct[b])}
             )
-    rows.similarity += [key | pair for pair in pairwise_similarity(features)]
+    traced = {name: f for name, f in features.items() if f is not None}  # the words site: none
+    rows.similarity += [key | pair for pair in pairwise_similarity(traced)]
 
 
 SOURCE = Path(__file__).resolve().parent  # the code a unit's tables depend on

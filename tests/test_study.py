@@ -52,7 +52,7 @@ def study(tmp_path_factory: pytest.TempPathFactory, quick_cache: Path) -> Path:
     result = quick_study(
         output,
         quick_cache,
-        "methods=[weight_sum,freeze_retrain,word_merge]",
+        "methods=[weight_sum,freeze_retrain,word_merge,word_cutoff]",
         f"{SMALL_LAYERS[:-1]}, {{layer: words, widths: [0.25]}}]",  # a share of the rows
         "whole_model={max_drop: 0.05, merge: ls_refit, scratch: false}",  # the search, no anchor
     )
@@ -81,9 +81,9 @@ def test_the_study_writes_one_row_per_claim(study: Path) -> None:
 def test_the_study_measures_every_method_width_and_pair(study: Path) -> None:
     runs = pd.read_csv(study / "runs.csv")
     words = runs[runs["layer"] == "words"]  # each site takes the methods that fit it
-    assert words["method"].tolist() == ["word_merge"]
-    (rows,) = words["layer_width"]
-    assert words["target_width"].tolist() == [round(0.25 * rows)]
+    assert words["method"].tolist() == ["word_merge", "word_cutoff"]
+    rows = words["layer_width"].iloc[0]
+    assert (words["target_width"] == round(0.25 * rows)).all()
     runs = runs[runs["layer"] != "words"]
     assert len(runs) == 6 and set(runs["method"]) == {"weight_sum", "freeze_retrain"}
     head, lstm = runs[runs["layer"] == "head.2"], runs[runs["layer"] == "lstm"]
