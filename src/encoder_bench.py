@@ -11,11 +11,16 @@ states are.
 Shrinking reads no label: the merge methods are calibrated on the units' activations at every
 wordpiece of a seeded sample of *unlabelled* training sentences. With several sites (``layer=all``)
 the sites are shrunk in order and, with ``cascade``, each is calibrated on the already-shrunk
-model's activations, so a later site's fit absorbs what the earlier ones changed.
+model's activations, so a later site's fit absorbs what the earlier ones changed. With
+``correct``, each shrunk site's reader is then refitted by least squares so that what its block's
+LayerNorm reads (the reader's output plus the residual stream) matches the *original* model's at
+every calibration wordpiece: the site also corrects the error the sites and attention before it
+let into the residual stream. Still no gradient step: one linear solve per site.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import time
 from collections.abc import Sequence
@@ -27,9 +32,10 @@ from torch import Tensor, nn
 
 from src import schema
 from src.analysis.layer import Probe, cluster_layer, probe_dissimilarity
-from src.compress.base import MergeMethod
+from src.compress.base import LayerPair, MergeMethod
+from src.compress.ls_refit import fit_reader
 from src.encoder import TextEncoder
-from src.mlp_sites import MlpSite
+from src.mlp_sites import MlpSite, recorded
 from src.store import ArtefactStore
 from src.workbench import CHUNK_SIZE, CompressStep, check_step, paired_measures
 
@@ -66,6 +72,22 @@ def sample_sentences(
     }
     unlabelled = [texts["train"][i] for i in rest[:calibration_sentences]]
     return Sentences(out_texts, out_labels, unlabelled)
+
+
+def corrected(
+    site: MlpSite,
+    model: nn.Module,
+    pair: LayerPair,
+    batches: Sequence[dict[str, Tensor]],
+    target: Tensor,
+) -> LayerPair:
+    """``pair`` (already in ``model``) with its reader refitted so that the reader's output plus
+    ``model``'s residual stream comes closest to ``target``, the original's block sum, at every
+    wordpiece of ``batches``."""
+    units, residual = site.units_and_residual(model, batches)
+    w_out, b_out = fit_reader(units, target - residual)
+    dtype = pair.w_out.dtype
+    return dataclasses.replace(pair, w_out=w_out.to(dtype), b_out=b_out.to(dtype))
 
 
 @dataclass
@@ -164,15 +186,24 @@ class EncoderBench:
         sites: Sequence[MlpSite],
         width: int,
         cascade: bool = True,
+        correct: bool = False,
     ) -> Shrunk:
         """Every site of ``sites`` shrunk to ``width`` by ``method``, in order (each calibrated
-        on the shrunk model so far with ``cascade``, else on the original)."""
+        on the shrunk model so far with ``cascade``, else on the original; its reader refitted
+        to the original's block output with ``correct``: module docstring)."""
         for site in sites:
             check_step(step, method, site)
+        if correct and not cascade:
+            raise ValueError(
+                "model.correct=true fits each site on the shrunk model so far: it needs "
+                "model.cascade=true"
+            )
         batches = self.calibration()
         model, original = self.encoder.model, self.encoder.model
         generator = torch.Generator().manual_seed(self.seed)
         start = time.perf_counter()
+        taps = {s.name: (s.block_norm, 0) for s in sites}
+        targets = recorded(original, batches, taps) if correct else {}
         widths = {}
         for site in sites:
             activations = site.activations(model if cascade else original, batches)
@@ -185,6 +216,9 @@ class EncoderBench:
                 labels = self.labels(site, model, activations, width)
                 new = method(pair, activations, labels, width, generator)
             model = site.rebuild(model, new)
+            if correct:
+                fitted = corrected(site, model, new, batches, targets[site.name])
+                model = site.rebuild(model, fitted)
             widths[site.name] = new.width
         return Shrunk(model.eval(), widths, time.perf_counter() - start)
 

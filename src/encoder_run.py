@@ -157,7 +157,7 @@ def main(cfg: DictConfig) -> dict:
             metrics[schema.CHECKPOINT_COMPRESSED_BY] = json.dumps(compressed_by)
         if compression.method is not None:
             shrunk = bench.shrink(
-                compression.step, compression.method, sites, cfg.target_width, m.cascade
+                compression.step, compression.method, sites, cfg.target_width, m.cascade, m.correct
             )
             metrics[schema.TARGET_WIDTH] = cfg.target_width
             metrics |= bench.evaluate(shrunk, sites, m.time_inference)

@@ -16,7 +16,7 @@ statistics and is refused, as is training (the encoder is frozen).
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import torch
@@ -86,25 +86,35 @@ class MlpSite:
                 "(compress.epochs=0), the encoder is frozen"
             )
 
-    @torch.no_grad()
+    @property
+    def block_output(self) -> str:
+        """The block's output module, ``LayerNorm(reader(units) + residual)``: its second
+        argument is the residual stream the reader's output is added to."""
+        return f"encoder.layer.{self.index}.output"
+
+    @property
+    def block_norm(self) -> str:
+        """The LayerNorm after the residual sum: its argument is ``reader(units) + residual``."""
+        return f"encoder.layer.{self.index}.output.LayerNorm"
+
     def activations(self, model: nn.Module, batches: Iterable[dict[str, Tensor]]) -> Tensor:
         """The units' activations at every real wordpiece of ``batches``, (wordpieces, N),
         recorded by a forward hook on the activation module."""
-        seen: list[Tensor] = []
-        hook = model.get_submodule(self.activation).register_forward_hook(
-            lambda module, args, output: seen.append(output)
-        )
-        out = []
-        try:
-            model.eval()
-            for batch in batches:
-                seen.clear()
-                model(**batch)
-                real = batch["attention_mask"].bool()  # (B, T)
-                out.append(seen[-1][real])  # (real wordpieces, N)
-        finally:
-            hook.remove()
-        return torch.cat(out)
+        return recorded(model, batches, {"units": (self.activation, None)})["units"]
+
+    def block_sum(self, model: nn.Module, batches: Iterable[dict[str, Tensor]]) -> Tensor:
+        """What the block's LayerNorm reads at every real wordpiece: the reader's output plus
+        the residual, (wordpieces, D)."""
+        return recorded(model, batches, {"sum": (self.block_norm, 0)})["sum"]
+
+    def units_and_residual(
+        self, model: nn.Module, batches: Iterable[dict[str, Tensor]]
+    ) -> tuple[Tensor, Tensor]:
+        """The units' activations (wordpieces, N) and the residual their reader's output is
+        added to (wordpieces, D), from one pass."""
+        taps = {"units": (self.activation, None), "residual": (self.block_output, 1)}
+        seen = recorded(model, batches, taps)
+        return seen["units"], seen["residual"]
 
     def reads(self, pair: LayerPair, activations: Tensor) -> Tensor:
         """What the reader computes from the activations (before the residual and LayerNorm)."""
@@ -115,6 +125,47 @@ class MlpSite:
         units')."""
         this, after = model.get_submodule(self.producer), model.get_submodule(self.reader)
         return sum(p.numel() for p in this.parameters()) + after.weight.numel()
+
+
+Tap = tuple[str, int | None]  # a module's path, and which argument it reads (None: its output)
+
+
+@torch.no_grad()
+def recorded(
+    model: nn.Module, batches: Iterable[dict[str, Tensor]], taps: dict[str, Tap]
+) -> dict[str, Tensor]:
+    """What each of ``taps`` sees at every real wordpiece of ``batches`` (wordpieces, ...), in
+    one pass of ``model``: a module's output (a forward hook) or one of its positional
+    arguments (a forward pre-hook)."""
+    seen: dict[str, list[Tensor]] = {name: [] for name in taps}
+    batch_seen: dict[str, Tensor] = {}
+
+    def keep(name: str, argument: int | None) -> Callable[..., None]:
+        if argument is None:
+            return lambda module, args, output: batch_seen.__setitem__(name, output)
+        return lambda module, args: batch_seen.__setitem__(name, args[argument])
+
+    hooks = []
+    for name, (path, argument) in taps.items():
+        module = model.get_submodule(path)
+        hook = keep(name, argument)
+        hooks.append(
+            module.register_forward_hook(hook)
+            if argument is None
+            else module.register_forward_pre_hook(hook)
+        )
+    try:
+        model.eval()
+        for batch in batches:
+            batch_seen.clear()
+            model(**batch)
+            real = batch["attention_mask"].bool()  # (B, T)
+            for name in taps:
+                seen[name].append(batch_seen[name][real])
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return {name: torch.cat(parts) for name, parts in seen.items()}
 
 
 def set_submodule(model: nn.Module, path: str, module: nn.Module) -> None:

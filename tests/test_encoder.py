@@ -140,6 +140,35 @@ def test_interpolative_refit_fits_the_reader_at_least_as_well(encoder: TextEncod
     assert error(refit) <= error(folded) + 1e-4
 
 
+def test_the_correction_matches_the_original_block_output_at_least_as_well(
+    encoder: TextEncoder, tmp_path: Path
+) -> None:
+    """``model.correct=true`` at the first site: the residual is still the original's and the
+    kept units are the same, so the least-squares reader brings what the block's LayerNorm reads
+    at least as close to the original's as the method's own reader, over the calibration."""
+    b = bench(encoder, tmp_path)
+    site, batches = mlp_sites(encoder.model)[0], b.calibration()
+    target = site.block_sum(encoder.model, batches)
+    step, method = CompressStep(False, 0, 0.0), InterpolativeDecomposition()
+    errors = {}
+    for correct in (False, True):
+        shrunk = b.shrink(step, method, [site], 8, correct=correct)
+        errors[correct] = float((site.block_sum(shrunk.model, batches) - target).norm())
+    assert errors[True] <= errors[False] * (1 + 1e-5)
+    assert errors[True] < errors[False]  # 8 of 64 random units: the folded reader is not optimal
+    with pytest.raises(ValueError, match="model.correct=true .* needs model.cascade=true"):
+        b.shrink(step, method, [site], 8, cascade=False, correct=True)
+
+
+def test_the_residual_tap_is_what_the_block_adds_the_reader_to(encoder: TextEncoder) -> None:
+    site, batches = mlp_sites(encoder.model)[1], list(encoder.batches(SENTENCES))
+    units, residual = site.units_and_residual(encoder.model, batches)
+    pair = site.pair(encoder.model)
+    torch.testing.assert_close(
+        site.reads(pair, units) + residual, site.block_sum(encoder.model, batches)
+    )
+
+
 def test_repair_and_training_are_refused() -> None:
     site = MlpSite(3, 1536)
     with pytest.raises(SiteError, match="compress.repair=true .* layer=encoder.3.mlp is GELU"):
@@ -173,11 +202,14 @@ def test_every_training_free_method_runs_through_the_site(
         pytest.skip(f"{name} trains: the encoder is frozen")
     b = bench(encoder, tmp_path)
     sites = mlp_sites(encoder.model)
-    shrunk = b.shrink(CompressStep(False, 0, 0.0), build_method(cfg.compress), sites, 32)
-    assert all(0 < w <= 32 for w in shrunk.widths.values())
-    metrics = b.evaluate(shrunk, sites, time_inference=False)
-    assert 0 <= metrics["compressed/agreement"] <= 1
-    assert -1 <= metrics["compressed/embedding_cosine"] <= 1
+    for correct in (False, True):
+        shrunk = b.shrink(
+            CompressStep(False, 0, 0.0), build_method(cfg.compress), sites, 32, correct=correct
+        )
+        assert all(0 < w <= 32 for w in shrunk.widths.values())
+        metrics = b.evaluate(shrunk, sites, time_inference=False)
+        assert 0 <= metrics["compressed/agreement"] <= 1
+        assert -1 <= metrics["compressed/embedding_cosine"] <= 1
 
 
 def test_a_shrunk_encoder_saves_and_loads_its_widths(encoder: TextEncoder) -> None:

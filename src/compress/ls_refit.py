@@ -39,24 +39,41 @@ def refit_next_layer(
     b_old = pair.b_out.to(f64)
     target = h @ pair.w_out.to(f64).T + b_old  # (words, M)
     h_keep = h[:, keep] if design is None else design.to(f64)
-    words, k = h_keep.shape
-    lam = ridge * h_keep.square().sum() / max(k, 1)
-    penalty = lam.sqrt() * torch.eye(k, dtype=f64, device=h.device)
-
-    def solve(design: Tensor, penalty: Tensor, target: Tensor) -> Tensor:
-        """Ridge least squares: ``design @ solution ~ target``, the penalty rows stacked below."""
-        zeros = target.new_zeros(len(penalty), target.shape[1])
-        return torch.linalg.lstsq(torch.cat([design, penalty]), torch.cat([target, zeros])).solution
-
-    with_bias = torch.cat([h_keep, h.new_ones(words, 1)], dim=1)
-    solution = solve(with_bias, torch.cat([penalty, h.new_zeros(k, 1)], 1), target)  # (k + 1, M)
-    w_out, b_out = solution[:k].T, solution[k]
+    w_out, b_out = fit_reader(h_keep, target, ridge)
     at_zero = pair.zero_state_rows()
     if at_zero.any():
-        w_out[at_zero] = solve(h_keep, penalty, target[:, at_zero] - b_old[at_zero]).T
+        penalty = ridge_penalty(h_keep, ridge)
+        w_out[at_zero] = ridge_solve(h_keep, penalty, target[:, at_zero] - b_old[at_zero]).T
         b_out[at_zero] = b_old[at_zero]
     dtype = pair.w_out.dtype
     return pair.select(keep, w_out.to(dtype), b_out.to(dtype))
+
+
+def fit_reader(design: Tensor, target: Tensor, ridge: float = 1e-6) -> tuple[Tensor, Tensor]:
+    """The reader that maps ``design`` (rows, k) closest to ``target`` (rows, M): its weights
+    (M, k) and bias (M,) by ridge least squares in float64, the bias unpenalised (the ridge as in
+    :func:`ridge_penalty`)."""
+    f64 = torch.float64
+    design, target = design.to(f64), target.to(f64)
+    rows, k = design.shape
+    penalty = ridge_penalty(design, ridge)
+    with_bias = torch.cat([design, design.new_ones(rows, 1)], dim=1)
+    solution = ridge_solve(with_bias, torch.cat([penalty, design.new_zeros(k, 1)], 1), target)
+    return solution[:k].T, solution[k]  # (M, k), (M,)
+
+
+def ridge_penalty(design: Tensor, ridge: float) -> Tensor:
+    """The ridge's rows, (k, k): ``ridge`` relative to the design's mean squared column norm, so
+    unit-free."""
+    k = design.shape[1]
+    lam = ridge * design.square().sum() / max(k, 1)
+    return lam.sqrt() * torch.eye(k, dtype=design.dtype, device=design.device)
+
+
+def ridge_solve(design: Tensor, penalty: Tensor, target: Tensor) -> Tensor:
+    """Ridge least squares: ``design @ solution ~ target``, the penalty rows stacked below."""
+    zeros = target.new_zeros(len(penalty), target.shape[1])
+    return torch.linalg.lstsq(torch.cat([design, penalty]), torch.cat([target, zeros])).solution
 
 
 @dataclass(frozen=True)
