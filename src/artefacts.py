@@ -18,6 +18,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from lightning.pytorch.loggers import Logger, WandbLogger
 from matplotlib.figure import Figure
 from torch import Tensor
@@ -41,6 +43,12 @@ SHOWCASE_WORDS = (5, 12)  # test sentences drawn beside the configured ones: thi
 
 
 LATEST = Path("outputs/latest")  # the last finished single run, for commands to point at
+
+
+def wanted(setting: bool | None) -> bool:
+    """A per-job file's setting: null means in a single run, not in a multirun's jobs (drawing
+    a job's figures and page cost more than its merge; the sweep's summary draws its own)."""
+    return setting if setting is not None else HydraConfig.get().mode == RunMode.RUN
 
 
 def point_latest(output_dir: Path) -> None:

@@ -57,13 +57,17 @@ def sample_sentences(
     train_sentences: int,
     calibration_sentences: int,
     seed: int,
+    calibration_seed: int | None = None,
 ) -> Sentences:
     """A seeded sample of ``train_sentences`` training sentences for the probe, the validation
-    and test splits whole, and ``calibration_sentences`` other training texts for calibration."""
+    and test splits whole, and ``calibration_sentences`` other training texts for calibration
+    (drawn with ``calibration_seed`` when given: another calibration sample, the same probe)."""
     order = list(range(len(texts["train"])))
     random.Random(seed).shuffle(order)
     probe = order[:train_sentences]
     rest = order[train_sentences:] or order  # a small corpus calibrates on the probe's texts
+    if calibration_seed is not None:
+        random.Random(calibration_seed).shuffle(rest)
     chosen = {"train": probe}
     out_texts = {s: [texts[s][i] for i in chosen.get(s, range(len(texts[s])))] for s in SPLITS}
     out_labels = {
@@ -95,6 +99,7 @@ class Shrunk:
     model: nn.Module
     widths: dict[str, int]  # each shrunk site's width
     seconds: float
+    pairs: dict[str, LayerPair] = field(default_factory=dict)  # each shrunk site's, as built
 
 
 class EncoderBench:
@@ -204,7 +209,7 @@ class EncoderBench:
         start = time.perf_counter()
         taps = {s.name: (s.block_norm, 0) for s in sites}
         targets = recorded(original, batches, taps) if correct else {}
-        widths = {}
+        widths, pairs = {}, {}
         for site in sites:
             activations = site.activations(model if cascade else original, batches)
             pair = site.pair(model)
@@ -217,10 +222,10 @@ class EncoderBench:
                 new = method(pair, activations, labels, width, generator)
             model = site.rebuild(model, new)
             if correct:
-                fitted = corrected(site, model, new, batches, targets[site.name])
-                model = site.rebuild(model, fitted)
-            widths[site.name] = new.width
-        return Shrunk(model.eval(), widths, time.perf_counter() - start)
+                new = corrected(site, model, new, batches, targets[site.name])
+                model = site.rebuild(model, new)
+            widths[site.name], pairs[site.name] = new.width, new
+        return Shrunk(model.eval(), widths, time.perf_counter() - start, pairs)
 
     @torch.no_grad()
     def evaluate(self, shrunk: Shrunk, sites: Sequence[MlpSite], time_inference: bool) -> dict:

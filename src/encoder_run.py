@@ -26,6 +26,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from src import schema
+from src.artefacts import wanted
 from src.encoder import (
     FAMILY,
     TextEncoder,
@@ -35,10 +36,11 @@ from src.encoder import (
     load_encoder,
     minilm_zip,
 )
-from src.encoder_bench import EncoderBench, sample_sentences
+from src.encoder_artefacts import site_analysis, write_encoder_analysis
+from src.encoder_bench import EncoderBench, Shrunk, sample_sentences
 from src.errors import SettingError
 from src.loading import read_checkpoint
-from src.mlp_sites import resolve_mlp_sites
+from src.mlp_sites import MlpSite, resolve_mlp_sites
 from src.report import summary_table, write_metrics
 from src.sites import check_target_width
 from src.store import ArtefactStore
@@ -116,7 +118,7 @@ def main(cfg: DictConfig) -> dict:
     texts = {s: list(raw[s]["text"]) for s in raw}
     labels = {s: list(raw[s]["label"]) for s in raw}
     sentences = sample_sentences(
-        texts, labels, m.train_sentences, m.calibration_sentences, cfg.seed
+        texts, labels, m.train_sentences, m.calibration_sentences, cfg.seed, m.calibration_seed
     )
     data_key = hashlib.sha256(
         json.dumps([datamodule.digest, m.train_sentences, m.max_length, cfg.seed]).encode()
@@ -155,18 +157,22 @@ def main(cfg: DictConfig) -> dict:
         }
         if compressed_by is not None:
             metrics[schema.CHECKPOINT_COMPRESSED_BY] = json.dumps(compressed_by)
+        shrunk = None
         if compression.method is not None:
             shrunk = bench.shrink(
                 compression.step, compression.method, sites, cfg.target_width, m.cascade, m.correct
             )
             metrics[schema.TARGET_WIDTH] = cfg.target_width
             metrics |= bench.evaluate(shrunk, sites, m.time_inference)
-            if cfg.save_compressed:
-                record = {k: metrics[k] for k in schema.JOB if k in metrics}
-                shrunk_encoder = TextEncoder(
-                    shrunk.model, encoder.tokenizer, encoder.max_length, encoder.batch_size
-                )
-                save_encoder(shrunk_encoder, bench.head(), output / "compressed.ckpt", record)
+        if wanted(cfg.analysis.viewer):
+            info = {k: str(metrics[k]) for k in schema.JOB if k in metrics}
+            write_viewer_for(cfg, bench, sites, shrunk, output, loggers, info)
+        if shrunk is not None and cfg.save_compressed:
+            record = {k: metrics[k] for k in schema.JOB if k in metrics}
+            shrunk_encoder = TextEncoder(
+                shrunk.model, encoder.tokenizer, encoder.max_length, encoder.batch_size
+            )
+            save_encoder(shrunk_encoder, bench.head(), output / "compressed.ckpt", record)
         metrics[schema.COMPUTED] = ",".join(bench.store.computed)
         write_metrics(output, metrics)
         for logger in loggers:
@@ -176,6 +182,30 @@ def main(cfg: DictConfig) -> dict:
         return metrics
     finally:
         wandb.finish(exit_code=exit_code)
+
+
+def write_viewer_for(
+    cfg: DictConfig,
+    bench: EncoderBench,
+    sites: list[MlpSite],
+    shrunk: Shrunk | None,
+    output: Path,
+    loggers: list,
+    info: dict[str, str],
+) -> None:
+    """The analysis folder of the one site ``layer`` names (with ``layer=all``, none: name a
+    site for its page)."""
+    if len(sites) > 1:
+        log.info("layer=all: no viewer; name one site (layer=encoder.<l>.mlp) for its page")
+        return
+    (site,) = sites
+    clustering, measure = cfg.analysis.clustering, cfg.analysis.measure
+    analysis = site_analysis(bench, site, cfg.target_width, clustering, measure)
+    drawn = None if shrunk is None else (shrunk.model, shrunk.pairs[site.name])
+    folder = output / "analysis"
+    write_encoder_analysis(
+        folder, bench, site, analysis, cfg.analysis.sentences, drawn, loggers, info
+    )
 
 
 def save_encoder(encoder: TextEncoder, head: tuple, path: Path, record: dict) -> Path:

@@ -24,7 +24,13 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from src import schema
-from src.artefacts import point_latest, write_search, write_site_analysis, write_word_groups
+from src.artefacts import (
+    point_latest,
+    wanted,
+    write_search,
+    write_site_analysis,
+    write_word_groups,
+)
 from src.baseline import check_resume
 from src.data import locate_corpus
 from src.encoder_run import is_encoder
@@ -110,12 +116,6 @@ def shrink(plan: Plan, opened: Opened, metrics: dict, loggers: list) -> Evaluati
     if cfg.save_compressed:
         save_compressed(opened.baseline.model, shrunk, output / "compressed.ckpt", record)
     return evaluation
-
-
-def wanted(setting: bool | None) -> bool:
-    """A per-job file's setting: null means in a single run, not in a multirun's jobs (drawing
-    a job's figures and page cost more than its merge; the sweep's summary draws its own)."""
-    return setting if setting is not None else HydraConfig.get().mode == RunMode.RUN
 
 
 def on_network(job: Plan, opened: Opened) -> Plan:

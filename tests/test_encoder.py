@@ -8,6 +8,7 @@ import importlib.metadata
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -19,11 +20,26 @@ from src.compress.base import LayerPair
 from src.compress.interpolative import InterpolativeDecomposition
 from src.compress.weight_sum import WeightSum
 from src.encoder import TextEncoder, encoder_from_state, encoder_state
+from src.encoder_artefacts import (
+    VIEWER_SENTENCES,
+    VIEWER_TOP_K,
+    site_analysis,
+    write_encoder_analysis,
+)
 from src.encoder_bench import EncoderBench, sample_sentences
 from src.mlp_sites import MlpSite, mlp_sites, resolve_mlp_sites
 from src.sites import SiteError
 from src.workbench import CompressStep, build_method, method_choices
-from tests.conftest import APP_ENV, ROOT, TINY_WORDS, compose_config, read_metrics, tiny_corpus
+from tests.conftest import (
+    APP_ENV,
+    ROOT,
+    TINY_WORDS,
+    compose_config,
+    open_page,
+    read_metrics,
+    tiny_corpus,
+)
+from tests.test_viewer import embedded
 
 WORDS = ["the", "film", "was", "a", "movie", "plot", *TINY_WORDS[0], *TINY_WORDS[1]]
 SENTENCES = ["the film was good", "a dull plot", "great movie", "the plot was awful and poor"]
@@ -182,15 +198,27 @@ def test_repair_and_training_are_refused() -> None:
         site.check_step(False, 0, False, True)
 
 
-def bench(encoder: TextEncoder, tmp_path: Path) -> EncoderBench:
-    tiny_corpus(tmp_path)
+def bench(
+    encoder: TextEncoder, tmp_path: Path, rows: int = 40, calibration: int = 10
+) -> EncoderBench:
+    tiny_corpus(tmp_path, rows=rows)
     import pandas as pd
 
     texts, labels = {}, {}
     for split in ("train", "validation", "test"):
-        rows = pd.read_parquet(tmp_path / "tiny" / f"{split}.parquet")
-        texts[split], labels[split] = list(rows["text"]), list(rows["label"])
-    return EncoderBench(encoder, sample_sentences(texts, labels, 30, 10, 0))
+        frame = pd.read_parquet(tmp_path / "tiny" / f"{split}.parquet")
+        texts[split], labels[split] = list(frame["text"]), list(frame["label"])
+    return EncoderBench(encoder, sample_sentences(texts, labels, 30, calibration, 0))
+
+
+def test_a_calibration_seed_draws_other_calibration_sentences_for_the_same_probe() -> None:
+    texts = {s: [f"{s} {i}" for i in range(50)] for s in ("train", "validation", "test")}
+    labels = {s: [i % 2 for i in range(50)] for s in texts}
+    base = sample_sentences(texts, labels, 10, 20, seed=0)
+    other = sample_sentences(texts, labels, 10, 20, seed=0, calibration_seed=1)
+    assert other.texts == base.texts and torch.equal(other.labels["train"], base.labels["train"])
+    assert other.unlabelled != base.unlabelled
+    assert not set(other.unlabelled) & set(other.texts["train"])  # never the probe's sentences
 
 
 @pytest.mark.parametrize("name", method_choices())
@@ -265,7 +293,47 @@ def test_model_minilm_runs_end_to_end_and_predicts(tiny_folder: Path, tmp_path: 
     assert done.returncode == 0, done.stderr[-2000:]
     loaded = read_metrics(again)
     assert loaded["checkpoint"] == "compressed" and loaded["layer_width"] == 32
+    # one site named: its analysis folder, as the LSTM's runs have it
+    clusters = json.loads((again / "analysis" / "clusters.json").read_text())
+    assert clusters["site"] == "encoder.0.mlp" and (again / "analysis" / "viewer.html").is_file()
     assert loaded["baseline/test_acc"] == pytest.approx(metrics["compressed/test_acc"])
+
+
+@pytest.mark.slow
+def test_the_viewer_of_a_1536_neuron_site_opens_in_chromium(browser, tmp_path: Path) -> None:
+    """``encoder.3.mlp`` with MiniLM's 1,536 neurons per MLP (a random 4-layer BERT, 32 wide):
+    the page lists every neuron, shows the merged site beside the original, stays a few MB and
+    loads with no error and no request outside the file."""
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=4 + len(WORDS), hidden_size=32, num_hidden_layers=4, num_attention_heads=2,
+        intermediate_size=1536, max_position_embeddings=64,
+    )  # fmt: skip
+    model = BertModel(config, add_pooling_layer=False).eval()
+    encoder = TextEncoder(model, tiny_tokenizer(), max_length=16, batch_size=32)
+    b = bench(encoder, tmp_path, rows=300, calibration=VIEWER_SENTENCES)
+    (site,) = resolve_mlp_sites("encoder.3.mlp", model)
+    step = CompressStep(False, 0, 0.0)
+    shrunk = b.shrink(step, InterpolativeDecomposition(), [site], 768, correct=True)
+    analysis = site_analysis(b, site, 8, "spectral", "shape")
+    drawn = (shrunk.model, shrunk.pairs[site.name])
+    path = write_encoder_analysis(
+        tmp_path / "analysis", b, site, analysis, SENTENCES[:2], drawn, [], {"data": "tiny"}
+    )
+    size = path.stat().st_size
+    start = time.perf_counter()
+    page, errors, requests = open_page(browser, path)
+    print(
+        f"viewer of encoder.3.mlp (1536): {size / 1e6:.1f} MB, {time.perf_counter() - start:.1f} s"
+    )
+    assert size < 8e6
+    assert page.locator("#neuron-list li").count() == 1536
+    assert "encoder.3.mlp (1536)" in page.inner_text("header")
+    assert page.locator("#topk .sentence").count() == VIEWER_TOP_K
+    assert not errors, errors
+    assert all(url.startswith("file:") for url in requests), requests
+    data = embedded(path.read_text(encoding="utf-8"))
+    assert len(data["merged_clusters"]) == 768 and data["examples"][0]["words"][0] == "[CLS]"
 
 
 def minilm_installed() -> bool:

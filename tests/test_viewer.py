@@ -8,9 +8,7 @@ missing browser is a failure, so CI cannot pass without ever opening the page.
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +23,7 @@ from src.viewer import (
     wandb_html,
     write_viewer,
 )
+from tests.conftest import open_page
 
 SENTENCES = [
     "i love this movie",
@@ -226,56 +225,7 @@ def test_size_for_2000_sentences_and_256_neurons(tmp_path: Path) -> None:
 
 # ------------------------------------------------------------------ in a real browser
 
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-
-
-def _missing(reason: str) -> None:
-    if os.environ.get("REQUIRE_BROWSER") == "1":
-        pytest.fail(f"REQUIRE_BROWSER=1 but {reason}")
-    pytest.skip(reason)
-
-
-@pytest.fixture(scope="module")
-def browser(tmp_path_factory: pytest.TempPathFactory):
-    """Headless Debian Chromium with a fresh profile, driven by Playwright (its own browser
-    download is never used: the machine's network is closed)."""
-    executable = os.environ.get("CHROMIUM") or shutil.which("chromium")
-    if executable is None:
-        _missing("no chromium on PATH (apt-get install chromium)")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        _missing("playwright is not installed (pip install -e '.[test]')")
-    with sync_playwright() as p:
-        context = p.chromium.launch_persistent_context(
-            str(tmp_path_factory.mktemp("chromium-profile")),
-            executable_path=executable,
-            headless=True,
-            args=CHROMIUM_ARGS,
-            viewport={"width": 1360, "height": 900},
-        )
-        yield context
-        context.close()
-
-
-def open_page(browser, path: Path):
-    """The page at ``path``, with every console error, page error and request it made."""
-    page = browser.new_page()
-    errors: list[str] = []
-    requests: list[str] = []
-    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-    page.on("pageerror", lambda e: errors.append(str(e)))
-    page.on("request", lambda r: requests.append(r.url))
-    page.goto(path.as_uri())
-    page.wait_for_selector("#topk .sentence")
-    return page, errors, requests
+# The browser fixture and open_page live in conftest.py (the encoder's viewer test uses them).
 
 
 def test_viewer_renders_and_searches_in_chromium(browser, tmp_path: Path) -> None:
