@@ -131,13 +131,14 @@ def gather_metrics(
 
 
 def aggregate(jobs: pd.DataFrame) -> pd.DataFrame:
-    """Mean and standard deviation over seeds per data set, layer, method and width."""
+    """Mean and standard deviation over seeds per data set, layer, method and width (over the
+    jobs of a cell: an encoder's differ by ``model.calibration_seed``)."""
     if "target_width" not in jobs:
         return pd.DataFrame()
     compressed = jobs.dropna(subset=["target_width"])
     stats = compressed.groupby(GROUP_KEYS)[[k for k in MEAN_KEYS if k in jobs]].agg(["mean", "std"])
     stats.columns = [f"{key} {stat}" for key, stat in stats.columns]
-    stats["seeds"] = compressed.groupby(GROUP_KEYS)["seed"].nunique()
+    stats["seeds"] = compressed.groupby(GROUP_KEYS).size()  # runs: seeds, or calibration samples
     return stats.reset_index()
 
 
@@ -204,27 +205,30 @@ def shared_legend(fig: Figure, axes: list) -> None:
     fig.tight_layout()
 
 
-def accuracy_figure(jobs: pd.DataFrame) -> Figure:
-    """Test accuracy against target width, one line per method (mean, spread over seeds), one
-    panel per data set and site, the baseline as a dashed line."""
+def accuracy_figure(
+    jobs: pd.DataFrame, key: str = schema.COMPRESSED_TEST_ACC, label: str = "test accuracy"
+) -> Figure:
+    """Test accuracy (or ``key``) against target width, one line per method (mean, spread over
+    seeds), one panel per data set and site, the baseline's accuracy as a dashed line."""
     panels = sorted(jobs.groupby([schema.DATA, schema.LAYER]).groups)
     styles = method_styles(list(jobs[schema.METHOD].unique()))
     fig, axes = panel_grid(len(panels), 5.5, 4, per_row=jobs[schema.LAYER].nunique())
     for ax, (data, layer) in zip(axes, panels, strict=False):
         panel = jobs[(jobs[schema.DATA] == data) & (jobs[schema.LAYER] == layer)]
         for method, rows in panel.groupby(schema.METHOD):
-            acc = rows.groupby(schema.TARGET_WIDTH)[schema.COMPRESSED_TEST_ACC].agg(["mean", "std"])
+            acc = rows.groupby(schema.TARGET_WIDTH)[key].agg(["mean", "std"])
             ax.errorbar(
                 acc.index, acc["mean"], yerr=acc["std"].fillna(0), marker="o", ms=4, capsize=3,
                 **styles[method],
             )  # fmt: skip
-        base = panel.drop_duplicates(schema.SEED)[schema.BASELINE_TEST_ACC].mean()
-        ax.axhline(base, color="black", linestyle="--", label="baseline")
+        if key == schema.COMPRESSED_TEST_ACC:
+            base = panel.drop_duplicates(schema.SEED)[schema.BASELINE_TEST_ACC].mean()
+            ax.axhline(base, color="black", linestyle="--", label="baseline")
         ax.set_xscale("log", base=2)
         widths = sorted(panel[schema.TARGET_WIDTH].unique())
         ax.set_xticks(widths, [str(int(w)) for w in widths])
         ax.set_xlabel("units kept")
-        ax.set_ylabel("test accuracy")
+        ax.set_ylabel(label)
         ax.set_title(f"{data}, {site_label(panel, layer)}")
     shared_legend(fig, axes)
     return fig
@@ -278,7 +282,7 @@ def drift_figure(drift: pd.DataFrame, width: int = 32, positions: int = 40) -> F
 
 
 SIBLING_KEYS = [schema.DATA, schema.LAYER, schema.TARGET_WIDTH, schema.SEED]
-SWEEP_FIGURES = ("accuracy.png", "cka.png")
+SWEEP_FIGURES = ("accuracy.png", "agreement.png", "cosine.png", "cka.png")
 
 
 def sibling_similarity(jobs: pd.DataFrame, sweep_dir: str | Path) -> pd.DataFrame:
@@ -369,9 +373,15 @@ def summarise_sweep(sweep_dir: str | Path) -> pd.DataFrame:
         (sweep_dir / "summary.md").write_text("\n\n".join(sections) + "\n")
     if stats.empty:
         return jobs
-    figure = accuracy_figure(finished.dropna(subset=["target_width"]))
-    figure.savefig(sweep_dir / "accuracy.png", dpi=110, bbox_inches="tight")
-    plt.close(figure)
+    shrunk = finished.dropna(subset=["target_width"])
+    figures = {"accuracy": (schema.COMPRESSED_TEST_ACC, "test accuracy")}
+    if schema.COMPRESSED_EMBEDDING_COSINE in shrunk:  # an encoder's: its product is its embedding
+        figures["agreement"] = (schema.COMPRESSED_AGREEMENT, "agreement with the original")
+        figures["cosine"] = (schema.COMPRESSED_EMBEDDING_COSINE, "embedding cosine to the original")
+    for name, (key, label) in figures.items():
+        figure = accuracy_figure(shrunk, key, label)
+        figure.savefig(sweep_dir / f"{name}.png", dpi=110, bbox_inches="tight")
+        plt.close(figure)
     pairs = sibling_similarity(finished, sweep_dir)
     if not pairs.empty:
         pairs.to_csv(sweep_dir / "cka.csv", index=False)

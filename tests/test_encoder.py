@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
@@ -334,6 +335,33 @@ def test_the_viewer_of_a_1536_neuron_site_opens_in_chromium(browser, tmp_path: P
     assert all(url.startswith("file:") for url in requests), requests
     data = embedded(path.read_text(encoding="utf-8"))
     assert len(data["merged_clusters"]) == 768 and data["examples"][0]["words"][0] == "[CLS]"
+
+
+@pytest.mark.slow
+def test_a_sweep_over_calibration_samples_draws_agreement_and_cosine(
+    tiny_folder: Path, tmp_path: Path
+) -> None:
+    """``-m ... model.calibration_seed=0,1``: one cell, two calibration samples, summarised over
+    both, with the encoder's figures beside the accuracy (20 of the 40 training sentences probe,
+    each sample takes 10 of the other 20)."""
+    root = tiny_corpus(tmp_path / "data")
+    sweep = tmp_path / "sweep"
+    done = subprocess.run(
+        [sys.executable, "-m", "src.run", "-m", "model=minilm", f"model.folder={tiny_folder}",
+         "model.train_sentences=20", "model.calibration_sentences=10", "data.name=tiny",
+         f"data.root={root}", "logger=csv", f"cache_dir={tmp_path / 'cache'}", "layer=all",
+         "compress=interpolative", "target_width=4", "model.calibration_seed=0,1",
+         f"hydra.sweep.dir={sweep}"],
+        cwd=ROOT, env=APP_ENV, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    summary = pd.read_csv(sweep / "summary.csv")
+    assert (summary["status"] == "finished").sum() == 2
+    assert summary["compressed/embedding_cosine"].nunique() == 2  # two samples, two merges
+    stats = (sweep / "summary.md").read_text()
+    assert "±" in stats.split("Every measure")[0]  # one cell: the mean and spread of both
+    for figure in ("accuracy.png", "agreement.png", "cosine.png"):
+        assert (sweep / figure).stat().st_size > 0
 
 
 def minilm_installed() -> bool:
