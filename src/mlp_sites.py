@@ -15,6 +15,7 @@ statistics and is refused, as is training (the encoder is frozen).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -130,20 +131,30 @@ class MlpSite:
 Tap = tuple[str, int | None]  # a module's path, and which argument it reads (None: its output)
 
 
+class _AllSeen(Exception):
+    """Raised by the last tap of a batch: the layers after it are not run."""
+
+
 @torch.no_grad()
 def recorded(
     model: nn.Module, batches: Iterable[dict[str, Tensor]], taps: dict[str, Tap]
 ) -> dict[str, Tensor]:
     """What each of ``taps`` sees at every real wordpiece of ``batches`` (wordpieces, ...), in
     one pass of ``model``: a module's output (a forward hook) or one of its positional
-    arguments (a forward pre-hook)."""
+    arguments (a forward pre-hook). The pass stops once every tap has seen its batch, so a site
+    in layer l costs the layers up to l, not the whole encoder."""
     seen: dict[str, list[Tensor]] = {name: [] for name in taps}
     batch_seen: dict[str, Tensor] = {}
 
+    def note(name: str, value: Tensor) -> None:
+        batch_seen[name] = value
+        if len(batch_seen) == len(taps):
+            raise _AllSeen
+
     def keep(name: str, argument: int | None) -> Callable[..., None]:
         if argument is None:
-            return lambda module, args, output: batch_seen.__setitem__(name, output)
-        return lambda module, args: batch_seen.__setitem__(name, args[argument])
+            return lambda module, args, output: note(name, output)
+        return lambda module, args: note(name, args[argument])
 
     hooks = []
     for name, (path, argument) in taps.items():
@@ -158,7 +169,8 @@ def recorded(
         model.eval()
         for batch in batches:
             batch_seen.clear()
-            model(**batch)
+            with contextlib.suppress(_AllSeen):
+                model(**batch)
             real = batch["attention_mask"].bool()  # (B, T)
             for name in taps:
                 seen[name].append(batch_seen[name][real])
