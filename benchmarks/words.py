@@ -6,11 +6,13 @@ Appends one row per cell to ``results/words/words.csv`` (or ``--out``) and print
     python benchmarks/words.py                       # rotten_tomatoes, seed 42
     python benchmarks/words.py +experiment=sst2 seed=0
     python benchmarks/words.py seed=1 --part lstm    # only the LSTM cells
+    python benchmarks/words.py +experiment=imdb --part words --quick   # the cut-off and the merge
 
 The word cells cut the rows to 1/2, 1/4, 1/10 and 1/20 of the vocabulary with every word method
-variant; the LSTM cells shrink its 128 units to 32 with spectral pruning and least squares, open
-loop and closed loop (1 and 3 refits), and report the drift at the last word. No gradient step
-anywhere.
+variant (``--quick``: the cut-off and the default merge); the LSTM cells shrink its 128 units to
+32 with spectral pruning and least squares, open loop and closed loop (1 and 3 refits), and report
+the drift at the last word. No gradient step anywhere: the default merge reads the logit's
+gradients as sensitivities, it never applies them.
 """
 
 from __future__ import annotations
@@ -34,11 +36,17 @@ SHARES = (2, 4, 10, 20)  # rows kept: the vocabulary divided by these
 WORD_VARIANTS = {
     "cutoff": ["compress=word_cutoff"],
     "cutoff, [UNK] the mean of the cut": ["compress=word_cutoff", "compress.method.unk_row=mean"],
-    "merge (k-means, weighted, W_ih e)": ["compress=word_merge"],
-    "merge, unweighted": ["compress=word_merge", "compress.method.weighted=false"],
-    "merge, by the rows": ["compress=word_merge", "compress.method.space=embedding"],
+    "merge (k-means, weighted, in the logit's sensitivity)": ["compress=word_merge"],
     "merge, 10 % of the rows exact": ["compress=word_merge"],  # keep_exact set per width below
+    "merge, W_ih e": ["compress=word_merge", "compress.method.space=lstm_input"],
+    "merge, W_ih e, unweighted": [
+        "compress=word_merge",
+        "compress.method.space=lstm_input",
+        "compress.method.weighted=false",
+    ],
+    "merge, by the rows": ["compress=word_merge", "compress.method.space=embedding"],
 }
+QUICK_VARIANTS = ("cutoff", "merge (k-means, weighted, in the logit's sensitivity)")  # --quick
 LSTM_VARIANTS = {
     "spectral_pruning": ["compress=spectral_pruning"],
     "ls_refit (open loop)": ["compress=ls_refit"],
@@ -66,6 +74,7 @@ def config(overrides: list[str]):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--part", choices=("words", "lstm", "both"), default="both")
+    parser.add_argument("--quick", action="store_true", help="the cut-off and the default merge")
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "words" / "words.csv")
     args, overrides = parser.parse_known_args()
     use_job_cpu(None)
@@ -79,6 +88,8 @@ def main() -> None:
         for share in SHARES:
             width = words // share
             for name, extra in WORD_VARIANTS.items():
+                if args.quick and name not in QUICK_VARIANTS:
+                    continue
                 if "exact" in name:
                     extra = [*extra, f"compress.method.keep_exact={width // 10}"]
                 cells.append(("words", name, width, extra))

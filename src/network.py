@@ -96,7 +96,11 @@ class SentimentLSTM(nn.Module):
         """Every LSTM layer's output after every position of the padded batch, each (B, T, H_l),
         before the last dropout; positions past a sentence's end hold states that read padding,
         never used as such. Dropout sits between layers, as in a stacked nn.LSTM."""
-        x = self.dropout(self.embedding(ids))  # (B, T, E)
+        return self.outputs_of(self.embedding(ids))
+
+    def outputs_of(self, embedded: Tensor) -> list[Tensor]:
+        """:meth:`layer_outputs` from the embedded words, (B, T, E)."""
+        x = self.dropout(embedded)
         outputs = []
         for index, layer in enumerate(self.lstm):
             if index:
@@ -104,6 +108,17 @@ class SentimentLSTM(nn.Module):
             x, _ = layer(x)
             outputs.append(x)
         return outputs
+
+    def embedding_gradients(self, ids: Tensor, lengths: Tensor) -> Tensor:
+        """(B, T, E): the gradient of each sentence's logit with respect to each of its embedded
+        words (dropout as the module's mode sets it; zeros at padding). It reads the network,
+        it changes nothing: a word's sensitivity, for merges that weigh their error by it."""
+        with torch.enable_grad():
+            embedded = self.embedding(ids).detach().requires_grad_(True)
+            top = self.outputs_of(embedded)[-1]
+            logits = self.head_from(0, self.dropout(last_word(top, lengths)))
+            (gradients,) = torch.autograd.grad(logits.sum(), embedded)  # sentences independent
+        return gradients
 
     def layer_states(self, ids: Tensor, lengths: Tensor) -> list[Tensor]:
         """Every LSTM layer's state after every word, each (B, T, H_l); zeros at padding."""

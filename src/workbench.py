@@ -15,6 +15,7 @@ alone.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import json
 import logging
@@ -305,6 +306,7 @@ class Workbench:
         self.store = store or ArtefactStore(None)
         self._analyses: dict[tuple[str, int], LayerAnalysis] = {}
         self._training_words: Tensor | None = None
+        self._sensitivity: Tensor | None = None  # embedding_sensitivity, computed once
         self.source = source  # where the network came from, for messages: its checkpoint
 
     def _finite(self, states: Tensor, where: str) -> Tensor:
@@ -440,6 +442,8 @@ class Workbench:
         else:  # the site's units are told apart by their counts over the training words
             probe, labels = site.probe(self.network, self.training_words(), []), None
         original = site.pair(self.network)
+        if getattr(method, "reads_sensitivity", False):  # the words site's: check_step says so
+            original = dataclasses.replace(original, metric=self.embedding_sensitivity())
         generator = torch.Generator().manual_seed(self.settings.seed)
         start = time.perf_counter()
         if getattr(method, "starts_fresh", False):  # the site builds its own fresh units
@@ -489,6 +493,24 @@ class Workbench:
         states = [own[f"states.{i}"] for i in range(len(shrunk.lstm))]
         design = site.activations(shrunk, own["ids"], states)
         return refit_next_layer(original, activations, pair.units, design=design)
+
+    @torch.no_grad()
+    def embedding_sensitivity(self) -> Tensor:
+        """(E, E): ``sum g g^T / trace`` over every probe word, ``g`` the gradient of its
+        sentence's logit with respect to the word's embedding: the directions of the embedding in
+        which a change moves the prediction (dropout off; no weight changes)."""
+        if self._sensitivity is None:
+            n, seed = self.settings.probe_sentences, self.settings.seed
+            network = self.network.eval()
+            dim = network.embedding.embedding_dim
+            total = torch.zeros(dim, dim, dtype=torch.float64)
+            for batch in probe_loader(self.datamodule.splits["train"], n, seed):
+                ids, lengths = batch["ids"], batch["lengths"]
+                real = torch.arange(ids.shape[1])[None, :] < lengths[:, None]
+                g = network.embedding_gradients(ids, lengths)[real].double()
+                total += g.T @ g
+            self._sensitivity = total / total.trace().clamp_min(1e-300)
+        return self._sensitivity
 
     def training_words(self) -> Tensor:
         """Every word id of the training split, (words,)."""

@@ -4,6 +4,7 @@ the map into its tokenizer, and the refusals."""
 
 from __future__ import annotations
 
+import dataclasses
 import html
 import json
 import subprocess
@@ -22,16 +23,17 @@ from src.compress.word_merge import WordMerge
 from src.compress.words import fold_words, renumber
 from src.loading import build_network
 from src.model import SentimentClassifier, save_compressed
-from src.network import SharedRowEmbedding, stored_bytes
+from src.network import SharedRowEmbedding, last_word, stored_bytes
 from src.sites import HeadSite, ModelShape, SiteError, WordSite, resolve_site
 from src.tokens import UNK_ID, train_tokenizer
 from src.workbench import CompressStep, check_step
 from tests.conftest import APP_ENV, QUICK, ROOT, read_metrics, run_app
 
 V, E, H = 12, 6, 1  # H = 1: W_ih is (4, 6), so two rows can differ where the LSTM cannot see
+# network() is seeded so that its logits move with the words (seed 0 gives a constant logit)
 
 
-def network(seed: int = 0) -> torch.nn.Module:
+def network(seed: int = 1) -> torch.nn.Module:
     torch.manual_seed(seed)
     classifier = SentimentClassifier(V, E, {"hidden_size": H}, [5, 3], dropout=0.0)
     return classifier.network.eval()
@@ -56,10 +58,21 @@ def logits(net: torch.nn.Module) -> torch.Tensor:
     return net.sentence_logits(ids, lengths)
 
 
+def sensitivity(net: torch.nn.Module) -> torch.Tensor:
+    """(E, E): sum of g g^T over the test sentences' words, as the workbench measures it."""
+    ids, lengths = sentences()
+    real = torch.arange(ids.shape[1])[None, :] < lengths[:, None]
+    g = net.embedding_gradients(ids, lengths)[real].double()
+    return g.T @ g
+
+
 def merge(net, method, width: int, activations: torch.Tensor | None = None):
     site = resolve_site("words", ModelShape.of(net))
+    pair = site.pair(net)
+    if method.reads_sensitivity if hasattr(method, "reads_sensitivity") else False:
+        pair = dataclasses.replace(pair, metric=sensitivity(net))
     pair = method(
-        site.pair(net),
+        pair,
         counts() if activations is None else activations,
         None,
         width,
@@ -69,7 +82,7 @@ def merge(net, method, width: int, activations: torch.Tensor | None = None):
 
 
 @torch.no_grad()
-@pytest.mark.parametrize("space", ["lstm_input", "embedding"])
+@pytest.mark.parametrize("space", ["sensitivity", "lstm_input", "embedding"])
 def test_a_duplicated_word_merges_exactly(space: str) -> None:
     net = network()
     net.embedding.weight[7] = net.embedding.weight[4]
@@ -80,18 +93,52 @@ def test_a_duplicated_word_merges_exactly(space: str) -> None:
 
 
 @torch.no_grad()
-def test_two_words_the_lstm_reads_alike_merge_with_logits_unchanged() -> None:
+@pytest.mark.parametrize("space", ["sensitivity", "lstm_input"])
+def test_two_words_the_lstm_reads_alike_merge_with_logits_unchanged(space: str) -> None:
+    """Their rows differ only where W_ih cannot see, so the LSTM reads them alike, and the
+    logit's gradient (W_ih^T times the gradient at the LSTM's input) sees no difference either."""
     net = network()
     w_ih = net.lstm[0].weight_ih_l0  # (4, 6): a null space of 2 dimensions
     unseen = torch.linalg.svd(w_ih).Vh[-1]  # W_ih @ unseen = 0
     net.embedding.weight[9] = net.embedding.weight[3] + 5.0 * unseen
     assert (net.embedding.weight[9] - net.embedding.weight[3]).norm() > 4.0
-    pair, shrunk = merge(net, WordMerge(space="lstm_input"), V - 1)
+    pair, shrunk = merge(net, WordMerge(space=space), V - 1)
     assert pair.merged_into[9] == pair.merged_into[3]
     torch.testing.assert_close(logits(shrunk), logits(net), atol=1e-5, rtol=1e-5)
     # The rows themselves differ, so merging by the rows keeps them apart.
     pair, _ = merge(net, WordMerge(space="embedding"), V - 1)
     assert pair.merged_into[9] != pair.merged_into[3]
+
+
+def test_the_embedding_gradient_is_the_logits_slope() -> None:
+    """What the sensitivity is made of: moving one word's embedding by a small step changes its
+    sentence's logit by the gradient times the step (a central difference, float64)."""
+    net = network().double()
+    ids, lengths = sentences()
+    gradients = net.embedding_gradients(ids, lengths)  # (B, T, E)
+    step = 1e-6 * torch.randn(E, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    embedded = net.embedding(ids).detach()
+    sentence = int((lengths < lengths.max()).nonzero()[0])  # a sentence with padding after it
+    position = int(lengths[sentence]) - 1
+
+    @torch.no_grad()
+    def logit(shift: torch.Tensor) -> float:
+        moved = embedded.clone()
+        moved[sentence, position] += shift
+        top = net.outputs_of(moved)[-1]
+        return float(net.head_from(0, last_word(top, lengths))[sentence])
+
+    slope = (logit(step) - logit(-step)) / 2
+    assert slope != 0
+    assert slope == pytest.approx(float(gradients[sentence, position] @ step), rel=1e-5)
+    assert gradients[sentence, int(lengths[sentence]) :].abs().max() == 0  # padding: no say
+
+
+def test_sensitivity_needs_the_site_to_measure_it() -> None:
+    net = network()
+    site = resolve_site("words", ModelShape.of(net))
+    with pytest.raises(ValueError, match="space=sensitivity needs the logit's sensitivity"):
+        WordMerge()(site.pair(net), counts(), None, 5, torch.Generator())
 
 
 def test_the_merged_row_is_the_frequency_weighted_mean() -> None:
@@ -134,12 +181,13 @@ def test_the_cutoff_keeps_the_most_frequent_words_and_sends_the_rest_to_unk() ->
 @torch.no_grad()
 def test_merging_twice_composes_the_maps_and_counts_the_map_in_the_bytes() -> None:
     net = network()
-    _, once = merge(net, WordMerge(), 9)
+    _, once = merge(net, WordMerge(space="lstm_input"), 9)
     site = resolve_site("words", ModelShape.of(once))
     assert site.width == 9
     frequency = site.probe(once, torch.arange(V).repeat(3), []).activations
     assert frequency.shape == (1, 9) and frequency.sum() == 3 * V
-    pair = WordMerge()(site.pair(once), frequency, None, 5, torch.Generator().manual_seed(0))
+    merge_rows = WordMerge(space="lstm_input")
+    pair = merge_rows(site.pair(once), frequency, None, 5, torch.Generator().manual_seed(0))
     twice = site.rebuild(once, pair)
     ids = torch.arange(V)
     torch.testing.assert_close(
@@ -160,7 +208,8 @@ def test_a_checkpoint_folds_the_word_map_into_its_tokenizer(tmp_path) -> None:
     net = model.network.eval()
     site = resolve_site("words", ModelShape.of(net))
     frequency = torch.ones(1, vocab)
-    pair = WordMerge()(site.pair(net), frequency, None, 5, torch.Generator().manual_seed(0))
+    merge_rows = WordMerge(space="lstm_input")
+    pair = merge_rows(site.pair(net), frequency, None, 5, torch.Generator().manual_seed(0))
     shrunk = site.rebuild(net, pair)
     path = save_compressed(model, shrunk, tmp_path / "compressed.ckpt", {"method": "word_merge"})
     checkpoint = torch.load(path, weights_only=True)

@@ -41,6 +41,11 @@ class LayerPair:
     # (N_original,) long: the row each original unit was folded into, where a merge says so. A
     # site whose units are words needs it: every word must still read some row.
     merged_into: Tensor | None = None
+    # (D, D) positive semi-definite: how much a change of a unit's row along each direction of
+    # its D inputs moves the network's output, where the site measured it (the words site: the
+    # logit's sensitivity to a word's embedding, :meth:`~src.workbench.Workbench.compress`).
+    # A merge may count its error in this metric; None: not measured.
+    metric: Tensor | None = None
 
     def __post_init__(self) -> None:
         n, m = self.w_in.shape[0], self.w_out.shape[0]

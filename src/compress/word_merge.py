@@ -1,11 +1,20 @@
 """Merge the words that the LSTM reads alike: cluster the words site's rows, one row per cluster.
 
-Each word is placed where it acts, ``W_ih e_w`` (``space: lstm_input``; ``embedding`` clusters
-the rows themselves), and the words are clustered into the rows left after the special tokens
+Each word is a point, and the words are clustered into the rows left after the special tokens
 and the ``keep_exact`` most frequent words, which keep rows of their own. Each cluster's row is
-its members' frequency-weighted mean: with ``weighted: true`` the k-means objective is then the
-frequency-weighted squared error of what the LSTM reads over the training words, which that mean
-minimises for any grouping.
+its members' frequency-weighted mean, which minimises, for any grouping, the frequency-weighted
+squared error in any of these spaces (each is a linear map of the rows):
+
+- ``space: sensitivity`` (the default): ``G^1/2 e_w``, with ``G`` the sum over the probe words of
+  ``g g^T``, ``g`` the gradient of the sentence's logit with respect to the word's embedding. A
+  merge's error then counts by how much it moves the prediction, to first order: directions of
+  the embedding the prediction ignores cost nothing (the Fisher-weighted view of merging, applied
+  to words). The gradients are read, never applied: no weight changes.
+- ``lstm_input``: ``W_ih e_w``, what the LSTM reads, every direction alike;
+- ``embedding``: the rows themselves.
+
+Words that are one point in the space (a duplicated word; two words whose ``W_ih e`` agree, which
+then agree in ``G`` as well) always merge, with the logits unchanged.
 """
 
 from __future__ import annotations
@@ -28,7 +37,7 @@ from src.compress.words import (
 from src.tokens import SPECIAL_IDS
 
 CLUSTERINGS = ("kmeans", "agglomerative")
-SPACES = ("lstm_input", "embedding")
+SPACES = ("sensitivity", "lstm_input", "embedding")
 INITS = ("frequent", "k-means++")
 
 
@@ -37,7 +46,7 @@ class WordMerge:
     """:class:`~src.compress.base.MergeMethod` for the words site."""
 
     clustering: str = "kmeans"
-    space: str = "lstm_input"
+    space: str = "sensitivity"
     weighted: bool = True
     keep_exact: int = 0
     # k-means' start: the most frequent words as the centres (fast at thousands of clusters), or
@@ -74,11 +83,26 @@ class WordMerge:
         groups[rest] = pair.width + torch.as_tensor(found, dtype=torch.long)
         return fold_words(pair, renumber(groups), weights)
 
+    @property
+    def reads_sensitivity(self) -> bool:
+        """Whether the site must measure its pair's ``metric`` (the embedding's sensitivity)."""
+        return self.space == "sensitivity"
+
     def _features(self, pair: LayerPair) -> np.ndarray:
-        """Each word's point, (V, X): what the LSTM reads from it in coordinates of the same
-        distances and rank-many columns (an SVD of the 4H-wide rows), or its row."""
+        """Each word's point, (V, X): its row in the sensitivity's metric, what the LSTM reads
+        from it in coordinates of the same distances and rank-many columns (an SVD of the 4H-wide
+        rows), or its row."""
         if self.space == "embedding":
             return pair.w_in.float().numpy()
+        if self.space == "sensitivity":
+            if pair.metric is None:
+                raise ValueError(
+                    "compress.method.space=sensitivity needs the logit's sensitivity to each word, "
+                    "which the words site measures (layer=words); or choose space=lstm_input"
+                )
+            values, vectors = torch.linalg.eigh(pair.metric.double())
+            root = (vectors * values.clamp_min(0).sqrt()) @ vectors.T  # G^1/2
+            return (pair.w_in.double() @ root).float().numpy()
         u, s, _ = torch.linalg.svd(pair.w_out.T.double(), full_matrices=False)
         rank = int((s > s[0] * 1e-10).sum())
         return (u[:, :rank] * s[:rank]).float().numpy()
