@@ -130,9 +130,6 @@ def fit_baseline(
     by validation accuracy."""
     start = time.perf_counter()
     with warnings.catch_warnings():
-        # OnExceptionCheckpoint makes fit look for a "last" checkpoint to resume from (there is
-        # one only after a Ctrl-C in the same run folder) and warn about it on every fresh run.
-        warnings.filterwarnings("ignore", message=r".*ckpt_path.*")
         # Lightning cannot tell that RandomState puts the sampler back where an epoch stopped.
         warnings.filterwarnings("ignore", message=r".*ended before the epoch ended.*")
         trainer.fit(model, datamodule=datamodule, ckpt_path=resume, weights_only=True)

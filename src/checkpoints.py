@@ -26,7 +26,7 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.fabric.plugins import TorchCheckpointIO
-from lightning.pytorch.callbacks import ModelCheckpoint, OnExceptionCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.trainer.states import TrainerFn
 
 from src.errors import write_atomically
@@ -131,13 +131,23 @@ def _same(a: str | Path, b: str | Path) -> bool:
     return Path(a).resolve() == Path(b).resolve()
 
 
-class InterruptedCheckpoint(OnExceptionCheckpoint):
+class InterruptedCheckpoint(L.Callback):
     """``interrupted.ckpt`` only for a fit stopped after at least one training step of its own:
-    an error before training (a bad setting) or after it (testing) leaves nothing to resume."""
+    an error before training (a bad setting) or after it (testing) leaves nothing to resume.
+
+    Not an ``OnExceptionCheckpoint``: with one of those, Lightning turns every ``fit`` without a
+    ``ckpt_path`` into ``ckpt_path="last"`` and silently goes on from whatever last checkpoint
+    the folder holds, another run's included (a study's anchor, trained again in the same
+    folder, took an older anchor's weights of another shape). A fit here goes on only from an
+    explicit ``resume=``."""
 
     def __init__(self, dirpath: str | Path, filename: str = "interrupted") -> None:
-        super().__init__(dirpath, filename)
+        self.dirpath, self.filename = Path(dirpath), filename
         self._first_step: int | None = None  # global step when this fit began training
+
+    @property
+    def ckpt_path(self) -> str:
+        return str(self.dirpath / f"{self.filename}.ckpt")
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._first_step = trainer.global_step

@@ -136,6 +136,14 @@ def test_a_resume_into_a_new_folder_keeps_the_best_so_far(tmp_path: Path) -> Non
     assert saved(tmp_path / "second/checkpoints/last.ckpt")["epoch"] == 3
 
 
+def test_a_fresh_fit_in_a_used_folder_starts_fresh(tmp_path: Path) -> None:
+    """A folder holding another run's last.ckpt (a study's anchor trained again in its unit's
+    folder): a fit without resume= trains from the start, never from that checkpoint."""
+    fit(tmp_path, epochs=3)
+    again = fit(tmp_path, epochs=2)
+    assert again.global_step == 2 * STEPS_PER_EPOCH  # from step 0, not on from 3 epochs in
+
+
 def test_interrupted_ckpt_only_when_a_fit_was_interrupted(tmp_path: Path) -> None:
     def interrupted(folder: str) -> Path:
         return tmp_path / folder / "checkpoints" / "interrupted.ckpt"
