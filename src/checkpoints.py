@@ -163,7 +163,9 @@ class InterruptedCheckpoint(L.Callback):
             log.info("training stopped: resume=%s goes on from where it stopped", self.ckpt_path)
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        super().teardown(trainer, pl_module, stage)
+        """A run that ends normally leaves no interrupted.ckpt behind (an older one included):
+        Lightning tears callbacks down only then, not after an exception."""
+        trainer.strategy.remove_checkpoint(self.ckpt_path)
         self._first_step = None
 
 

@@ -406,12 +406,16 @@ def targets_table(t: StudyTables, max_drop: float) -> pd.DataFrame:
     words = runs[runs[schema.LAYER] == WORDS]
     if not words.empty:
         merged = words[words[schema.METHOD] == WORD_METHODS[0]]
-        per_seed = merged.groupby([schema.DATA, schema.SEED], sort=False).apply(
-            lambda r: fewest_rows_within(r, NEAR_BASELINE)
-        )
-        figure = "; ".join(f"{d} {s}: {x:.0f}x" for (d, s), x in per_seed.items())
-        add("word site (word_merge): >= 4x fewer rows within 1 point", per_seed >= 4, figure)
-        add("word site (word_merge): >= 10x fewer rows within 1 point", per_seed >= 10, figure)
+        if not merged.empty:
+            per_seed = pd.Series(
+                {
+                    key: fewest_rows_within(rows, NEAR_BASELINE)
+                    for key, rows in merged.groupby([schema.DATA, schema.SEED], sort=False)
+                }
+            )
+            figure = "; ".join(f"{d} {s}: {x:.1f}x" for (d, s), x in per_seed.items())
+            add("word site (word_merge): >= 4x fewer rows within 1 point", per_seed >= 4, figure)
+            add("word site (word_merge): >= 10x fewer rows within 1 point", per_seed >= 10, figure)
         cells = words.pivot_table(
             index=[schema.DATA, schema.SEED, schema.TARGET_WIDTH],
             columns=schema.METHOD,

@@ -44,7 +44,7 @@ from src.analysis.stats import effective_rank, mcnemar_exact_interval, mcnemar_p
 from src.claims import TABLES, StudyTables, judge, read_tables, write_tables
 from src.errors import SettingError, reported
 from src.network import check_shape
-from src.pipeline import open_workbench, shrink_whole
+from src.pipeline import open_workbench, shrink_whole, train_from_scratch
 from src.report import log_summary_run, pairwise_similarity
 from src.sites import ModelShape, Site, SiteError, check_target_width, resolve_site
 from src.threads import use_job_cpu
@@ -160,7 +160,7 @@ def target_widths(widths: list, site: Site) -> list[int]:
                 )
             if not site.width:
                 continue
-            width = max(site.least_width, round(width * site.width))
+            width = max(site.least_width, int(width * site.width))  # down: 1/4 is >= 4x fewer
         check_target_width(width, site)
         resolved.append(width)
     return resolved
@@ -240,21 +240,23 @@ def study_baseline(
             *(data, seed, site.label, len(widths), len(usable)),
         )
     if cfg.whole_model is not None:
-        start = time.perf_counter()
-        row = whole_model_row(cfg, run, bench)
-        scratch = row.get(schema.SCRATCH_TRAIN_SECONDS, 0.0)
-        phases.add("scratch", scratch)
-        phases.add("whole-model search", time.perf_counter() - start - scratch)
+        row = whole_model_row(cfg, run, bench, phases)
         rows.whole.append({schema.DATA: data, schema.SEED: seed} | row)
 
 
-def whole_model_row(cfg: DictConfig, run: DictConfig, bench: Workbench) -> dict:
+def whole_model_row(cfg: DictConfig, run: DictConfig, bench: Workbench, phases: Phases) -> dict:
     """compress=whole_model on this baseline (the study's ``whole_model`` settings over the
-    choice's own), with its anchor."""
+    choice's own), with its anchor; the search's and the anchor's seconds added to ``phases``
+    (a cached anchor costs its loading, not the training it once took)."""
     compress = OmegaConf.merge(
         compose("config", overrides=["compress=whole_model"]).compress, cfg.whole_model
     )
-    row, _ = shrink_whole(run, compress, bench)
+    with phases.timing("whole-model search"):
+        row, result = shrink_whole(run, OmegaConf.merge(compress, {"scratch": False}), bench)
+    if compress.scratch and not result.note:
+        with phases.timing("scratch"):
+            shape = ModelShape.of(result.network)
+            row |= train_from_scratch(run, shape, compress.get("scratch_lrs") or ())
     row[schema.BASELINE_PARAMS] = bench.baseline_scores()[schema.BASELINE_PARAMS]
     log.info("%s seed %d whole model: %s", run.data.name, run.seed, row[schema.COMPRESSED_WIDTHS])
     return row
@@ -320,12 +322,14 @@ def compare(
 SOURCE = Path(__file__).resolve().parent  # the code a unit's tables depend on
 
 
-def fingerprint(cfg: DictConfig, run: DictConfig) -> str:
-    """What decides a unit's tables: its run config, the study's measuring settings and the
-    source code. A finished unit with the same fingerprint is reused."""
+def fingerprint(cfg: DictConfig, run: DictConfig, methods: dict[str, Compression]) -> str:
+    """What decides a unit's tables: its run config, the study's measuring settings, its
+    methods as composed, and the source code. A finished unit with the same fingerprint is
+    reused."""
     measured = {k: v for k, v in OmegaConf.to_container(cfg).items() if k in MEASURING}
     digest = hashlib.sha256(OmegaConf.to_yaml(run).encode())
     digest.update(json.dumps(measured, sort_keys=True, default=str).encode())
+    digest.update(repr(sorted(methods.items())).encode())  # as composed from conf/compress/
     for path in sorted(SOURCE.rglob("*.py")):
         digest.update(path.read_bytes())
     return digest.hexdigest()[:16]
@@ -341,7 +345,7 @@ def measure_unit(cfg: DictConfig, run: DictConfig, methods: dict[str, Compressio
     with the same fingerprint); its folder. A unit that stops keeps what it measured in its
     ``partial/``."""
     folder = Path(cfg.output_dir) / "jobs" / unit_name(run.data.name, run.seed)
-    key = fingerprint(cfg, run)
+    key = fingerprint(cfg, run, methods)
     record = folder / UNIT_RECORD
     if record.is_file() and json.loads(record.read_text()).get("fingerprint") == key:
         log.info("%s: finished before with the same settings and code, reused", folder.name)

@@ -442,10 +442,10 @@ class Workbench:
         else:  # the site's units are told apart by their counts over the training words
             probe, labels = site.probe(self.network, self.training_words(), []), None
         original = site.pair(self.network)
-        if getattr(method, "reads_sensitivity", False):  # the words site's: check_step says so
-            original = dataclasses.replace(original, metric=self.embedding_sensitivity())
         generator = torch.Generator().manual_seed(self.settings.seed)
         start = time.perf_counter()
+        if getattr(method, "reads_sensitivity", False):  # the words site's: check_step says so
+            original = dataclasses.replace(original, metric=self.embedding_sensitivity())
         if getattr(method, "starts_fresh", False):  # the site builds its own fresh units
             pair, shrunk = site.fresh(self.network, width, generator)
         else:

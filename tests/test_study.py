@@ -116,6 +116,13 @@ def test_the_study_measures_every_method_width_and_pair(study: Path) -> None:
     for figure in ("accuracy.png", "cka.png", "drift.png", "front.png"):
         assert (study / figure).stat().st_size > 0
     targets = pd.read_csv(study / "targets.csv").set_index("target")
+    named = (
+        "whole model: >= 4x",
+        "whole model: test drop within max_drop",
+        "word site",
+        "word_merge >=",
+    )
+    assert all(targets.index.str.startswith(name).any() for name in named), targets.index
     held = targets["held"].str.extract(r"(\d+) of (\d+)").astype(int)
     assert (held[0] <= held[1]).all() and held.loc[held.index.str.startswith("word site"), 1].eq(
         1

@@ -7,9 +7,10 @@ squared error in any of these spaces (each is a linear map of the rows):
 
 - ``space: sensitivity`` (the default): ``G^1/2 e_w``, with ``G`` the sum over the probe words of
   ``g g^T``, ``g`` the gradient of the sentence's logit with respect to the word's embedding. A
-  merge's error then counts by how much it moves the prediction, to first order: directions of
-  the embedding the prediction ignores cost nothing (the Fisher-weighted view of merging, applied
-  to words). The gradients are read, never applied: no weight changes.
+  merge's error then counts by how much it moves the prediction, to first order and on average
+  over the probe words (one ``G`` for every word): directions of the embedding the prediction
+  ignores cost nothing (the Fisher-weighted view of merging, applied to words). The gradients are
+  read, never applied: no weight changes.
 - ``lstm_input``: ``W_ih e_w``, what the LSTM reads, every direction alike;
 - ``embedding``: the rows themselves.
 
