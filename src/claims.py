@@ -328,11 +328,11 @@ def words_table(t: StudyTables) -> str:
     runs = t.runs[t.runs[schema.LAYER] == WORDS]
     if runs.empty:
         return ""
+    runs = runs.sort_values(schema.TARGET_WIDTH, ascending=False, kind="stable")
+    share = (runs[schema.LAYER_WIDTH] / runs[schema.TARGET_WIDTH]).round().astype(int)
     runs = runs.assign(
         change=100 * (runs[schema.COMPRESSED_TEST_ACC] - runs[schema.BASELINE_TEST_ACC]),
-        kept=runs[schema.TARGET_WIDTH].astype(int).astype(str)
-        + " of "
-        + runs[schema.LAYER_WIDTH].astype(int).astype(str),
+        kept="1/" + share.astype(str),  # the same shares on every corpus: one column each
     )
     table = runs.pivot_table(
         index=[schema.DATA, schema.METHOD],
@@ -341,7 +341,9 @@ def words_table(t: StudyTables) -> str:
         aggfunc=lambda v: mean_std(v, sign=True),
         sort=False,
     )
-    return table.to_markdown()
+    rows = runs.groupby(schema.DATA, sort=False)[schema.LAYER_WIDTH].first()
+    note = "; ".join(f"{d}: {int(n):,} words" for d, n in rows.items())
+    return f"{table.to_markdown()}\n\nRows kept as a share of the vocabulary ({note})."
 
 
 def fewest_rows_within(runs: pd.DataFrame, slack: float) -> float:

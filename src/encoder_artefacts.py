@@ -14,6 +14,7 @@ import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from lightning.pytorch.loggers import Logger, WandbLogger
@@ -21,7 +22,6 @@ from torch import Tensor, nn
 
 from src.analysis.layer import LayerAnalysis, Probe, cluster_layer, probe_dissimilarity
 from src.artefacts import kept_clusters
-from src.compress.base import LayerPair
 from src.encoder import TextEncoder
 from src.encoder_bench import EncoderBench
 from src.mlp_sites import MlpSite
@@ -85,12 +85,13 @@ def write_encoder_analysis(
     site: MlpSite,
     analysis: LayerAnalysis,
     sentences: Sequence[str],
-    shrunk: tuple[nn.Module, LayerPair] | None,
+    shrunk: tuple[nn.Module, Any] | None,
     loggers: Sequence[Logger],
     info: dict[str, str],
 ) -> Path:
     """clusters.json and viewer.html for ``site`` into ``folder`` (the page also to W&B);
-    ``shrunk``: the shrunk encoder and the site's new pair, drawn beside the original."""
+    ``shrunk``: the shrunk encoder and the site's new ``LayerPair`` (its ``units`` and ``width``
+    read), drawn beside the original."""
     folder.mkdir(parents=True, exist_ok=True)
     labels: Tensor = analysis.labels
     members = {

@@ -32,6 +32,7 @@ LEVELS = {
     "src.viewer": 7,
     "src.report": 7,
     "src.artefacts": 7,
+    "src.encoder_artefacts": 7,
     "src.whole_model": 6,
     "src.encoder_bench": 6,
     "src.claims": 7,
