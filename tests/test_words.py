@@ -69,7 +69,7 @@ def sensitivity(net: torch.nn.Module) -> torch.Tensor:
 def merge(net, method, width: int, activations: torch.Tensor | None = None):
     site = resolve_site("words", ModelShape.of(net))
     pair = site.pair(net)
-    if method.reads_sensitivity if hasattr(method, "reads_sensitivity") else False:
+    if getattr(method, "reads_sensitivity", False):  # as Workbench.compress asks it
         pair = dataclasses.replace(pair, metric=sensitivity(net))
     pair = method(
         pair,
