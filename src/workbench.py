@@ -68,6 +68,26 @@ class CompressionConfigError(SettingError):
     """A compression setting that cannot work; the message names the setting to change."""
 
 
+def analysis_device(name: str) -> torch.device:
+    """The device of ``analysis.device``: ``auto`` is a GPU when the machine has one, else the
+    CPU; a device the machine lacks is refused in one line naming the setting."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as error:
+        raise AnalysisConfigError(
+            f"analysis.device={name!r} is not a device: use auto, cpu, cuda or cuda:N"
+        ) from error
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise AnalysisConfigError(
+            f"analysis.device={name}: this machine has no CUDA device; use auto or cpu"
+        )
+    if device.type not in ("cpu", "cuda"):
+        raise AnalysisConfigError(f"analysis.device={name}: use auto, cpu, cuda or cuda:N")
+    return device
+
+
 COMPRESS_DIR = Path(__file__).resolve().parents[1] / "conf" / "compress"
 
 
@@ -152,8 +172,12 @@ class AnalysisSettings:
     measure: str  # similarity of two units' traces: src.analysis.similarity.MEASURES
     clustering: str  # src.analysis.layer.CLUSTERINGS
     seed: int  # the probe sample's and the clustering's
+    # Where the network's passes (states, probes, logits, drift, the LSTM's retraining) and the
+    # similarity run: analysis.device (auto, cpu, cuda, cuda:N). The merges stay on the CPU.
+    device: str = "cpu"
 
     def __post_init__(self) -> None:
+        analysis_device(self.device)  # refused now, before any work
         if self.probe_sentences < 1:
             raise AnalysisConfigError(
                 f"analysis.probe_sentences={self.probe_sentences}: the probe set would be empty; "
@@ -172,7 +196,13 @@ class AnalysisSettings:
     def of(cls, cfg: DictConfig) -> AnalysisSettings:
         """From a run config: its ``analysis`` node and its seed."""
         analysis = cfg.analysis
-        return cls(analysis.probe_sentences, analysis.measure, analysis.clustering, cfg.seed)
+        return cls(
+            analysis.probe_sentences,
+            analysis.measure,
+            analysis.clustering,
+            cfg.seed,
+            analysis.get("device", "cpu"),
+        )
 
 
 @dataclass(frozen=True)
@@ -266,12 +296,14 @@ def paired_measures(after: Tensor, before: Tensor, labels: Tensor) -> dict[str, 
 
 @torch.no_grad()
 def split_last_states(network: SentimentLSTM, loader: DataLoader) -> LastWordInputs:
-    """The LSTM's state at each sentence's last real word (dropout off), in the loader's order:
-    every head layer's input follows from it."""
+    """The LSTM's state at each sentence's last real word (dropout off), in the loader's order,
+    on the CPU whatever device ``network`` is on: every head layer's input follows from it."""
     network.eval()
+    device = next(network.parameters()).device
     states, labels = [], []
     for batch in loader:
-        states.append(network.last_states(batch["ids"], batch["lengths"]))
+        ids, lengths = batch["ids"].to(device), batch["lengths"].to(device)
+        states.append(network.last_states(ids, lengths).cpu())
         labels.append(batch["labels"])
     return LastWordInputs(torch.cat(states), torch.cat(labels))
 
@@ -302,7 +334,11 @@ class Workbench:
         source: str | Path = "the network",
     ) -> None:
         self.datamodule, self.settings = datamodule, settings
-        self.network = network.eval()
+        # The network and every merge stay on the CPU (seeded CPU generators repeat bit for bit);
+        # its passes over sentences run on the analysis device, through a copy there.
+        self.network = network.cpu().eval()
+        self.device = analysis_device(settings.device)
+        self._device_copy: SentimentLSTM | None = None  # the baseline on the analysis device
         self.store = store or ArtefactStore(None)
         self._analyses: dict[tuple[str, int], LayerAnalysis] = {}
         self._training_words: Tensor | None = None
@@ -319,13 +355,30 @@ class Workbench:
             )
         return states
 
+    def on_device(self, network: SentimentLSTM) -> SentimentLSTM:
+        """``network`` on the analysis device, in eval mode: itself on the CPU, else a copy
+        there (the baseline's made once)."""
+        if self.device.type == "cpu":
+            return network.eval()
+        if network is not self.network:  # a shrunk network: copied for each pass over a split
+            return copy.deepcopy(network).to(self.device).eval()
+        if self._device_copy is None:
+            self._device_copy = copy.deepcopy(network).to(self.device)
+        return self._device_copy.eval()
+
+    def _batches(self, loader: DataLoader):
+        """``loader``'s batches with their ids and lengths on the analysis device."""
+        for batch in loader:
+            yield batch | {k: batch[k].to(self.device) for k in ("ids", "lengths")}
+
     # ---- shared by every job on this baseline ----
 
     def last_states(self, split: str) -> LastWordInputs:
         """Each sentence's LSTM state at its last word and its label, for ``split``."""
 
         def compute() -> dict[str, Tensor]:
-            features = split_last_states(self.network, self.datamodule.loader(split))
+            network = self.on_device(self.network)
+            features = split_last_states(network, self.datamodule.loader(split))
             self._finite(features.inputs, f"the {split} sentences")
             return vars(features)
 
@@ -374,11 +427,12 @@ class Workbench:
         """``network`` over the probe sentences: see :meth:`probe_words`."""
         n, seed = self.settings.probe_sentences, self.settings.seed
         loader = probe_loader(self.datamodule.splits["train"], n, seed)
+        on_device = self.on_device(network)
         ids, lengths, layers = [], [], []
         for batch in loader:
             real = torch.arange(batch["ids"].shape[1])[None, :] < batch["lengths"][:, None]
-            states = network.eval().layer_states(batch["ids"], batch["lengths"])
-            layers.append([layer[real] for layer in states])
+            states = on_device.layer_states(*(batch[k].to(self.device) for k in ("ids", "lengths")))
+            layers.append([layer.cpu()[real] for layer in states])
             ids.append(batch["ids"][real])
             lengths.append(batch["lengths"])
         words = {"ids": torch.cat(ids), "lengths": torch.cat(lengths)}
@@ -401,7 +455,8 @@ class Workbench:
         s = self.settings
 
         def compute() -> dict[str, Tensor]:
-            return {"d": probe_dissimilarity(self.probe(site), s.measure, CHUNK_SIZE)}
+            probe = self.probe(site)
+            return {"d": probe_dissimilarity(probe, s.measure, CHUNK_SIZE, self.device)}
 
         name = f"dissimilarity-{site.name}-{s.measure}-{s.probe_sentences}-{s.seed}"
         return self.store.get(name, compute)["d"]
@@ -501,15 +556,15 @@ class Workbench:
         which a change moves the prediction (dropout off; no weight changes)."""
         if self._sensitivity is None:
             n, seed = self.settings.probe_sentences, self.settings.seed
-            network = self.network.eval()
+            network = self.on_device(self.network)
             dim = network.embedding.embedding_dim
-            total = torch.zeros(dim, dim, dtype=torch.float64)
-            for batch in probe_loader(self.datamodule.splits["train"], n, seed):
+            total = torch.zeros(dim, dim, dtype=torch.float64, device=self.device)
+            for batch in self._batches(probe_loader(self.datamodule.splits["train"], n, seed)):
                 ids, lengths = batch["ids"], batch["lengths"]
-                real = torch.arange(ids.shape[1])[None, :] < lengths[:, None]
+                real = torch.arange(ids.shape[1], device=self.device)[None, :] < lengths[:, None]
                 g = network.embedding_gradients(ids, lengths)[real].double()
                 total += g.T @ g
-            self._sensitivity = total / total.trace().clamp_min(1e-300)
+            self._sensitivity = (total / total.trace().clamp_min(1e-300)).cpu()
         return self._sensitivity
 
     def training_words(self) -> Tensor:
@@ -524,6 +579,7 @@ class Workbench:
         """``step.epochs`` over the training sentences of the shrunk LSTM and the head's first
         layer, the embedding and the rest of the head frozen (Adam, BCE, gradients clipped as in
         the baseline's training)."""
+        shrunk = shrunk.to(self.device)
         trained = [*shrunk.lstm.parameters(), *shrunk.head[0].parameters()]
         shrunk.requires_grad_(False)
         for parameter in trained:
@@ -534,13 +590,13 @@ class Workbench:
         with torch.enable_grad(), torch.random.fork_rng():
             torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=generator)))
             for _ in range(step.epochs):
-                for batch in self.datamodule.train_dataloader():
+                for batch in self._batches(self.datamodule.train_dataloader()):
                     optimizer.zero_grad(set_to_none=True)
                     logits = shrunk.sentence_logits(batch["ids"], batch["lengths"])
-                    loss_fn(logits, batch["labels"]).backward()
+                    loss_fn(logits, batch["labels"].to(self.device)).backward()
                     torch.nn.utils.clip_grad_norm_(trained, 1.0)
                     optimizer.step()
-        return shrunk.requires_grad_(False).eval()
+        return shrunk.requires_grad_(False).cpu().eval()
 
     @torch.no_grad()
     def evaluate(
@@ -591,9 +647,9 @@ class Workbench:
     @torch.no_grad()
     def logits(self, network: SentimentLSTM, split: str) -> Tensor:
         """Any network's sentence logits on ``split``, in the stored states' order."""
-        network.eval()
-        batches = self.datamodule.loader(split)
-        return torch.cat([network.sentence_logits(b["ids"], b["lengths"]) for b in batches])
+        network = self.on_device(network)
+        batches = self._batches(self.datamodule.loader(split))
+        return torch.cat([network.sentence_logits(b["ids"], b["lengths"]).cpu() for b in batches])
 
     def outputs(self, site: Site, result: Shrunk, split: str) -> tuple[Tensor, Tensor | None]:
         """The shrunk model's logits and the shrunk site's activations at each sentence's last
@@ -605,14 +661,14 @@ class Workbench:
             )
             if stored is not None:
                 return stored
-        network = result.network.eval()
+        network = self.on_device(result.network)
         traced = site if site.traced else None  # a word's one-hot says nothing at the last word
         logits, features = [], []
-        for batch in self.datamodule.loader(split):
+        for batch in self._batches(self.datamodule.loader(split)):
             reading = read_sentences(network, batch["ids"], batch["lengths"], traced)
-            logits.append(reading.logits)
+            logits.append(reading.logits.cpu())
             if traced is not None:
-                features.append(last_word(reading.activations, batch["lengths"]))
+                features.append(last_word(reading.activations, batch["lengths"]).cpu())
         return torch.cat(logits), torch.cat(features) if features else None
 
     @torch.no_grad()
@@ -625,10 +681,11 @@ class Workbench:
         longest = max(len(ids) for ids, _ in self.datamodule.splits["test"])
         error, size, reaching = (torch.zeros(longest, dtype=torch.float64) for _ in range(3))
         last_error = last_size = 0.0
+        baseline, shrunk = self.on_device(self.network), self.on_device(result.network)
         for batch in self.datamodule.loader("test"):
             ids, lengths = batch["ids"], batch["lengths"]
-            before = site.reads(original, self._site_states(site, self.network, ids, lengths))
-            after = site.reads(pair, self._site_states(site, result.network, ids, lengths))
+            before = site.reads(original, self._site_states(site, baseline, batch))
+            after = site.reads(pair, self._site_states(site, shrunk, batch))
             real = torch.arange(ids.shape[1])[None, :] < lengths[:, None]  # (B, T)
             t = ids.shape[1]
             error[:t] += ((after - before).square().sum(-1) * real).sum(0).double()
@@ -641,9 +698,11 @@ class Workbench:
         by_position = (error / size.clamp_min(1e-12)).sqrt().float()
         return Drift(by_position, reaching.long(), (last_error / max(last_size, 1e-12)) ** 0.5)
 
-    @staticmethod
-    def _site_states(site: Site, network: SentimentLSTM, ids: Tensor, lengths: Tensor) -> Tensor:
-        return site.activations(network, ids, network.layer_states(ids, lengths))
+    def _site_states(self, site: Site, network: SentimentLSTM, batch: dict) -> Tensor:
+        """The site's units after every word of ``batch``, by ``network`` on the analysis
+        device, back on the CPU."""
+        ids, lengths = (batch[k].to(self.device) for k in ("ids", "lengths"))
+        return site.activations(network, ids, network.layer_states(ids, lengths)).cpu()
 
     @torch.no_grad()
     def probabilities(self, sentences: list[Tensor]) -> Tensor:

@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from hydra.errors import MissingConfigException
 from hydra.utils import instantiate
@@ -122,6 +123,12 @@ def test_unknown_data_set_names_the_group() -> None:
         ("analysis.measure=cosine", "analysis.measure"),
         ("analysis.clustering=dbscan", "analysis.clustering"),
         ("analysis.probe_sentences=0", "analysis.probe_sentences"),
+        ("analysis.device=tpu", "analysis.device='tpu' is not a device"),
+        *(
+            []
+            if torch.cuda.is_available()
+            else [("analysis.device=cuda:1", "analysis.device=cuda:1: this machine has no CUDA")]
+        ),
     ],
 )
 def test_bad_analysis_settings_are_refused_before_any_work(override: str, named: str) -> None:

@@ -81,10 +81,14 @@ def cluster_alive(
     return labels
 
 
-def probe_dissimilarity(probe: Probe, measure: str = "shape", chunk_size: int = 8192) -> Tensor:
-    """(N, N) dissimilarity of every neuron on the probe words, float32."""
+def probe_dissimilarity(
+    probe: Probe, measure: str = "shape", chunk_size: int = 8192, device: str = "cpu"
+) -> Tensor:
+    """(N, N) dissimilarity of every neuron on the probe words, float32, computed on
+    ``device``."""
     acts = probe.activations
-    return dissimilarity_matrix(lambda: acts.split(chunk_size), measure, chunk_size).float()
+    d = dissimilarity_matrix(lambda: acts.split(chunk_size), measure, chunk_size, device=device)
+    return d.float()
 
 
 def cluster_layer(

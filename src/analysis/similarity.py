@@ -86,13 +86,14 @@ class DegenerateNeurons:
     constant: list[int]
 
 
-def _as_float32(batch: Tensor, n: int | None) -> Tensor:
-    """A batch as a (words, N) float32 CPU tensor, checking it has the source's width."""
+def _as_float32(batch: Tensor, n: int | None, device: torch.device | str = "cpu") -> Tensor:
+    """A batch as a (words, N) float32 tensor on ``device``, checking it has the source's
+    width."""
     if batch.ndim != 2 or (n is not None and batch.shape[1] != n):
         raise ValueError(
             f"activation batches must be (words, {n or 'N'}), got {tuple(batch.shape)}"
         )
-    return batch.detach().to("cpu", torch.float32)
+    return batch.detach().to(device, torch.float32)
 
 
 def _as_rows(batch: Tensor, n: int | None) -> np.ndarray:
@@ -299,7 +300,9 @@ def _signed_shape_dissimilarity(batches: Batches, scales: np.ndarray, chunk_size
     return torch.from_numpy(d)
 
 
-def correlation_dissimilarity(batches: Batches, chunk_size: int = 8192) -> Tensor:
+def correlation_dissimilarity(
+    batches: Batches, chunk_size: int = 8192, device: torch.device | str = "cpu"
+) -> Tensor:
     """1 - |Pearson r| between neurons (float64, symmetric, zero diagonal, never NaN).
 
     The shifted-data algorithm: with k the first word's activations, it streams sum(x - k) and
@@ -307,7 +310,8 @@ def correlation_dissimilarity(batches: Batches, chunk_size: int = 8192) -> Tenso
     reused (chunk_size, N) buffer, which is the only copy of the words; each full buffer is one
     float32 product by torch's BLAS (the matmul floor's own kernel), added into float64. A
     constant or dead neuron centres to exact zeros, so its variance is exactly 0: its r is
-    defined as 0 with every other neuron (dissimilarity 1).
+    defined as 0 with every other neuron (dissimilarity 1). On another ``device`` (a GPU) the
+    buffers and products live there; the result comes back to the CPU.
     """
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
@@ -319,12 +323,12 @@ def correlation_dissimilarity(batches: Batches, chunk_size: int = 8192) -> Tenso
         sums.add_(centred.sum(dim=0))
 
     for raw in batches():
-        rows = _as_float32(raw, None if shift is None else len(shift))
+        rows = _as_float32(raw, None if shift is None else len(shift), device)
         if shift is None and len(rows):
             shift, n = rows[0].clone(), rows.shape[1]
-            buffer, product32 = torch.empty(chunk_size, n), torch.empty(n, n)
-            products = torch.zeros(n, n, dtype=torch.float64)
-            sums = torch.zeros(n, dtype=torch.float64)
+            buffer, product32 = (torch.empty(m, n, device=device) for m in (chunk_size, n))
+            products = torch.zeros(n, n, dtype=torch.float64, device=device)
+            sums = torch.zeros(n, dtype=torch.float64, device=device)
         start = 0
         while start < len(rows):
             take = min(chunk_size - filled, len(rows) - start)
@@ -344,21 +348,62 @@ def correlation_dissimilarity(batches: Batches, chunk_size: int = 8192) -> Tenso
     flat = var <= 0
     inv_std = torch.where(flat, 0.0, var.clamp_min(torch.finfo(var.dtype).tiny).rsqrt())
     corr = scatter.mul_(inv_std[:, None]).mul_(inv_std[None, :]).abs_().clamp_(max=1.0)
-    return corr.fill_diagonal_(1.0).neg_().add_(1.0)
+    return corr.fill_diagonal_(1.0).neg_().add_(1.0).cpu()
+
+
+def shape_dissimilarity_dense(
+    batches: Batches,
+    device: torch.device | str,
+    scales: Tensor | None = None,
+    chunk_size: int = 8192,
+    signed: bool | None = None,
+) -> Tensor:
+    """:func:`shape_dissimilarity` as dense products on ``device`` (a GPU's path): per chunk of
+    words, ``torch.cdist(p=1)`` of the normalised traces adds sum_w |y_wi - y_wj| (and, for
+    signed traces, sum_w |y_wi + y_wj|) in float32, chunks added in float64, like the CPU
+    kernel. The same numbers on any device; on the CPU the numba kernel is the faster."""
+    if scales is None or signed is None:
+        stats = trace_stats(batches)
+        scales = stats.scales if scales is None else scales
+        signed = stats.signed if signed is None else signed
+    scales = scales.to(device, torch.float32)
+    n = len(scales)
+    minus = torch.zeros(n, n, dtype=torch.float64, device=device)
+    plus = torch.zeros_like(minus) if signed else None
+    n_words = 0
+    for raw in batches():
+        for rows in _as_float32(raw, n, device).split(chunk_size):
+            traces = (rows / scales).T.contiguous()  # (N, words): one trace per row
+            minus += torch.cdist(traces, traces, p=1).double()
+            if plus is not None:
+                plus += torch.cdist(traces, -traces, p=1).double()
+            n_words += len(rows)
+    if not n_words:
+        raise ValueError("the activation source yielded no words")
+    d = minus if plus is None else torch.minimum(minus, plus)
+    return d.fill_diagonal_(0.0).div_(n_words).cpu()
 
 
 def dissimilarity_matrix(
-    batches: Batches, measure: str = "shape", chunk_size: int = 8192, signed: bool | None = None
+    batches: Batches,
+    measure: str = "shape",
+    chunk_size: int = 8192,
+    signed: bool | None = None,
+    device: torch.device | str = "cpu",
 ) -> Tensor:
-    """The (N, N) dissimilarity chosen by the ``analysis.measure`` setting.
+    """The (N, N) dissimilarity chosen by the ``analysis.measure`` setting, computed on
+    ``device`` (``analysis.device``) and returned on the CPU.
 
     ``signed`` (shape only; default: read from the data) compares each unit with the others and
     their negations; correlation always does.
     """
-    if measure == "shape":
+    on_cpu = torch.device(device).type == "cpu"
+    if measure == "shape" and on_cpu:
         return shape_dissimilarity(batches, chunk_size=chunk_size, signed=signed)
+    if measure == "shape":
+        return shape_dissimilarity_dense(batches, device, chunk_size=chunk_size, signed=signed)
     if measure == "correlation":
-        return correlation_dissimilarity(batches, chunk_size=chunk_size)
+        return correlation_dissimilarity(batches, chunk_size=chunk_size, device=device)
     raise ValueError(f"analysis.measure={measure!r} is not one of {', '.join(MEASURES)}")
 
 
