@@ -289,7 +289,8 @@ def variant_table(t: StudyTables, method: str, layer: str, width: int) -> str:
 
 def whole_table(t: StudyTables) -> str:
     """Per corpus and seed: the whole model's widths, its size and accuracy against the
-    baseline, the same widths trained from scratch, and the best one-site shrink beside it."""
+    baseline, a model as large trained from scratch (the original's widths scaled to the same
+    parameters), and the best one-site shrink beside it."""
     rows = []
     for record in t.whole.to_dict("records"):
         data, seed = record[schema.DATA], record[schema.SEED]
@@ -305,7 +306,8 @@ def whole_table(t: StudyTables) -> str:
                 "test acc, change": f"{record['compressed/test_acc']:.4f} "
                 f"({100 * record['delta_acc']:+.2f} pts)",
                 "agreement": f"{record['compressed/agreement']:.4f}",
-                "same widths from scratch": f"{record.get('scratch/test_acc', float('nan')):.4f}",
+                "as large from scratch": f"{record.get('scratch/test_acc', float('nan')):.4f} "
+                f"({record.get('scratch/shape', '')})",
                 "best one-site shrink": "none within a point"
                 if single is None
                 else f"{single['layer']} -> {int(single['target_width'])} by {single['method']}: "
@@ -393,7 +395,8 @@ def targets_table(t: StudyTables, max_drop: float) -> pd.DataFrame:
             anchored = whole.dropna(subset=[schema.SCRATCH_TEST_ACC])
             gap = 100 * (anchored[schema.COMPRESSED_TEST_ACC] - anchored[schema.SCRATCH_TEST_ACC])
             add(
-                "merged >= the same widths trained from scratch (learning rate on validation)",
+                "merged >= as many parameters trained from scratch (proportional widths, "
+                "learning rate on validation)",
                 gap >= 0,
                 "merged minus scratch: " + ", ".join(f"{g:+.2f}" for g in gap),
             )

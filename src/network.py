@@ -113,11 +113,20 @@ class SentimentLSTM(nn.Module):
         """(B, T, E): the gradient of each sentence's logit with respect to each of its embedded
         words (dropout as the module's mode sets it; zeros at padding). It reads the network,
         it changes nothing: a word's sensitivity, for merges that weigh their error by it."""
-        with torch.enable_grad():
-            embedded = self.embedding(ids).detach().requires_grad_(True)
-            top = self.outputs_of(embedded)[-1]
-            logits = self.head_from(0, self.dropout(last_word(top, lengths)))
-            (gradients,) = torch.autograd.grad(logits.sum(), embedded)  # sentences independent
+        modules = list(self.lstm.modules())
+        modes = [module.training for module in modules]
+        # cuDNN runs an LSTM's backward only in training mode; each layer is a one-layer
+        # nn.LSTM, which has no dropout, so that mode computes the same function.
+        self.lstm.train()
+        try:
+            with torch.enable_grad():
+                embedded = self.embedding(ids).detach().requires_grad_(True)
+                top = self.outputs_of(embedded)[-1]
+                logits = self.head_from(0, self.dropout(last_word(top, lengths)))
+                (gradients,) = torch.autograd.grad(logits.sum(), embedded)  # sentences apart
+        finally:
+            for module, mode in zip(modules, modes, strict=True):
+                module.training = mode
         return gradients
 
     def layer_states(self, ids: Tensor, lengths: Tensor) -> list[Tensor]:

@@ -23,6 +23,7 @@ from src.sites import ModelShape
 from src.whole_model import (
     Budget,
     SearchResult,
+    anchor_shape,
     merge_method,
     scratch_config,
     search,
@@ -64,8 +65,9 @@ def open_workbench(cfg: DictConfig, loggers: list | None = None, share: bool = T
 def train_from_scratch(
     cfg: DictConfig, shape: ModelShape, lrs: Sequence[float] = ()
 ) -> dict[str, float]:
-    """The honest anchor: a model of ``shape`` trained from scratch with the run's data, epochs
-    and seed (cached like any baseline), scored like the baseline; with each learning rate of
+    """The honest anchor: a model of ``shape`` (:func:`~src.whole_model.anchor_shape`) trained
+    from scratch with the run's data, epochs and seed (cached like any baseline), scored like the
+    baseline; with each learning rate of
     ``lrs`` (the run's own when empty), reporting the one with the best validation accuracy, so
     that a small model that fails to learn at the big one's rate is not the anchor."""
     best: dict[str, float] = {}
@@ -80,6 +82,7 @@ def train_from_scratch(
                 schema.SCRATCH_TEST_ACC: scores[schema.BASELINE_TEST_ACC],
                 schema.SCRATCH_PARAMS: scores[schema.BASELINE_PARAMS],
                 schema.SCRATCH_LR: float(cfg.model.optimizer.lr if lr is None else lr),
+                schema.SCRATCH_SHAPE: shape.describe(),
             }
     return best | {schema.SCRATCH_TRAIN_SECONDS: seconds}
 
@@ -95,5 +98,6 @@ def shrink_whole(
     metrics = search_metrics(bench, result)
     if compress.scratch and not result.note:
         lrs = compress.get("scratch_lrs") or ()
-        metrics |= train_from_scratch(cfg, ModelShape.of(result.network), lrs)
+        shape = anchor_shape(ModelShape.of(bench.network), ModelShape.of(result.network))
+        metrics |= train_from_scratch(cfg, shape, lrs)
     return metrics, result

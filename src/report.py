@@ -528,7 +528,7 @@ if __name__ == "__main__":
 def study_front_figure(runs: pd.DataFrame, whole: pd.DataFrame, baselines: pd.DataFrame) -> Figure:
     """The whole model's front, one panel per corpus: test accuracy against parameters for
     the words site's cut-off and merge (one line per method, mean over seeds), the whole-model
-    search and the same widths trained from scratch (a point per seed), and the baseline."""
+    search and a model as large trained from scratch (a point per seed), and the baseline."""
     corpora = list(baselines[schema.DATA].unique())
     fig, axes = panel_grid(len(corpora), 5.5, 4, per_row=3)
     styles = method_styles(sorted(runs[schema.METHOD].unique())) if not runs.empty else {}
@@ -539,7 +539,7 @@ def study_front_figure(runs: pd.DataFrame, whole: pd.DataFrame, baselines: pd.Da
             ax.plot(line.index, line.values, marker="o", ms=4, **styles[method])
         chosen = whole[whole[schema.DATA] == data] if not whole.empty else whole
         points = [("whole-model search", schema.COMPRESSED_PARAMS, schema.COMPRESSED_TEST_ACC)]
-        points += [("scratch, same widths", schema.SCRATCH_PARAMS, schema.SCRATCH_TEST_ACC)]
+        points += [("scratch, as many parameters", schema.SCRATCH_PARAMS, schema.SCRATCH_TEST_ACC)]
         for (label, params, acc), marker in zip(points, ("*", "x"), strict=True):
             if params in chosen and chosen[params].notna().any():
                 ax.scatter(chosen[params], chosen[acc], marker=marker, s=80, label=label, zorder=3)

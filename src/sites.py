@@ -16,6 +16,7 @@ head index (``-1`` is the last hidden layer).
 from __future__ import annotations
 
 import copy
+import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -72,6 +73,36 @@ class ModelShape:
             int(model.get("embedding_dim", 0)),
             _known_int(model, "vocab_size"),
         )
+
+    @property
+    def params(self) -> int:
+        """A network of this shape's parameters: the embedding's rows x dimensions, each LSTM
+        layer's 4h (input + h + 2 biases), each head layer's weights and bias."""
+        total = self.word_rows * self.embedding_dim
+        for a, b in itertools.pairwise([self.embedding_dim, *self.lstm_widths]):
+            total += 4 * b * (a + b + 2)
+        head = [self.lstm_widths[-1], *self.head_widths, 1]
+        return total + sum(b * (a + 1) for a, b in itertools.pairwise(head))
+
+    def scaled(self, factor: float) -> ModelShape:
+        """Every width (the embedding's dimensions, the LSTM's units, the head's neurons) times
+        ``factor``, rounded and at least 1; the rows as they are."""
+
+        def scale(width: int) -> int:
+            return max(1, round(width * factor))
+
+        return ModelShape(
+            tuple(map(scale, self.head_widths)),
+            tuple(map(scale, self.lstm_widths)),
+            scale(self.embedding_dim),
+            self.word_rows,
+        )
+
+    def describe(self) -> str:
+        """The widths in network order, as a table cell: ``rows x dims, lstm ..., head ...``."""
+        lstm = "+".join(map(str, self.lstm_widths))
+        head = "-".join(map(str, self.head_widths))
+        return f"{self.word_rows}x{self.embedding_dim}, lstm {lstm}, head {head}"
 
     def model_settings(self) -> dict:
         """The inverse of :meth:`of_settings`: the ``model`` settings of a network this shape

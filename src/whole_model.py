@@ -7,16 +7,23 @@ width whose validation accuracy stays within ``compress.max_drop`` of the baseli
 bisection (to ``compress.width_tolerance`` of the width), with the merge of ``compress.merge``
 (``compress.words`` at the words site); then the next site. A width is accepted only when the
 one-sided ``compress.confidence`` bound of its paired validation drop is within the budget, so
-that the many candidates the search tries do not spend the budget on validation's noise. The
-search reads the validation split only; the test split is read once, for the model it chose.
+that the many candidates the search tries do not spend the budget on validation's noise.
+
+The bisection reads only part of validation: ``compress.confirm`` of it (a seeded half by
+default) is held out, and the model chosen must keep the budget there too, where no choice was
+made. When it does not, the search runs again with its budget cut by the excess (at most
+``compress.confirm_rounds`` times), and the original model is kept if none is confirmed. The test
+split is read once, for the model chosen.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from statistics import NormalDist
 
+import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
@@ -44,8 +51,9 @@ class Candidate:
     site: str
     width: int
     params: int
-    val_acc: float
+    val_acc: float  # on the part of validation the search reads
     accepted: bool
+    round: int = 0  # the search's round: a later one after the held-out part refused
 
 
 @dataclass
@@ -55,6 +63,8 @@ class SearchResult:
     candidates: list[Candidate] = field(default_factory=list)
     seconds: float = 0.0
     note: str = ""  # what a reader should know: e.g. that no width met the budget
+    rounds: int = 0  # searches run (one, plus one per refusal on the held-out part)
+    held_out_drop: float | None = None  # the chosen model's bound on the held-out part
 
 
 def check_budget(compress: DictConfig) -> None:
@@ -85,6 +95,15 @@ def check_budget(compress: DictConfig) -> None:
             f"compress.confidence={compress.confidence}: a one-sided level in [0, 1) (0.9: the "
             "drop's 90 % upper bound must be within max_drop; 0: the drop itself)"
         )
+    if not 0 <= compress.get("confirm", 0) < 1:
+        raise CompressionConfigError(
+            f"compress.confirm={compress.confirm}: the share of validation held out to confirm "
+            "the chosen model, in [0, 1) (0.5: a half; 0: none)"
+        )
+    if compress.get("confirm_rounds", 1) < 1:
+        raise CompressionConfigError(
+            f"compress.confirm_rounds={compress.confirm_rounds}: at least 1 search"
+        )
     if not 0 <= compress.get("width_tolerance", 0) < 1:
         raise CompressionConfigError(
             f"compress.width_tolerance={compress.width_tolerance}: a share of the width in [0, 1)"
@@ -98,22 +117,41 @@ class Budget:
     max_drop: float
     confidence: float = 0.0  # 0: the validation drop itself must be within max_drop
     width_tolerance: float = 0.0  # stop bisecting when the interval is this share of the width
+    confirm: float = 0.0  # share of validation held out to confirm the chosen model (0: none)
+    confirm_rounds: int = 1  # searches at most, each with the budget cut by the last excess
 
     @classmethod
     def of(cls, compress: DictConfig) -> Budget:
         return cls(
-            float(compress.max_drop), float(compress.confidence), float(compress.width_tolerance)
+            float(compress.max_drop),
+            float(compress.confidence),
+            float(compress.width_tolerance),
+            float(compress.get("confirm", 0.0)),
+            int(compress.get("confirm_rounds", 1)),
         )
 
-    def accepts(self, correct: Tensor, baseline_correct: Tensor) -> bool:
-        """Whether the paired drop in accuracy (baseline minus candidate, per sentence) is within
-        ``max_drop`` at the one-sided ``confidence`` (a normal bound on the mean difference)."""
+    def bound(self, correct: Tensor, baseline_correct: Tensor) -> float:
+        """The paired drop in accuracy (baseline minus candidate, per sentence) at the one-sided
+        ``confidence`` (a normal bound on the mean difference; the mean itself at 0)."""
         drop = baseline_correct.double() - correct.double()
         bound = drop.mean()
         if self.confidence > 0:
             z = float(NormalDist().inv_cdf(self.confidence))
             bound = bound + z * drop.std(unbiased=True) / len(drop) ** 0.5
-        return bool(bound <= self.max_drop + 1e-12)
+        return float(bound)
+
+    def accepts(self, correct: Tensor, baseline_correct: Tensor) -> bool:
+        """Whether the paired drop is within ``max_drop`` at the ``confidence`` (:meth:`bound`)."""
+        return self.bound(correct, baseline_correct) <= self.max_drop + 1e-12
+
+    def split(self, sentences: int, seed: int) -> tuple[Tensor, Tensor | None]:
+        """The validation sentences the search reads and those held out to confirm (None: no
+        confirmation), a seeded split."""
+        order = torch.randperm(sentences, generator=torch.Generator().manual_seed(seed))
+        held = round(self.confirm * sentences)
+        if held == 0:
+            return order.sort().values, None
+        return order[held:].sort().values, order[:held].sort().values
 
 
 def merge_method(
@@ -136,12 +174,58 @@ def search(
     budget: Budget | float,
     words: MergeMethod | None = None,
 ) -> SearchResult:
-    """The cascade of the module docstring, from ``bench``'s network; ``words``: the merge at
-    the words site (None: that site is left as it is); a bare number is ``max_drop``."""
+    """The cascade of the module docstring, from ``bench``'s network, confirmed on the part of
+    validation it holds out; ``words``: the merge at the words site (None: that site is left as
+    it is); a bare number is ``max_drop``."""
     budget = budget if isinstance(budget, Budget) else Budget(budget)
     start = time.perf_counter()
     labels = bench.last_states("validation").labels  # every cut model reads the same sentences
     baseline_correct = accuracy(bench.logits(bench.network, "validation"), labels)
+    searched, held = budget.split(len(labels), bench.settings.seed)
+    spent, candidates = budget, []
+    for round_ in range(budget.confirm_rounds):
+        result = cascade(bench, step, method, spent, words, baseline_correct, searched, round_)
+        candidates += result.candidates
+        if held is None or result.network is bench.network:
+            break
+        correct = accuracy(bench.logits(result.network, "validation"), labels)
+        result.held_out_drop = budget.bound(correct[held], baseline_correct[held])
+        excess = result.held_out_drop - budget.max_drop
+        if excess <= 1e-12:
+            break
+        spent = dataclasses.replace(spent, max_drop=spent.max_drop - excess)
+        if spent.max_drop < 0 or round_ + 1 == budget.confirm_rounds:
+            result = SearchResult(bench.network, {s.name: s.width for s in sites_of(bench.network)})
+            result.note = (
+                f"the held-out part of validation (compress.confirm={budget.confirm}) refused "
+                f"every chosen model within compress.max_drop={budget.max_drop}: the original "
+                "model is kept"
+            )
+            break
+    result.candidates, result.rounds = candidates, round_ + 1
+    result.seconds = time.perf_counter() - start
+    if result.network is bench.network and not result.note:
+        refused = " once the held-out part of validation refused the first choice" * (round_ > 0)
+        result.note = (
+            f"no site could be cut within compress.max_drop={budget.max_drop}{refused}: the "
+            "original model is kept"
+        )
+    return result
+
+
+def cascade(
+    bench: Workbench,
+    step: CompressStep,
+    method: MergeMethod,
+    budget: Budget,
+    words: MergeMethod | None,
+    baseline_correct: Tensor,
+    searched: Tensor,
+    round_: int = 0,
+) -> SearchResult:
+    """One search: each site in network order cut to the smallest width whose drop on the
+    ``searched`` validation sentences ``budget`` accepts, on the model as cut so far."""
+    labels = bench.last_states("validation").labels
     current = bench
     result = SearchResult(bench.network, {s.name: s.width for s in sites_of(bench.network)})
     for name in list(result.widths):
@@ -158,12 +242,12 @@ def search(
             cut = current.compress(step, at_site, site, width)[0]
             # a head site reads the current network's stored last-word states: no sentence is
             # read again; a site inside the LSTM reads every validation sentence
-            correct = accuracy(current.outputs(site, cut, "validation")[0], labels)
+            correct = accuracy(current.outputs(site, cut, "validation")[0], labels)[searched]
             shrunk = cut.network
             params = sum(p.numel() for p in shrunk.parameters())
-            accepted = budget.accepts(correct, baseline_correct)
+            accepted = budget.accepts(correct, baseline_correct[searched])
             val_acc = correct.float().mean().item()
-            result.candidates.append(Candidate(name, width, params, val_acc, accepted))
+            result.candidates.append(Candidate(name, width, params, val_acc, accepted, round_))
             if accepted:
                 best, high = (width, shrunk), width - 1
             else:
@@ -171,12 +255,6 @@ def search(
         if best is not None:
             result.widths[name], result.network = best
             current = Workbench(result.network, bench.datamodule, bench.settings)
-    result.seconds = time.perf_counter() - start
-    if result.network is bench.network:
-        result.note = (
-            f"no site could be cut within compress.max_drop={budget.max_drop}: the original "
-            "model is kept"
-        )
     return result
 
 
@@ -195,11 +273,29 @@ def search_metrics(bench: Workbench, result: SearchResult) -> dict[str, float | 
         schema.COMPRESSED_WIDTHS: ",".join(f"{k}={v}" for k, v in result.widths.items()),
         schema.SEARCH_CANDIDATES: len(result.candidates),
         schema.SEARCH_SECONDS: result.seconds,
+        schema.SEARCH_ROUNDS: result.rounds,
     }
+    if result.held_out_drop is not None:
+        metrics[schema.SEARCH_HELD_OUT_DROP] = result.held_out_drop
     metrics |= {f"{schema.COMPRESSED_WIDTH}/{k}": v for k, v in result.widths.items()}
     if result.note:
         metrics[schema.SEARCH_NOTE] = result.note
     return metrics
+
+
+def anchor_shape(original: ModelShape, chosen: ModelShape) -> ModelShape:
+    """The scratch anchor's shape: the ``chosen`` model's word rows and at most its parameters,
+    every width the ``original``'s scaled by one factor (the largest that fits). The widths a
+    cascade leaves can be 2 units, which a fresh network does not train through; a model that
+    is as large and shaped like the original is the fair one to train."""
+    shaped = dataclasses.replace(original, word_rows=chosen.word_rows)
+    low, high = 0.0, 1.0
+    for _ in range(30):  # bisection on the factor: the count grows with it
+        middle = (low + high) / 2
+        low, high = (
+            (middle, high) if shaped.scaled(middle).params <= chosen.params else (low, middle)
+        )
+    return shaped.scaled(low)
 
 
 def scratch_config(cfg: DictConfig, shape: ModelShape, lr: float | None = None) -> DictConfig:

@@ -16,7 +16,14 @@ from src.loading import load_network
 from src.model import SentimentClassifier, save_compressed
 from src.network import SentimentLSTM
 from src.sites import ModelShape
-from src.whole_model import Budget, check_budget, merge_method, search, search_metrics
+from src.whole_model import (
+    Budget,
+    anchor_shape,
+    check_budget,
+    merge_method,
+    search,
+    search_metrics,
+)
 from src.workbench import (
     AnalysisSettings,
     CompressionConfigError,
@@ -204,3 +211,90 @@ def test_the_budget_keeps_a_margin_for_the_noise_of_validation() -> None:
     candidate[:3] = False
     assert Budget(0.01, confidence=0.9).accepts(candidate, baseline)  # 0.3 + 0.22 points
     assert Budget(0.0, confidence=0.9).accepts(baseline, baseline)  # no change costs nothing
+
+
+def test_the_held_out_part_is_a_seeded_split_of_validation() -> None:
+    searched, held = Budget(0.01, confirm=0.5).split(101, seed=3)
+    assert len(held) == 50 and len(searched) == 51
+    assert sorted(torch.cat([searched, held]).tolist()) == list(range(101))
+    again = Budget(0.01, confirm=0.5).split(101, seed=3)
+    assert torch.equal(again[1], held)
+    assert Budget(0.01).split(7, seed=0)[1] is None  # confirm=0: the search reads it all
+
+
+def test_exact_merges_are_confirmed_on_the_held_out_half_in_one_round(datamodule) -> None:
+    net = duplicated_network(datamodule.tokenizer.get_vocab_size())
+    bench = Workbench(net, own_labels(datamodule, net), SETTINGS)
+    result = search(bench, STEP, WeightSum(), Budget(0.0, confirm=0.5, confirm_rounds=3))
+    assert result.rounds == 1 and result.held_out_drop <= 0.0
+    assert {k: result.widths[k] for k in ("embedding", "lstm", "head.0", "head.1")} == {
+        "embedding": 3,
+        "lstm": 4,
+        "head.0": 5,
+        "head.1": 3,
+    }
+    metrics = search_metrics(bench, result)
+    assert metrics[schema.SEARCH_ROUNDS] == 1 and metrics[schema.SEARCH_HELD_OUT_DROP] <= 0
+
+
+class Noisy:
+    """Weight-sum, then every reader's weights moved by a seeded share ``noise``: a lossy merge
+    whose cost on one half of validation says little about the other's."""
+
+    def __init__(self, noise: float) -> None:
+        self.noise = noise
+
+    def __call__(self, pair: LayerPair, activations, labels, width, generator) -> LayerPair:
+        merged = WeightSum()(pair, activations, labels, width, generator)
+        noise = torch.randn(merged.w_out.shape, generator=generator) * self.noise
+        kept = torch.arange(merged.w_out.shape[1])
+        return merged.select(kept, merged.w_out * (1 + noise), merged.b_out)
+
+
+# Each branch: confirmed at once (0.05, 0.02), refused then none found (0.02, 0.02), refused
+# in the last round (0.1, 0.05); the invariant holds on every one.
+@pytest.mark.parametrize(("noise", "max_drop"), [(0.05, 0.02), (0.02, 0.02), (0.1, 0.05)])
+def test_a_chosen_model_keeps_the_budget_where_no_choice_was_made(
+    datamodule, noise: float, max_drop: float
+) -> None:
+    net = duplicated_network(datamodule.tokenizer.get_vocab_size())
+    bench = Workbench(net, own_labels(datamodule, net), SETTINGS)
+    budget = Budget(max_drop, confirm=0.5, confirm_rounds=2)
+    result = search(bench, STEP, Noisy(noise), budget)
+    assert 1 <= result.rounds <= 2
+    assert {c.round for c in result.candidates} == set(range(result.rounds))
+    if result.network is net:
+        assert "the original model is kept" in result.note
+    else:
+        labels = bench.last_states("validation").labels
+        _, held = budget.split(len(labels), SETTINGS.seed)
+        correct = (bench.logits(result.network, "validation") > 0).eq(labels.bool())
+        assert 1 - correct[held].float().mean().item() <= max_drop + 1e-9
+        assert result.held_out_drop <= max_drop
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [ModelShape((256, 64, 16), (128,), 128, 8828), ModelShape((5, 3), (4, 6), 3, 100)],
+)
+def test_a_shapes_parameter_count_is_its_networks(shape: ModelShape) -> None:
+    lstm = shape.lstm_widths
+    net = SentimentLSTM(
+        shape.word_rows, shape.embedding_dim, lstm[-1], len(lstm), shape.head_widths, 0.0, lstm
+    )
+    assert shape.params == sum(p.numel() for p in net.parameters())
+
+
+def test_the_scratch_anchor_is_as_large_as_the_chosen_model_and_shaped_like_the_original() -> None:
+    original = ModelShape((256, 64, 16), (128,), 128, 8828)
+    chosen = ModelShape((2, 2, 16), (32,), 40, 2000)  # what a cascade can leave
+    anchor = anchor_shape(original, chosen)
+    assert anchor.word_rows == chosen.word_rows
+    assert 0.99 * chosen.params <= anchor.params <= chosen.params
+    factor = anchor.lstm_widths[0] / 128
+    for got, was in (
+        (anchor.embedding_dim, 128),
+        *zip(anchor.head_widths, (256, 64, 16), strict=True),
+    ):
+        assert got == max(1, round(was * factor)) or abs(got - was * factor) <= 1
+    assert min(anchor.head_widths) > 2
