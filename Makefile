@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 # The corpora need no setting here: src/data.py finds ../shared/data beside the checkout, or
 # the embedded rotten_tomatoes (SENTIMENT_DATA_DIR or data.root=... point elsewhere).
 
-.PHONY: install install-minilm run sweep test test-fast lint format bench bench-train bench-similarity bench-infer bench-share bench-sweep clean compression-sweep claims
+.PHONY: install install-minilm run sweep test test-fast lint format bench bench-train bench-similarity bench-infer bench-share bench-sweep bench-study clean compression-sweep claims
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -40,7 +40,7 @@ format: install
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-bench: bench-train bench-similarity bench-infer bench-share bench-sweep
+bench: bench-train bench-similarity bench-infer bench-share bench-sweep bench-study
 
 bench-train: install
 	$(BIN)/python benchmarks/bench_train.py
@@ -56,6 +56,9 @@ bench-share: install  ## one training alone and two side by side, before and aft
 
 bench-sweep: install  ## a 16-job sweep on a cached baseline: each job's cost, and the summary's
 	$(BIN)/python benchmarks/bench_sweep.py $(ARGS)
+
+bench-study: install  ## a small study from scratch in one process, then as 2 joblib jobs
+	$(BIN)/python benchmarks/bench_study.py $(ARGS)
 
 clean:
 	rm -rf outputs/20* outputs/multirun .cache wandb
