@@ -104,6 +104,11 @@ def check_budget(compress: DictConfig) -> None:
         raise CompressionConfigError(
             f"compress.confirm_rounds={compress.confirm_rounds}: at least 1 search"
         )
+    if not 0 <= compress.get("confirm_confidence", 0) < 1:
+        raise CompressionConfigError(
+            f"compress.confirm_confidence={compress.confirm_confidence}: a one-sided level in "
+            "[0, 1) for the held-out drop (0: the drop itself)"
+        )
     if not 0 <= compress.get("width_tolerance", 0) < 1:
         raise CompressionConfigError(
             f"compress.width_tolerance={compress.width_tolerance}: a share of the width in [0, 1)"
@@ -119,6 +124,7 @@ class Budget:
     width_tolerance: float = 0.0  # stop bisecting when the interval is this share of the width
     confirm: float = 0.0  # share of validation held out to confirm the chosen model (0: none)
     confirm_rounds: int = 1  # searches at most, each with the budget cut by the last excess
+    confirm_confidence: float = 0.0  # the held-out drop's one-sided level (0: the drop itself)
 
     @classmethod
     def of(cls, compress: DictConfig) -> Budget:
@@ -128,15 +134,20 @@ class Budget:
             float(compress.width_tolerance),
             float(compress.get("confirm", 0.0)),
             int(compress.get("confirm_rounds", 1)),
+            float(compress.get("confirm_confidence", 0.0)),
         )
 
-    def bound(self, correct: Tensor, baseline_correct: Tensor) -> float:
+    def bound(
+        self, correct: Tensor, baseline_correct: Tensor, confidence: float | None = None
+    ) -> float:
         """The paired drop in accuracy (baseline minus candidate, per sentence) at the one-sided
-        ``confidence`` (a normal bound on the mean difference; the mean itself at 0)."""
+        ``confidence`` (default the budget's; a normal bound on the mean difference; the mean
+        itself at 0)."""
+        confidence = self.confidence if confidence is None else confidence
         drop = baseline_correct.double() - correct.double()
         bound = drop.mean()
-        if self.confidence > 0:
-            z = float(NormalDist().inv_cdf(self.confidence))
+        if confidence > 0:
+            z = float(NormalDist().inv_cdf(confidence))
             bound = bound + z * drop.std(unbiased=True) / len(drop) ** 0.5
         return float(bound)
 
@@ -189,7 +200,9 @@ def search(
         if held is None or result.network is bench.network:
             break
         correct = accuracy(bench.logits(result.network, "validation"), labels)
-        result.held_out_drop = budget.bound(correct[held], baseline_correct[held])
+        result.held_out_drop = budget.bound(
+            correct[held], baseline_correct[held], budget.confirm_confidence
+        )
         excess = result.held_out_drop - budget.max_drop
         if excess <= 1e-12:
             break
