@@ -51,7 +51,7 @@ def study(way: list[str], folder: Path, epochs: int) -> float:
         *STUDY,
         f"output_dir={folder / 'claims'}",
         f"runs_dir={folder / 'runs'}",
-        f"overrides=[trainer.max_epochs={epochs}]",
+        f'overrides=["trainer.max_epochs={epochs}"]',
     ]
     start = time.perf_counter()
     done = subprocess.run(
