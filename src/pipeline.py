@@ -19,6 +19,7 @@ from src import schema
 from src.baseline import Baseline, obtain_baseline
 from src.callbacks import progress_bar
 from src.checkpoints import AtomicCheckpointIO
+from src.network import SentimentLSTM
 from src.sites import ModelShape
 from src.whole_model import (
     Budget,
@@ -63,13 +64,15 @@ def open_workbench(cfg: DictConfig, loggers: list | None = None, share: bool = T
 
 
 def train_from_scratch(
-    cfg: DictConfig, shape: ModelShape, lrs: Sequence[float] = ()
+    cfg: DictConfig, original: SentimentLSTM, chosen: SentimentLSTM, lrs: Sequence[float] = ()
 ) -> dict[str, float]:
-    """The honest anchor: a model of ``shape`` (:func:`~src.whole_model.anchor_shape`) trained
-    from scratch with the run's data, epochs and seed (cached like any baseline), scored like the
-    baseline; with each learning rate of
-    ``lrs`` (the run's own when empty), reporting the one with the best validation accuracy, so
-    that a small model that fails to learn at the big one's rate is not the anchor."""
+    """The honest anchor for the ``chosen`` shrink of ``original``: a model as large, shaped
+    like the original (:func:`~src.whole_model.anchor_shape`), trained from scratch with the
+    run's data, epochs and seed (cached like any baseline) and scored like the baseline; with each
+    learning rate of ``lrs`` (the run's own when empty), reporting the one with the best
+    validation accuracy, so that a small model that fails to learn at the big one's rate is not
+    the anchor."""
+    shape = anchor_shape(ModelShape.of(original), ModelShape.of(chosen))
     best: dict[str, float] = {}
     seconds = 0.0
     for lr in lrs or [None]:
@@ -98,6 +101,5 @@ def shrink_whole(
     metrics = search_metrics(bench, result)
     if compress.scratch and not result.note:
         lrs = compress.get("scratch_lrs") or ()
-        shape = anchor_shape(ModelShape.of(bench.network), ModelShape.of(result.network))
-        metrics |= train_from_scratch(cfg, shape, lrs)
+        metrics |= train_from_scratch(cfg, bench.network, result.network, lrs)
     return metrics, result

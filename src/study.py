@@ -48,7 +48,6 @@ from src.pipeline import open_workbench, shrink_whole, train_from_scratch
 from src.report import log_summary_run, pairwise_similarity
 from src.sites import ModelShape, Site, SiteError, check_target_width, resolve_site
 from src.threads import use_job_cpu
-from src.whole_model import anchor_shape
 from src.workbench import AnalysisSettings, Compression, Workbench, method_choices
 
 log = logging.getLogger(__name__)
@@ -256,8 +255,8 @@ def whole_model_row(cfg: DictConfig, run: DictConfig, bench: Workbench, phases: 
         row, result = shrink_whole(run, OmegaConf.merge(compress, {"scratch": False}), bench)
     if compress.scratch and not result.note:
         with phases.timing("scratch"):
-            shape = anchor_shape(ModelShape.of(bench.network), ModelShape.of(result.network))
-            row |= train_from_scratch(run, shape, compress.get("scratch_lrs") or ())
+            lrs = compress.get("scratch_lrs") or ()
+            row |= train_from_scratch(run, bench.network, result.network, lrs)
     row[schema.BASELINE_PARAMS] = bench.baseline_scores()[schema.BASELINE_PARAMS]
     log.info("%s seed %d whole model: %s", run.data.name, run.seed, row[schema.COMPRESSED_WIDTHS])
     return row
