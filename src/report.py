@@ -521,10 +521,6 @@ def main(argv: list[str] | None = None) -> None:
     report_sweep(args.sweep_dir, settings)
 
 
-if __name__ == "__main__":
-    main()
-
-
 def study_front_figure(runs: pd.DataFrame, whole: pd.DataFrame, baselines: pd.DataFrame) -> Figure:
     """The whole model's front, one panel per corpus: test accuracy against parameters for
     the words site's cut-off and merge (one line per method, mean over seeds), the whole-model
@@ -553,3 +549,7 @@ def study_front_figure(runs: pd.DataFrame, whole: pd.DataFrame, baselines: pd.Da
         ax.legend(fontsize=7)
     fig.tight_layout()
     return fig
+
+
+if __name__ == "__main__":
+    main()
