@@ -429,12 +429,15 @@ class Workbench:
         loader = probe_loader(self.datamodule.splits["train"], n, seed)
         on_device = self.on_device(network)
         ids, lengths, layers = [], [], []
-        for batch in loader:
-            real = torch.arange(batch["ids"].shape[1])[None, :] < batch["lengths"][:, None]
-            states = on_device.layer_states(*(batch[k].to(self.device) for k in ("ids", "lengths")))
-            layers.append([layer.cpu()[real] for layer in states])
-            ids.append(batch["ids"][real])
-            lengths.append(batch["lengths"])
+        for batch in self._batches(loader):
+            real = (
+                torch.arange(batch["ids"].shape[1], device=self.device)[None, :]
+                < batch["lengths"][:, None]
+            )
+            states = on_device.layer_states(batch["ids"], batch["lengths"])
+            layers.append([layer[real].cpu() for layer in states])  # only real words move back
+            ids.append(batch["ids"][real].cpu())
+            lengths.append(batch["lengths"].cpu())
         words = {"ids": torch.cat(ids), "lengths": torch.cat(lengths)}
         for index, per_batch in enumerate(zip(*layers, strict=True)):
             words[f"states.{index}"] = torch.cat(per_batch)
