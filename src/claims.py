@@ -525,8 +525,12 @@ def judge(folder: Path) -> tuple[pd.DataFrame, list[Path]]:
                 "\nTargets (merging words and the whole model)\n\n"
                 f"{targets.to_markdown(index=False)}\n"
             )
-    similarity = tables.similarity[tables.similarity[schema.LAYER] == layer]
-    figures = {"accuracy": accuracy_figure(tables.runs), "cka": cka_figure(similarity)}
+    figures = {"accuracy": accuracy_figure(tables.runs)}
+    similarity = tables.similarity
+    if not similarity.empty:  # a study without the claims' site has no pairs there to draw
+        similarity = similarity[similarity[schema.LAYER] == layer]
+    if not similarity.empty:
+        figures["cka"] = cka_figure(similarity)
     if not tables.drift.empty:
         figures["drift"] = drift_figure(tables.drift)
     if not tables.whole.empty or (tables.runs[schema.LAYER] == WORDS).any():

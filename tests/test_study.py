@@ -4,6 +4,7 @@ two widths, and its settings refused before any training."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from src.claims import CLAIMS
+from src.claims import CLAIMS, judge
 from tests.conftest import APP_ENV, QUICK, ROOT, wandb_summary
 
 VERDICTS = {"holds", "does not hold", "depends", "not measured"}
@@ -184,6 +185,28 @@ def test_claims_are_judged_again_from_the_tables(study: Path) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
     assert (study / "claims.csv").read_text() == before
     assert "statement" in result.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kept", ["no rows at the claims' site", "no rows at all"])
+def test_claims_are_judged_without_the_claims_site_pairs(
+    study: Path, tmp_path: Path, kept: str
+) -> None:
+    """A study of other sites (or of one method) has no CKA pairs at the claims' site: its
+    claims are judged and its other figures drawn, the CKA heatmap left out."""
+    folder = tmp_path / "study"
+    shutil.copytree(study, folder)
+    pairs = pd.read_csv(folder / "similarity.csv")
+    assert (pairs["layer"] == "head.2").any()
+    if kept == "no rows at all":
+        (folder / "similarity.csv").write_text("")
+    else:
+        pairs[pairs["layer"] != "head.2"].to_csv(folder / "similarity.csv", index=False)
+    (folder / "cka.png").unlink()
+    claims, figures = judge(folder)
+    assert not claims.empty
+    assert {p.name for p in figures} >= {"accuracy.png"}
+    assert not (folder / "cka.png").exists()
 
 
 def tiny_study(output: Path, cache: Path, *extra: str) -> subprocess.CompletedProcess:
