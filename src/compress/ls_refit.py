@@ -36,14 +36,25 @@ def refit_next_layer(
     """
     f64 = torch.float64
     h = activations.to(f64)
-    b_old = pair.b_out.to(f64)
-    target = h @ pair.w_out.to(f64).T + b_old  # (words, M)
-    h_keep = h[:, keep] if design is None else design.to(f64)
-    w_out, b_out = fit_reader(h_keep, target, ridge)
+    x = h[:, keep] if design is None else design.to(f64)  # (words, k)
+    w_old, b_old = pair.w_out.to(f64), pair.b_out.to(f64)
+    k = x.shape[1]
+    # The normal equations of [x, 1] against the original reader's output h W^T + b, without
+    # that (words, M) output: [x, 1]^T (h W^T + 1 b^T) = ([x, 1]^T h) W^T + ([x, 1]^T 1) b^T,
+    # so the words are read in two (k + 1)-wide products, whatever the reader's width M.
+    with_bias = torch.cat([x, x.new_ones(len(x), 1)], dim=1)
+    gram = with_bias.T @ with_bias  # (k + 1, k + 1)
+    reads = with_bias.T @ h  # (k + 1, N)
+    cross = reads @ w_old.T + with_bias.sum(0)[:, None] * b_old[None, :]  # (k + 1, M)
+    lam = ridge * gram.diagonal()[:k].sum() / max(k, 1)  # as ridge_penalty: unit-free
+    ridged = gram.clone()
+    ridged.diagonal()[:k] += lam  # the bias unpenalised
+    solution = torch.linalg.lstsq(ridged, cross).solution
+    w_out, b_out = solution[:k].T, solution[k]
     at_zero = pair.zero_state_rows()
-    if at_zero.any():
-        penalty = ridge_penalty(h_keep, ridge)
-        w_out[at_zero] = ridge_solve(h_keep, penalty, target[:, at_zero] - b_old[at_zero]).T
+    if at_zero.any():  # through the origin: x^T (h W^T) for those rows
+        through_origin = torch.linalg.lstsq(ridged[:k, :k], reads[:k] @ w_old[at_zero].T)
+        w_out[at_zero] = through_origin.solution.T
         b_out[at_zero] = b_old[at_zero]
     dtype = pair.w_out.dtype
     return pair.select(keep, w_out.to(dtype), b_out.to(dtype))
