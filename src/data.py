@@ -356,10 +356,22 @@ class SentimentDataModule(L.LightningDataModule):
             self.tokenizer.get_vocab_size(),
         )
 
-    def loader(self, split: str, shuffle: bool = False) -> DataLoader:
+    def loader(self, split: str, shuffle: bool = False, rows: Tensor | None = None) -> DataLoader:
         """Batches of ``split``. With length bucketing on, an unshuffled loader yields its batches
-        in order of length, not in the split's order (labels travel with their sentences)."""
+        in order of length, not in the split's order (labels travel with their sentences).
+        ``rows``: only the sentences at these places of the unshuffled order, in that order (a
+        search that reads part of validation reads no more)."""
         sentences = self.splits[split]
+        if rows is not None:
+            unshuffled = self.loader(split).batch_sampler
+            order = torch.tensor([i for batch in unshuffled for i in batch])[rows]
+            batches = order.split(self.batch_size)
+            return DataLoader(
+                sentences,
+                collate_fn=collate,
+                num_workers=self.num_workers,
+                batch_sampler=[batch.tolist() for batch in batches],
+            )
         if self.bucket_pool is None and not shuffle:
             batching = {"batch_size": self.batch_size}
         else:  # shuffled: one sampler whose place in an epoch a resume can go back to

@@ -254,8 +254,9 @@ def cascade(
             width = (low + high) // 2
             cut = current.compress(step, at_site, site, width)[0]
             # a head site reads the current network's stored last-word states: no sentence is
-            # read again; a site inside the LSTM reads every validation sentence
-            correct = accuracy(current.outputs(site, cut, "validation")[0], labels)[searched]
+            # read again; a site inside the LSTM reads the searched validation sentences
+            logits = current.outputs(site, cut, "validation", rows=searched)[0]
+            correct = accuracy(logits, labels[searched])
             shrunk = cut.network
             params = sum(p.numel() for p in shrunk.parameters())
             accepted = budget.accepts(correct, baseline_correct[searched])

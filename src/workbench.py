@@ -654,20 +654,24 @@ class Workbench:
         batches = self._batches(self.datamodule.loader(split))
         return torch.cat([network.sentence_logits(b["ids"], b["lengths"]).cpu() for b in batches])
 
-    def outputs(self, site: Site, result: Shrunk, split: str) -> tuple[Tensor, Tensor | None]:
+    def outputs(
+        self, site: Site, result: Shrunk, split: str, rows: Tensor | None = None
+    ) -> tuple[Tensor, Tensor | None]:
         """The shrunk model's logits and the shrunk site's activations at each sentence's last
-        word, in the order of the stored states. A head site reads the stored LSTM states; a
-        site inside the LSTM makes the shrunk network read every sentence again."""
+        word, in the order of the stored states (``rows``: only those places of it). A head site
+        reads the stored LSTM states; a site inside the LSTM makes the shrunk network read every
+        sentence again."""
         if result.pair is not None:
+            inputs = self.last_states(split).inputs
             stored = site.from_last_states(
-                self.network, result.pair, self.last_states(split).inputs
+                self.network, result.pair, inputs if rows is None else inputs[rows]
             )
             if stored is not None:
                 return stored
         network = self.on_device(result.network)
         traced = site if site.traced else None  # a word's one-hot says nothing at the last word
         logits, features = [], []
-        for batch in self._batches(self.datamodule.loader(split)):
+        for batch in self._batches(self.datamodule.loader(split, rows=rows)):
             reading = read_sentences(network, batch["ids"], batch["lengths"], traced)
             logits.append(reading.logits.cpu())
             if traced is not None:

@@ -313,6 +313,25 @@ def test_unshuffled_bucketed_batches_come_in_order_of_length_with_their_labels()
     assert seen == pairs
 
 
+@pytest.mark.parametrize("bucket_pool", [None, 10])
+def test_a_loader_of_some_rows_reads_those_sentences_in_the_unshuffled_order(
+    bucket_pool: int | None,
+) -> None:
+    dm = datamodule(limit=300, bucket_pool=bucket_pool, batch_size=16)
+    dm.setup()
+
+    def sentences(loader) -> list[tuple]:
+        return [
+            (tuple(ids[:n].tolist()), int(label))
+            for b in loader
+            for ids, n, label in zip(b["ids"], b["lengths"], b["labels"], strict=True)
+        ]
+
+    every = sentences(dm.loader("test"))
+    rows = torch.randperm(len(every), generator=torch.Generator().manual_seed(0))[:97].sort()
+    assert sentences(dm.loader("test", rows=rows.values)) == [every[i] for i in rows.values]
+
+
 @pytest.mark.parametrize(("setting", "value"), [("bucket_pool", 0), ("batch_size", -1)])
 def test_impossible_batching_is_refused_naming_the_setting(setting: str, value: int) -> None:
     with pytest.raises(DataConfigError, match=f"data.{setting}"):

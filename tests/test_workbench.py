@@ -279,6 +279,20 @@ def test_every_method_that_keeps_units_shrinks_the_lstm(shared: Workbench, metho
         )
 
 
+@pytest.mark.parametrize("layer", ["lstm", "-1", "words"])
+def test_outputs_of_some_rows_are_those_rows_of_every_output(shared: Workbench, layer: str) -> None:
+    """A search reads part of validation: the same logits as the whole split's, at those rows."""
+    site = resolve_site(layer, ModelShape.of(shared.network))
+    method = "word_merge" if layer == "words" else "ls_refit"
+    compress = compose_config(f"compress={method}").compress
+    width = 40 if layer == "words" else 3
+    shrunk = shared.compress(CompressStep.of(compress), build_method(compress), site, width)[0]
+    every = shared.outputs(site, shrunk, "validation")[0]
+    rows = torch.arange(len(every))[1::3]
+    some = shared.outputs(site, shrunk, "validation", rows=rows)[0]
+    torch.testing.assert_close(some, every[rows], rtol=1e-5, atol=1e-6)
+
+
 def test_repair_is_refused_at_the_lstm(shared: Workbench) -> None:
     site = resolve_site("lstm", ModelShape.of(shared.network))
     method = build_method(compose_config("compress=weight_sum").compress)

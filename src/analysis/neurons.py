@@ -76,10 +76,10 @@ def neuron_status(
             f"(M, {activations.shape[-1]}): got {tuple(activations.shape)} and "
             f"{tuple(w_out.shape)}"
         )
-    h = activations.detach().double()
-    fires = h != 0
-    active_fraction = fires.double().mean(dim=0)
-    peak = h.abs().amax(dim=0) if len(h) else h.new_zeros(h.shape[1])
+    h = activations.detach()  # read in its own precision: a float64 copy of every probe word
+    fires = h != 0  # cost more than the rest (the peak and the counts are exact either way)
+    active_fraction = fires.sum(dim=0).double() / max(len(h), 1)
+    peak = (h.abs().amax(dim=0) if len(h) else h.new_zeros(h.shape[1])).double()
     contribution = peak * w_out.detach().double().norm(dim=0)
     dead = ~fires.any(dim=0)
     weak = contribution < min_relative_contribution * contribution.max()
