@@ -349,12 +349,15 @@ def words_table(t: StudyTables) -> str:
 
 
 def fewest_rows_within(runs: pd.DataFrame, slack: float) -> float:
-    """How many times fewer rows the smallest width within ``slack`` of the baseline keeps
-    (1.0 when none is)."""
-    within = runs[runs[schema.COMPRESSED_TEST_ACC] >= runs[schema.BASELINE_TEST_ACC] - slack]
-    if within.empty:
+    """How many times fewer rows the smallest width keeps that is within ``slack`` of the
+    baseline, as is every larger width measured (1.0 when the largest is not): a small width
+    that happens to be within while a larger one is not says nothing about "down to"."""
+    ordered = runs.sort_values(schema.TARGET_WIDTH, ascending=False)
+    within = ordered[schema.COMPRESSED_TEST_ACC] >= ordered[schema.BASELINE_TEST_ACC] - slack
+    held = within.astype(int).cummin().astype(bool)  # True while every larger width held
+    if not held.any():
         return 1.0
-    best = within.loc[within[schema.TARGET_WIDTH].idxmin()]
+    best = ordered[held].iloc[-1]
     return float(best[schema.LAYER_WIDTH] / best[schema.TARGET_WIDTH])
 
 

@@ -10,6 +10,7 @@ from src.claims import (
     StudyTables,
     agreement,
     check_claims,
+    fewest_rows_within,
     variant_table,
 )
 
@@ -106,3 +107,21 @@ def test_the_representative_table_counts_each_variants_collapses() -> None:
     assert "representative=medoid: 3 of 6" in table  # at chance at width 4 in every seed
     assert "(default): 0 of 6" in table
     assert variant_table(tables({"a": [0.0] * 3}), "weight_sum", LAYER, WIDTH) == ""
+
+
+def test_fewest_rows_within_counts_down_only_while_every_larger_width_held() -> None:
+    """Rows kept 4,000 / 2,000 / 800 / 400 of 8,000; test drops 0.2, 1.5, 0.4, 3 points: only
+    4,000 holds "down to" (2x); the 800 that happens to be within after 2,000 fell does not."""
+    widths, drops = [4000, 2000, 800, 400], [0.002, 0.015, 0.004, 0.03]
+    runs = pd.DataFrame(
+        {
+            "target_width": widths,
+            "layer_width": 8000,
+            "baseline/test_acc": 0.8,
+            "compressed/test_acc": [0.8 - d for d in drops],
+        }
+    )
+    assert fewest_rows_within(runs, 0.01) == 2.0
+    assert fewest_rows_within(runs.iloc[::-1], 0.01) == 2.0  # whatever the rows' order
+    assert fewest_rows_within(runs.assign(**{"compressed/test_acc": 0.8}), 0.01) == 20.0
+    assert fewest_rows_within(runs.assign(**{"compressed/test_acc": 0.7}), 0.01) == 1.0
