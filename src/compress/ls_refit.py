@@ -46,9 +46,9 @@ def refit_next_layer(
     gram = with_bias.T @ with_bias  # (k + 1, k + 1)
     reads = with_bias.T @ h  # (k + 1, N)
     cross = reads @ w_old.T + with_bias.sum(0)[:, None] * b_old[None, :]  # (k + 1, M)
-    lam = ridge * gram.diagonal()[:k].sum() / max(k, 1)  # as ridge_penalty: unit-free
+    penalty = ridge_penalty(x, ridge)
     ridged = gram.clone()
-    ridged.diagonal()[:k] += lam  # the bias unpenalised
+    ridged[:k, :k] += penalty.T @ penalty  # the bias unpenalised
     solution = torch.linalg.lstsq(ridged, cross).solution
     w_out, b_out = solution[:k].T, solution[k]
     at_zero = pair.zero_state_rows()
