@@ -14,12 +14,14 @@ LSTM's cost is batch x longest sentence.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
 import os
 import socket
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import lightning as L
@@ -105,7 +107,10 @@ def check_parquet(path: Path) -> None:
 
 def split_sources(name: str, root: str | None, hub_name: str) -> dict[str, str]:
     """Where each split is read from, for messages: its Parquet file, or the hub's split."""
-    folder = locate_corpus(name, root)
+    return sources_in(locate_corpus(name, root), hub_name)
+
+
+def sources_in(folder: Path | None, hub_name: str) -> dict[str, str]:
     if folder is None:
         return {split: f"{hub_name} ({split})" for split in SPLITS}
     return {split: str(folder / f"{split}.parquet") for split in SPLITS}
@@ -113,7 +118,11 @@ def split_sources(name: str, root: str | None, hub_name: str) -> dict[str, str]:
 
 def load_raw_splits(name: str, root: str | None, hub_name: str) -> DatasetDict:
     """The corpus from the folder :func:`locate_corpus` finds, else from the hub."""
-    folder = locate_corpus(name, root)
+    return read_corpus(name, locate_corpus(name, root), hub_name)
+
+
+def read_corpus(name: str, folder: Path | None, hub_name: str) -> DatasetDict:
+    """The Parquet files in ``folder``, or ``hub_name`` from the hub when it is None."""
     if folder is not None:
         paths = {split: folder / f"{split}.parquet" for split in SPLITS}
         files = {split: str(path) for split, path in paths.items() if path.is_file()}
@@ -163,13 +172,13 @@ def complete_splits(
     splits = {name: clean_split(split, name) for name, split in raw.items()}
     for name, split in splits.items():
         source = (sources or {}).get(name, f"the {name} split")
-        hidden = name == "test" and set(raw[name]["label"]) == {-1}
+        hidden = name == "test" and set(raw[name].unique("label")) == {-1}
         if len(split) == 0 and not hidden:
             raise DataConfigError(
                 f"no usable rows in {source}: every text is empty or not text, or every label "
                 "is outside {0,1}"
             )
-        if len(classes := set(split["label"])) == 1:
+        if len(classes := set(split.unique("label"))) == 1:
             raise DataConfigError(
                 f"{source} holds one class (every usable row has label {classes.pop()}): "
                 "a split needs labels 0 and 1"
@@ -215,6 +224,82 @@ def data_digest(splits: Mapping[str, Dataset]) -> str:
         columns = splits[name].to_dict()
         digest.update(json.dumps([name, columns["text"], columns["label"]]).encode())
     return digest.hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class CorpusKey:
+    """What the cleaned splits depend on: where they are read from (``folder``; None: the hub),
+    with every file's size and modification time, so that a file edited in place is read again."""
+
+    name: str
+    hub_name: str
+    folder: Path | None
+    files: tuple[tuple[str, int, int], ...]
+    val_fraction: float
+    limit: int | None
+
+    @classmethod
+    def of(
+        cls, name: str, root: str | None, hub_name: str, val_fraction: float, limit: int | None
+    ) -> CorpusKey:
+        folder = locate_corpus(name, root)
+        paths = sorted(folder.glob("*.parquet")) if folder else []
+        files = tuple((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in paths)
+        return cls(name, hub_name, folder, files, val_fraction, limit)
+
+
+@functools.lru_cache(maxsize=4)
+def cleaned_splits(key: CorpusKey) -> tuple[DatasetDict, str]:
+    """The cleaned splits of ``key`` and their :func:`data_digest`.
+
+    Kept per process: a sweep's jobs in one process (Hydra's basic launcher, a joblib worker) read,
+    clean and hash the corpus once instead of once a job."""
+    raw = complete_splits(
+        read_corpus(key.name, key.folder, key.hub_name),
+        key.val_fraction,
+        sources_in(key.folder, key.hub_name),
+    )
+    if key.limit:  # a slice for tests and quick looks
+        raw = DatasetDict(
+            {
+                k: v.shuffle(seed=VALIDATION_SEED).select(range(min(key.limit, len(v))))
+                for k, v in raw.items()
+            }
+        )
+    return raw, data_digest(raw)
+
+
+@dataclass(frozen=True)
+class EncodedSplit:
+    """One split's kept texts and (token ids, label) rows: tuples, shared between the jobs of a
+    process, so no job can change another's."""
+
+    texts: tuple[str, ...]
+    rows: tuple[tuple[Tensor, int], ...]
+
+
+@functools.lru_cache(maxsize=2)
+def encoded_splits(
+    key: CorpusKey, tokenizer_json: str, max_length: int, truncation_side: str
+) -> dict[str, EncodedSplit]:
+    """Every split of ``key`` tokenised; texts with no tokens are dropped. Kept per process like
+    :func:`cleaned_splits` (two entries: a baseline's tokenizer and a scratch model's)."""
+    tokenizer = Tokenizer.from_str(tokenizer_json)
+    encoded = {}
+    for name, split in cleaned_splits(key)[0].items():
+        # Plain lists: indexing a datasets Column one row at a time costs ~1 ms a row.
+        columns = split.to_dict()
+        texts, labels = columns["text"], columns["label"]
+        ids, truncated = encode(tokenizer, texts, max_length, truncation_side)
+        kept = [i for i, x in enumerate(ids) if len(x) > 0]
+        if truncated:
+            log.info("%s: %d texts cut to data.max_length=%d words", name, truncated, max_length)
+        if dropped := len(ids) - len(kept):
+            log.warning("%s: dropped %d texts that have no tokens", name, dropped)
+        encoded[name] = EncodedSplit(
+            tuple(texts[i] for i in kept), tuple((ids[i], int(labels[i])) for i in kept)
+        )
+    return encoded
 
 
 class LengthBatchSampler(Sampler[list[int]]):
@@ -312,20 +397,11 @@ class SentimentDataModule(L.LightningDataModule):
         """The cleaned splits (a slice with data.limit), read once, and their :attr:`digest`:
         known before any tokenizer or training, so a cached baseline can be keyed by it."""
         if self.raw is None:
-            raw = complete_splits(
-                load_raw_splits(self.name, self.root, self.hub_name),
-                self.val_fraction,
-                split_sources(self.name, self.root, self.hub_name),
-            )
-            if self.limit:  # a slice for tests and quick looks
-                raw = DatasetDict(
-                    {
-                        k: v.shuffle(seed=VALIDATION_SEED).select(range(min(self.limit, len(v))))
-                        for k, v in raw.items()
-                    }
-                )
-            self.raw, self.digest = raw, data_digest(raw)
+            self.raw, self.digest = cleaned_splits(self.corpus_key())
         return self.raw
+
+    def corpus_key(self) -> CorpusKey:
+        return CorpusKey.of(self.name, self.root, self.hub_name, self.val_fraction, self.limit)
 
     def setup(self, stage: str | None = None) -> None:
         if self.splits:
@@ -335,20 +411,11 @@ class SentimentDataModule(L.LightningDataModule):
             self.tokenizer = train_tokenizer(
                 raw["train"].to_dict()["text"], self.vocab_size, self.min_frequency
             )
-        for name, split in raw.items():
-            # Plain lists: indexing a datasets Column one row at a time costs ~1 ms a row.
-            columns = split.to_dict()
-            texts, labels = columns["text"], columns["label"]
-            ids, truncated = encode(self.tokenizer, texts, self.max_length, self.truncation_side)
-            kept = [i for i, x in enumerate(ids) if len(x) > 0]
-            if truncated:
-                log.info(
-                    "%s: %d texts cut to data.max_length=%d words", name, truncated, self.max_length
-                )
-            if dropped := len(ids) - len(kept):
-                log.warning("%s: dropped %d texts that have no tokens", name, dropped)
-            self.texts[name] = [texts[i] for i in kept]
-            self.splits[name] = [(ids[i], int(labels[i])) for i in kept]
+        encoded = encoded_splits(
+            self.corpus_key(), self.tokenizer.to_str(), self.max_length, self.truncation_side
+        )
+        self.texts = {name: list(split.texts) for name, split in encoded.items()}
+        self.splits = {name: list(split.rows) for name, split in encoded.items()}
         log.info(
             "%s: %s sentences, vocabulary %d",
             self.name,

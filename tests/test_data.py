@@ -336,3 +336,27 @@ def test_a_loader_of_some_rows_reads_those_sentences_in_the_unshuffled_order(
 def test_impossible_batching_is_refused_naming_the_setting(setting: str, value: int) -> None:
     with pytest.raises(DataConfigError, match=f"data.{setting}"):
         datamodule(**{setting: value})
+
+
+def test_a_process_reads_and_encodes_a_corpus_once_and_again_when_a_file_changes(
+    tmp_path: Path,
+) -> None:
+    """A sweep's jobs in one process share the cleaned, encoded splits; a file edited in place
+    (another size or time) is read again, so no job sees stale data."""
+    root = tiny_corpus(tmp_path, rows=40)
+    first, second = datamodule("tiny", root), datamodule("tiny", root)
+    first.setup()
+    second.tokenizer = first.tokenizer  # as a job reading the baseline's tokenizer
+    second.setup()
+    assert second.raw is first.raw and second.digest == first.digest
+    assert second.splits["train"][0][0] is first.splits["train"][0][0]
+    second.splits["train"].pop()  # a job's own list: the next job still gets every sentence
+    third = datamodule("tiny", root)
+    third.tokenizer = first.tokenizer
+    third.setup()
+    assert len(third.splits["train"]) == len(first.splits["train"]) == 40
+
+    tiny_corpus(tmp_path, rows=30)  # the same files, rewritten with fewer rows
+    edited = datamodule("tiny", root)
+    edited.setup()
+    assert edited.digest != first.digest and len(edited.splits["train"]) == 30
