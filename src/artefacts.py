@@ -18,10 +18,13 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import torch
+import wandb
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
+from hydra.utils import get_class, instantiate
 from lightning.pytorch.loggers import Logger, WandbLogger
 from matplotlib.figure import Figure
+from omegaconf import DictConfig
 from torch import Tensor
 
 from src import schema
@@ -48,7 +51,27 @@ LATEST = Path("outputs/latest")  # the last finished single run, for commands to
 def wanted(setting: bool | None) -> bool:
     """A per-job file's setting: null means in a single run, not in a multirun's jobs (drawing
     a job's figures and page cost more than its merge; the sweep's summary draws its own)."""
-    return setting if setting is not None else HydraConfig.get().mode == RunMode.RUN
+    return setting if setting is not None else single_run()
+
+
+def single_run() -> bool:
+    """Whether this is a single run, not one job of a multirun."""
+    return HydraConfig.get().mode == RunMode.RUN
+
+
+def run_loggers(logger_configs: DictConfig) -> list[Logger]:
+    """The run's loggers. A W&B run saves the list of installed packages (about 0.1 s, more than
+    a job's merge): a multirun's jobs share one environment, so only the sweep's summary run
+    saves it."""
+    quiet = {"settings": wandb.Settings(x_save_requirements=False)}
+    return [
+        instantiate(entry, **({} if single_run() or not is_wandb(entry) else quiet))
+        for entry in logger_configs.values()
+    ]
+
+
+def is_wandb(logger_config: DictConfig) -> bool:
+    return issubclass(get_class(logger_config._target_), WandbLogger)
 
 
 def point_latest(output_dir: Path) -> None:

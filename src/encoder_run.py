@@ -26,7 +26,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from src import schema
-from src.artefacts import wanted
+from src.artefacts import run_loggers, wanted
 from src.encoder import (
     FAMILY,
     TextEncoder,
@@ -140,7 +140,7 @@ def main(cfg: DictConfig) -> dict:
     )
     output = Path(cfg.output_dir)
     layer = "all" if len(sites) > 1 else sites[0].name
-    loggers = [instantiate(c) for c in cfg.logger.values()]
+    loggers = run_loggers(cfg.logger)
     for logger in loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
     exit_code = 1

@@ -18,14 +18,14 @@ from pathlib import Path
 import hydra
 import numpy as np
 import wandb
-from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from src import schema
 from src.artefacts import (
     point_latest,
+    run_loggers,
+    single_run,
     wanted,
     write_search,
     write_site_analysis,
@@ -161,7 +161,7 @@ def main(cfg: DictConfig) -> dict:
     cfg = job.cfg
     threads = use_job_cpu(cfg.threads)
     output_dir = Path(cfg.output_dir)
-    loggers = [instantiate(c) for c in cfg.logger.values()]
+    loggers = run_loggers(cfg.logger)
     for logger in loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
     exit_code = 1  # a failure or Ctrl-C marks the W&B run as failed, and still closes it
@@ -177,7 +177,7 @@ def main(cfg: DictConfig) -> dict:
         for logger in loggers:
             logger.log_metrics({k: v for k, v in metrics.items() if not isinstance(v, str)})
         print(summary_table(metrics, list(schema.CONSOLE)))
-        if HydraConfig.get().mode == RunMode.RUN:
+        if single_run():
             point_latest(output_dir)
         exit_code = 0
         return metrics

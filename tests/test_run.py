@@ -57,6 +57,8 @@ def test_wandb_offline_run_holds_the_logged_metrics(trained_run: Path) -> None:
     summary = json.dumps(wandb_summary(trained_run))
     for key in ("baseline/test_acc", "val/acc", "train/loss"):
         assert key in summary
+    (offline,) = (trained_run / "wandb").glob("offline-run-*")
+    assert "torch==" in (offline / "files" / "requirements.txt").read_text()  # a single run's own
 
 
 @pytest.mark.slow

@@ -88,6 +88,10 @@ def test_every_job_leaves_the_analysis_artefacts(sweep: Path) -> None:
         assert (job / "compressed.ckpt").stat().st_size > 0
         (offline,) = (job / "wandb").glob("offline-run-*")
         assert not list(offline.glob("files/media/images/**/*.png"))
+        # the jobs share one environment: its package list is saved once, by the summary run
+        assert not (offline / "files" / "requirements.txt").exists()
+    (summary_run,) = (sweep / "wandb").glob("offline-run-*")
+    assert "torch==" in (summary_run / "files" / "requirements.txt").read_text()
 
 
 @pytest.mark.slow
