@@ -93,6 +93,29 @@ def test_refit_is_never_worse_than_weight_sum_on_the_probe_words(seed, m):
         assert refit <= summed * (1 + 1e-6) + 1e-8, scale
 
 
+@pytest.mark.parametrize("ridge", [0.0, 1e-6, 0.1])
+def test_refit_solves_the_ridge_problem_a_qr_of_the_stacked_design_solves(ridge):
+    """The normal equations give the weights a QR of [H_keep, 1; sqrt(lam) I, 0] gives, lam the
+    ridge times the kept columns' mean squared norm, the bias unpenalised."""
+    pair = random_pair(12, 5, seed=3)
+    h = pair.hidden(inputs(400, 4)).double()
+    keep = torch.tensor([0, 3, 4, 7, 11])
+    k = len(keep)
+    lam = ridge * h[:, keep].square().sum() / k
+    design = torch.cat(
+        [
+            torch.cat([h[:, keep], torch.ones(len(h), 1, dtype=h.dtype)], 1),
+            torch.cat([lam.sqrt() * torch.eye(k, dtype=h.dtype), torch.zeros(k, 1)], 1),
+        ]
+    )
+    target = h @ pair.w_out.double().T + pair.b_out.double()
+    stacked = torch.cat([target, torch.zeros(k, target.shape[1], dtype=h.dtype)])
+    solution = torch.linalg.lstsq(design, stacked, driver="gelsd").solution
+    refit = refit_next_layer(pair, h, keep, ridge)
+    torch.testing.assert_close(refit.w_out.double(), solution[:k].T, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(refit.b_out.double(), solution[k], atol=1e-5, rtol=1e-5)
+
+
 @pytest.mark.parametrize("m", [1, 64])
 @pytest.mark.parametrize(
     "method",
