@@ -11,7 +11,7 @@ import math
 import os
 import subprocess
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import matplotlib
@@ -108,8 +108,46 @@ def job_row(sweep_dir: Path, folder: Path) -> dict:
 
 
 def job_rows(sweep_dir: str | Path) -> list[dict]:
-    """:func:`job_row` of every job folder under ``sweep_dir``."""
-    return [job_row(Path(sweep_dir), folder) for folder in job_folders(Path(sweep_dir))]
+    """:func:`job_row` of every job folder under ``sweep_dir``, each finished job's method named
+    with its variant (:func:`swept_variants`)."""
+    folders = job_folders(Path(sweep_dir))
+    rows = [job_row(Path(sweep_dir), folder) for folder in folders]
+    for row, variant in zip(rows, swept_variants(map(job_overrides, folders)), strict=True):
+        if variant and schema.METHOD in row:
+            row[schema.METHOD] = f"{row[schema.METHOD]} {variant}"
+    return rows
+
+
+# The settings a summary's cell is named by (its columns), and those its runs repeat over
+# (averaged): every other setting a sweep varies makes a variant of the method.
+CELL_SETTINGS = ("data", "layer", "compress", "target_width")
+REPEAT_SETTINGS = ("seed", "model.calibration_seed")
+
+
+def job_overrides(folder: Path) -> dict[str, str]:
+    """The job's command-line overrides, from Hydra's ``.hydra/overrides.yaml`` (none where
+    Hydra saved none), by setting: ``+``, ``++`` and ``~`` dropped from the names."""
+    path = folder / ".hydra" / "overrides.yaml"
+    entries = OmegaConf.load(path) if path.is_file() else []
+    pairs = (str(entry).lstrip("+~").partition("=") for entry in entries)
+    return {key: value for key, _, value in pairs}
+
+
+def swept_variants(overrides: Iterable[dict[str, str]]) -> list[str]:
+    """Each job's variant: the settings the sweep gave different values in different jobs,
+    other than a cell's own and those its runs repeat over, as ``key=value`` (the study's names,
+    as ``ls_refit compress.closed_loop=1``). Jobs that differ in ``compress.closed_loop`` or an
+    encoder's ``model.correct`` are then never averaged as one method."""
+    overrides = list(overrides)
+    keys = sorted({key for job in overrides for key in job})
+    swept = [
+        key
+        for key in keys
+        if key not in CELL_SETTINGS + REPEAT_SETTINGS
+        and not key.startswith("hydra.")
+        and len({job.get(key) for job in overrides}) > 1
+    ]
+    return [" ".join(f"{key}={job[key]}" for key in swept if key in job) for job in overrides]
 
 
 def gather_metrics(

@@ -186,3 +186,46 @@ def test_every_method_has_its_own_colour_and_a_variant_its_methods_colour() -> N
     assert len(lines) == 3
     assert styles[variants[0]]["label"] == "method_3 (representative=medoid)"
     assert styles[variants[1]]["label"] == "method_3 (repair=true)"
+
+
+def test_jobs_that_differ_in_another_swept_setting_are_named_apart_never_averaged(
+    tmp_path: Path,
+) -> None:
+    """A sweep of ``compress.closed_loop=0,1`` (or an encoder's ``model.correct``) makes two
+    variants of the method, named as the study names them; the seed, the width and settings every
+    job shares name nothing."""
+    for loop in (0, 1):
+        for seed in (0, 1):
+            job = tmp_path / f"closed_loop={loop},seed={seed}"
+            (job / ".hydra").mkdir(parents=True)
+            overrides = [
+                "compress=ls_refit",
+                f"compress.closed_loop={loop}",
+                f"seed={seed}",
+                "target_width=4",
+                "cache_dir=/somewhere",
+                "+experiment=imdb",
+            ]
+            (job / ".hydra" / "overrides.yaml").write_text(OmegaConf.to_yaml(overrides))
+            accuracy = 0.6 + loop / 10 + seed / 1000
+            write_metrics(
+                job,
+                {
+                    "data": "imdb",
+                    "layer": "lstm",
+                    "method": "ls_refit",
+                    "target_width": 4,
+                    "seed": seed,
+                    "baseline/test_acc": 0.8,
+                    "compressed/test_acc": accuracy,
+                    "delta_acc": accuracy - 0.8,
+                },
+            )
+    jobs = summarise_sweep(tmp_path)
+    assert sorted(set(jobs["method"])) == [
+        "ls_refit compress.closed_loop=0",
+        "ls_refit compress.closed_loop=1",
+    ]
+    table = (tmp_path / "summary.md").read_text()
+    assert re.search(r"ls_refit compress.closed_loop=0\s*\|\s*0\.6005 ± 0\.0007", table)
+    assert re.search(r"ls_refit compress.closed_loop=1\s*\|\s*0\.7005 ± 0\.0007", table)
