@@ -37,8 +37,8 @@ RESULT = ROOT / "results" / "benchmarks" / "share.txt"
 
 def child(mode: str, sentences: int, go: Path) -> None:
     """One training: ready its data, wait for ``go`` to exist, time one epoch, print JSON."""
-    import lightning as L
     import torch
+    from bench_train import epoch_trainer  # a sibling script: benchmarks/ is on sys.path
     from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
 
@@ -54,18 +54,7 @@ def child(mode: str, sentences: int, go: Path) -> None:
     cfg.model.vocab_size = datamodule.tokenizer.get_vocab_size()
     torch.manual_seed(0)
     model = instantiate(cfg.model)
-    trainer = L.Trainer(
-        accelerator="cpu",
-        devices=1,
-        max_epochs=1,
-        gradient_clip_val=cfg.trainer.gradient_clip_val,
-        limit_val_batches=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[FairShare()] if mode == "after" else [],
-    )
+    trainer = epoch_trainer(cfg, [FairShare()] if mode == "after" else [])
     print("ready", flush=True)
     while not go.exists():
         time.sleep(0.01)

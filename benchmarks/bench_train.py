@@ -104,10 +104,10 @@ def plain_epoch(model: SentimentClassifier, loader: DataLoader, cfg, reference: 
     return time.perf_counter() - start
 
 
-def lightning_epoch(model: SentimentClassifier, datamodule: SentimentDataModule, cfg) -> float:
-    """One epoch of the project's step under the project's Trainer settings, minus validation
-    and checkpoint files."""
-    trainer = L.Trainer(
+def epoch_trainer(cfg, callbacks: list | None = None) -> L.Trainer:
+    """The project's Trainer settings for one timed epoch, minus validation and checkpoint files
+    (``bench_share`` times its trainings with it too)."""
+    return L.Trainer(
         accelerator="cpu",
         devices=1,
         max_epochs=1,
@@ -117,7 +117,13 @@ def lightning_epoch(model: SentimentClassifier, datamodule: SentimentDataModule,
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
+        callbacks=callbacks or [],
     )
+
+
+def lightning_epoch(model: SentimentClassifier, datamodule: SentimentDataModule, cfg) -> float:
+    """One epoch of the project's step under :func:`epoch_trainer`; returns its seconds."""
+    trainer = epoch_trainer(cfg)
     start = time.perf_counter()
     trainer.fit(model, datamodule=datamodule)
     return time.perf_counter() - start
