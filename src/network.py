@@ -49,6 +49,11 @@ def check_shape(head_widths: Sequence[int], hidden_size: int, embedding_dim: int
         raise ModelConfigError(f"model.embedding_dim must be >= 1, got {embedding_dim}")
 
 
+def real_words(ids: Tensor, lengths: Tensor) -> Tensor:
+    """(B, T) bool, on ``ids``' device: which positions hold a word, not padding."""
+    return torch.arange(ids.shape[1], device=ids.device)[None, :] < lengths.to(ids.device)[:, None]
+
+
 def last_word(per_word: Tensor, lengths: Tensor) -> Tensor:
     """Pick each sentence's value at its last real word: (B, T, ...) -> (B, ...)."""
     index = (lengths - 1).to(per_word.device).view(-1, *([1] * (per_word.dim() - 1)))
@@ -129,11 +134,16 @@ class SentimentLSTM(nn.Module):
                 module.training = mode
         return gradients
 
+    def sensitivity_sum(self, ids: Tensor, lengths: Tensor) -> Tensor:
+        """(E, E) float64: ``sum g g^T`` over the sentences' words (not their padding), ``g`` a
+        word's :meth:`embedding_gradients`: the embedding's directions that move the prediction."""
+        real = real_words(ids, lengths)
+        g = self.embedding_gradients(ids, lengths)[real].double()
+        return g.T @ g
+
     def layer_states(self, ids: Tensor, lengths: Tensor) -> list[Tensor]:
         """Every LSTM layer's state after every word, each (B, T, H_l); zeros at padding."""
-        real = (
-            torch.arange(ids.shape[1], device=ids.device)[None, :] < lengths.to(ids.device)[:, None]
-        )
+        real = real_words(ids, lengths)
         return [out * real[..., None] for out in self.layer_outputs(ids)]
 
     def top_states(self, ids: Tensor, lengths: Tensor) -> Tensor:

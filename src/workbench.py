@@ -48,7 +48,7 @@ from src.compress.retrain import LastWordInputs, train_pair
 from src.data import SentimentDataModule, probe_loader
 from src.errors import SettingError
 from src.loading import CheckpointError, read_checkpoint
-from src.network import SentimentLSTM, last_word, stored_bytes
+from src.network import SentimentLSTM, last_word, real_words, stored_bytes
 from src.sites import ModelShape, Site, check_target_width, read_sentences, resolve_site
 from src.store import ArtefactStore
 from src.tokens import collate
@@ -563,10 +563,7 @@ class Workbench:
             dim = network.embedding.embedding_dim
             total = torch.zeros(dim, dim, dtype=torch.float64, device=self.device)
             for batch in self._batches(probe_loader(self.datamodule.splits["train"], n, seed)):
-                ids, lengths = batch["ids"], batch["lengths"]
-                real = torch.arange(ids.shape[1], device=self.device)[None, :] < lengths[:, None]
-                g = network.embedding_gradients(ids, lengths)[real].double()
-                total += g.T @ g
+                total += network.sensitivity_sum(batch["ids"], batch["lengths"])
             self._sensitivity = (total / total.trace().clamp_min(1e-300)).cpu()
         return self._sensitivity
 
@@ -693,7 +690,7 @@ class Workbench:
             ids, lengths = batch["ids"], batch["lengths"]
             before = site.reads(original, self._site_states(site, baseline, batch))
             after = site.reads(pair, self._site_states(site, shrunk, batch))
-            real = torch.arange(ids.shape[1])[None, :] < lengths[:, None]  # (B, T)
+            real = real_words(ids, lengths)
             t = ids.shape[1]
             error[:t] += ((after - before).square().sum(-1) * real).sum(0).double()
             size[:t] += (before.square().sum(-1) * real).sum(0).double()
