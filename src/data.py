@@ -105,12 +105,9 @@ def check_parquet(path: Path) -> None:
         )
 
 
-def split_sources(name: str, root: str | None, hub_name: str) -> dict[str, str]:
-    """Where each split is read from, for messages: its Parquet file, or the hub's split."""
-    return sources_in(locate_corpus(name, root), hub_name)
-
-
 def sources_in(folder: Path | None, hub_name: str) -> dict[str, str]:
+    """Where each split is read from, for messages: its Parquet file in ``folder``, or the hub's
+    split."""
     if folder is None:
         return {split: f"{hub_name} ({split})" for split in SPLITS}
     return {split: str(folder / f"{split}.parquet") for split in SPLITS}

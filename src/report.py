@@ -144,7 +144,6 @@ def swept_variants(overrides: Iterable[dict[str, str]]) -> list[str]:
         key
         for key in keys
         if key not in CELL_SETTINGS + REPEAT_SETTINGS
-        and not key.startswith("hydra.")
         and len({job.get(key) for job in overrides}) > 1
     ]
     return [" ".join(f"{key}={job[key]}" for key in swept if key in job) for job in overrides]
