@@ -21,7 +21,7 @@ import logging
 import os
 import socket
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import lightning as L
@@ -275,19 +275,35 @@ class EncodedSplit:
     rows: tuple[tuple[Tensor, int], ...]
 
 
+@dataclass(frozen=True)
+class TokenizerKey:
+    """A tokenizer, compared by what it does: its serialised form and its whole vocabulary. The
+    vocabulary is needed too: a tokenizer whose merged words share an id serialises one word per
+    id (``to_str`` drops the others), so two tokenizers that read words differently can
+    serialise alike."""
+
+    fingerprint: str
+    tokenizer: Tokenizer = field(compare=False, hash=False)
+
+    @classmethod
+    def of(cls, tokenizer: Tokenizer) -> TokenizerKey:
+        vocab = json.dumps(sorted(tokenizer.get_vocab(with_added_tokens=True).items()))
+        digest = hashlib.sha256(tokenizer.to_str().encode() + vocab.encode()).hexdigest()
+        return cls(digest, tokenizer)
+
+
 @functools.lru_cache(maxsize=2)
 def encoded_splits(
-    key: CorpusKey, tokenizer_json: str, max_length: int, truncation_side: str
+    key: CorpusKey, tokenizer: TokenizerKey, max_length: int, truncation_side: str
 ) -> dict[str, EncodedSplit]:
     """Every split of ``key`` tokenised; texts with no tokens are dropped. Kept per process like
     :func:`cleaned_splits` (two entries: a baseline's tokenizer and a scratch model's)."""
-    tokenizer = Tokenizer.from_str(tokenizer_json)
     encoded = {}
     for name, split in cleaned_splits(key)[0].items():
         # Plain lists: indexing a datasets Column one row at a time costs ~1 ms a row.
         columns = split.to_dict()
         texts, labels = columns["text"], columns["label"]
-        ids, truncated = encode(tokenizer, texts, max_length, truncation_side)
+        ids, truncated = encode(tokenizer.tokenizer, texts, max_length, truncation_side)
         kept = [i for i, x in enumerate(ids) if len(x) > 0]
         if truncated:
             log.info("%s: %d texts cut to data.max_length=%d words", name, truncated, max_length)
@@ -409,7 +425,10 @@ class SentimentDataModule(L.LightningDataModule):
                 raw["train"].to_dict()["text"], self.vocab_size, self.min_frequency
             )
         encoded = encoded_splits(
-            self.corpus_key(), self.tokenizer.to_str(), self.max_length, self.truncation_side
+            self.corpus_key(),
+            TokenizerKey.of(self.tokenizer),
+            self.max_length,
+            self.truncation_side,
         )
         self.texts = {name: list(split.texts) for name, split in encoded.items()}
         self.splits = {name: list(split.rows) for name, split in encoded.items()}

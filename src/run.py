@@ -168,7 +168,8 @@ def main(cfg: DictConfig) -> dict:
     try:
         opened = open_workbench(cfg, loggers)
         job = on_network(job, opened)
-        opened.bench.datamodule.tokenizer.save(str(output_dir / "tokenizer.json"))
+        # the checkpoint's own JSON: Tokenizer.save keeps one word per id, not merged words
+        (output_dir / "tokenizer.json").write_text(opened.baseline.model.tokenizer_json)
         metrics = baseline_metrics(job, opened, threads)
         evaluation = shrink(job, opened, metrics, loggers)
         metrics |= write_analysis(job, opened.bench, evaluation, metrics, loggers)

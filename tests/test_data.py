@@ -24,11 +24,13 @@ from src.data import (
     load_raw_splits,
     locate_corpus,
 )
-from src.tokens import PAD_ID, collate
+from src.model import words_to_rows
+from src.tokens import PAD_ID, UNK_ID, collate
 from tests.conftest import (
     CORPORA,
     ROOT,
     SHARED_DATA,
+    TINY_WORDS,
     compose_config,
     needs_full_corpora,
     tiny_corpus,
@@ -360,3 +362,31 @@ def test_a_process_reads_and_encodes_a_corpus_once_and_again_when_a_file_changes
     edited = datamodule("tiny", root)
     edited.setup()
     assert edited.digest != first.digest and len(edited.splits["train"]) == 30
+
+
+def test_tokenizers_that_serialise_alike_but_read_words_apart_are_never_confused(
+    tmp_path: Path,
+) -> None:
+    """A merged checkpoint's tokenizer gives two words one id, and ``to_str`` keeps one word per
+    id: the per-process encoding must tell it from the tokenizer that lost the other word."""
+    root = tiny_corpus(tmp_path)
+    first = datamodule("tiny", root)
+    first.setup()
+    vocab = first.tokenizer.get_vocab()
+    kept, merged = TINY_WORDS[0][0], TINY_WORDS[1][1]  # two words of the corpus
+    row_of = torch.arange(first.tokenizer.get_vocab_size())
+    row_of[vocab[merged]] = vocab[kept]
+    merging = Tokenizer.from_str(words_to_rows(first.tokenizer.to_str(), row_of))
+    losing = Tokenizer.from_str(merging.to_str())  # the serialised form: one word per id
+    assert merging.to_str() == losing.to_str()
+    assert merging.token_to_id(merged) == merging.token_to_id(kept) == vocab[kept]
+    assert None in (losing.token_to_id(merged), losing.token_to_id(kept))  # one of them is lost
+
+    def ids_of(tokenizer: Tokenizer) -> set[int]:
+        dm = datamodule("tiny", root)
+        dm.tokenizer = tokenizer
+        dm.setup()
+        return {int(i) for ids, _ in dm.splits["train"] for i in ids}
+
+    assert vocab[merged] not in ids_of(merging) and UNK_ID not in ids_of(merging)
+    assert UNK_ID in ids_of(losing)

@@ -286,6 +286,9 @@ def test_merged_words_run_end_to_end_and_their_checkpoint_predicts_as_measured(
     assert asked.returncode == 0, asked.stderr
     answer = json.loads(asked.stdout)
     model = load_checkpoint(run / "compressed.ckpt").eval()
+    # the run's tokenizer.json is the checkpoint's, every merged word in it (Tokenizer.save
+    # would keep one word per id)
+    assert (again / "tokenizer.json").read_text() == model.tokenizer_json
     ids = torch.tensor([Tokenizer.from_str(model.tokenizer_json).encode(sentence).ids])
     with torch.no_grad():
         expected = torch.sigmoid(model.network.sentence_logits(ids, torch.tensor([ids.shape[1]])))
