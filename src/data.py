@@ -405,16 +405,17 @@ class SentimentDataModule(L.LightningDataModule):
         self.shuffle_start: tuple[int, int] | None = None  # the next training loader's start
         self.raw: DatasetDict | None = None  # the cleaned splits, read once by read()
         self.digest: str | None = None  # data_digest of raw
+        self.corpus: CorpusKey | None = None  # the files raw was read from, as read() found them
 
     def read(self) -> DatasetDict:
         """The cleaned splits (a slice with data.limit), read once, and their :attr:`digest`:
         known before any tokenizer or training, so a cached baseline can be keyed by it."""
         if self.raw is None:
-            self.raw, self.digest = cleaned_splits(self.corpus_key())
+            self.corpus = CorpusKey.of(
+                self.name, self.root, self.hub_name, self.val_fraction, self.limit
+            )
+            self.raw, self.digest = cleaned_splits(self.corpus)
         return self.raw
-
-    def corpus_key(self) -> CorpusKey:
-        return CorpusKey.of(self.name, self.root, self.hub_name, self.val_fraction, self.limit)
 
     def setup(self, stage: str | None = None) -> None:
         if self.splits:
@@ -424,8 +425,8 @@ class SentimentDataModule(L.LightningDataModule):
             self.tokenizer = train_tokenizer(
                 raw["train"].to_dict()["text"], self.vocab_size, self.min_frequency
             )
-        encoded = encoded_splits(
-            self.corpus_key(),
+        encoded = encoded_splits(  # the files read() read, not those on disk now
+            self.corpus,
             TokenizerKey.of(self.tokenizer),
             self.max_length,
             self.truncation_side,
