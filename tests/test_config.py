@@ -123,6 +123,7 @@ def test_unknown_data_set_names_the_group() -> None:
         ("analysis.measure=cosine", "analysis.measure"),
         ("analysis.clustering=dbscan", "analysis.clustering"),
         ("analysis.probe_sentences=0", "analysis.probe_sentences"),
+        ("analysis.drift_sentences=0", "analysis.drift_sentences"),
         ("analysis.device=tpu", "analysis.device='tpu' is not a device"),
         *(
             []

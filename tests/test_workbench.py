@@ -3,6 +3,7 @@ method on every site, the metrics, the shrunk checkpoint, and the work shared be
 
 from __future__ import annotations
 
+import dataclasses
 import re
 
 import pytest
@@ -277,6 +278,27 @@ def test_every_method_that_keeps_units_shrinks_the_lstm(shared: Workbench, metho
         assert len(drift.by_position) == len(drift.sentences) and drift.sentences[0] == len(
             shared.last_states("test").labels
         )
+
+
+def test_the_drift_reads_a_seeded_sample_of_test_when_asked_for_fewer(
+    datamodule: SentimentDataModule, shared: Workbench
+) -> None:
+    """analysis.drift_sentences caps the drift's two passes (IMDB's test has 25,000 reviews);
+    a cap the split does not exceed reads every sentence, as before."""
+    site = resolve_site("lstm", ModelShape.of(shared.network))
+    compress = compose_config("compress=weight_sum").compress
+    step, built = CompressStep.of(compress), build_method(compress)
+    tests = len(shared.last_states("test").labels)
+    drifts = {}
+    for cap in (tests, tests // 3):
+        settings = dataclasses.replace(SETTINGS, drift_sentences=cap)
+        capped = Workbench(shared.network, datamodule, settings)
+        drifts[cap] = capped.evaluate(step, built, site, 6).drift
+        assert drifts[cap].sentences[0] == cap  # every sampled sentence has a first word
+    every = shared.evaluate(step, built, site, 6).drift
+    torch.testing.assert_close(drifts[tests].by_position, every.by_position)
+    assert drifts[tests // 3].last_word != every.last_word  # a sample, not the first rows again
+    assert 0 < drifts[tests // 3].last_word < 10
 
 
 @pytest.mark.parametrize("layer", ["lstm", "-1", "words"])
