@@ -7,6 +7,7 @@ import itertools
 import pytest
 import torch
 
+from src.compress import weight_sum
 from src.compress.base import LayerPair, choose_representatives
 from src.compress.ls_refit import LeastSquaresRefit, refit_next_layer
 from src.compress.prune import Prune
@@ -69,6 +70,23 @@ def test_exact_multiple_is_merged_without_error_on_any_input(m, rep, scale):
     merged = merge_by_weight_sum(pair, pair.hidden(inputs(200, 1)), TWIN_LABELS, reps, scale)
     fresh = inputs(500, 2)
     torch.testing.assert_close(merged.forward(fresh), pair.forward(fresh), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("scale", ["ls", "affine"])
+def test_member_fits_in_chunks_of_words_are_the_least_squares_fits(monkeypatch, scale):
+    """The fits read inner products summed chunk by chunk (an IMDB probe is 460k words deep):
+    the same ``a`` (and ``c``) as fitting each member's whole trace to its owner's."""
+    monkeypatch.setattr(weight_sum, "WORD_CHUNK", 7)  # 50 words: 8 chunks, the last short
+    h = torch.relu(inputs(50, 3) @ torch.randn(D, 6, generator=torch.Generator().manual_seed(4)))
+    members, owner = torch.tensor([0, 1, 2, 4, 5]), torch.tensor([0, 0, 2, 2, 2])
+    a, c = weight_sum._fit_members(h, members, owner, scale)
+    for i, (m, r) in enumerate(zip(members.tolist(), owner.tolist(), strict=True)):
+        design = h[:, r, None].double()
+        if scale == "affine":
+            design = torch.cat([design, torch.ones_like(design)], dim=1)
+        fit = torch.linalg.lstsq(design, h[:, m, None].double()).solution.squeeze(1)
+        torch.testing.assert_close(a[i], fit[0])
+        torch.testing.assert_close(c[i], fit[1] if scale == "affine" else fit.new_zeros(()))
 
 
 def test_plain_sum_ignores_the_scale_and_changes_the_output():

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
+import scipy.linalg
 import torch
 
 from src.compress.base import LayerPair
@@ -118,6 +120,21 @@ def test_interpolative_decomposition_is_exact_at_rank_k() -> None:
     merged = InterpolativeDecomposition()(pair, h, None, 3, g)
     assert torch.equal(merged.w_in, pair.w_in[keep])
     assert_close(merged.next_preactivation(h[:, keep]), pair.next_preactivation(h), atol=1e-4)
+
+
+def test_interpolative_decomposition_pivots_as_a_pivoted_qr_of_the_activations() -> None:
+    """The pivoting runs on an unpivoted QR's triangle: the same neurons and ``T`` as pivoting
+    the (words, N) activations themselves, on a tall matrix and on a wide one."""
+    g = gen()
+    for words in (500, 6):
+        h = torch.relu(torch.randn(words, 12, generator=g) + 0.3)
+        keep, t = interpolative_decomposition(h, 5)
+        _, r, perm = scipy.linalg.qr(h.double().numpy(), mode="economic", pivoting=True)
+        k = min(5, words)
+        assert keep.tolist() == perm[:k].tolist()
+        expected = np.empty((k, 12))
+        expected[:, perm] = np.hstack([np.eye(k), np.linalg.pinv(r[:k, :k]) @ r[:k, k:]])
+        np.testing.assert_allclose(t.numpy(), expected, atol=1e-9)
 
 
 def test_keep_one_keeps_one_per_correlated_group_uncompensated() -> None:

@@ -166,10 +166,12 @@ def choose_representatives(
     ``max_activation`` takes the member with the largest mean |activation|.
     """
     check_choice(how, REPRESENTATIVES, "compress.method.representative")
-    peaks = activations.abs().amax(dim=0)
-    traces = activations / peaks.clamp_min(torch.finfo(activations.dtype).tiny)
-    signed = bool((activations < 0).any())
-    means = activations.abs().mean(dim=0)
+    if how == "medoid":  # only what the choice reads: an IMDB probe is 460k words deep
+        peaks = activations.abs().amax(dim=0)
+        traces = activations / peaks.clamp_min(torch.finfo(activations.dtype).tiny)
+        signed = bool((activations < 0).any())
+    elif how == "max_activation":
+        means = activations.abs().mean(dim=0)
     clusters = cluster_count(labels)
     chosen = []
     for cluster in range(clusters):

@@ -19,17 +19,32 @@ from src.compress.base import REPRESENTATIVES, LayerPair, check_choice, cluster_
 SCALES = ("ls", "none", "affine")
 
 
-def _fit_members(h_m: Tensor, h_r: Tensor, scale: str) -> tuple[Tensor, Tensor]:
-    """Per member, ``(a, c)`` with ``h_m ~ a * h_r + c`` over the words (columns are members)."""
-    tiny = torch.finfo(h_r.dtype).tiny
-    zeros = h_m.new_zeros(h_m.shape[1])
-    if scale == "none":
+WORD_CHUNK = 65536  # probe words per chunk of the fits: memory, not results
+
+
+def _fit_members(
+    activations: Tensor, members: Tensor, owner: Tensor, scale: str
+) -> tuple[Tensor, Tensor]:
+    """Per member, ``(a, c)`` float64 with ``h_m ~ a * h_r + c`` over the words (``h_r``: the
+    activations of its ``owner``), read off every unit's float64 inner products with the owners
+    (centred for ``affine``), summed chunk by chunk of words: a tall probe (460k words of an IMDB
+    site) is never copied whole, nor gathered column by column per member (4x faster there)."""
+    zeros = torch.zeros(members.numel(), dtype=torch.float64, device=activations.device)
+    if scale == "none" or not members.numel():
         return torch.ones_like(zeros), zeros
-    if scale == "ls":  # through the origin; a = 0 when the representative never fires
-        return (h_m * h_r).sum(0) / (h_r * h_r).sum(0).clamp_min(tiny), zeros
-    d_m, d_r = h_m - h_m.mean(0), h_r - h_r.mean(0)
-    a = (d_m * d_r).sum(0) / (d_r * d_r).sum(0).clamp_min(tiny)
-    return a, h_m.mean(0) - a * h_r.mean(0)
+    chunks = activations.split(WORD_CHUNK)
+    mean = torch.zeros(activations.shape[1], dtype=torch.float64, device=activations.device)
+    if scale == "affine":  # centred in a first pass, as the fit through the means needs
+        mean = sum(chunk.double().sum(0) for chunk in chunks) / len(activations)
+    owners, slot = owner.unique(return_inverse=True)
+    gram = 0  # (N, owners): every unit's inner product with each owner's trace
+    for chunk in chunks:
+        centred = chunk.double() - mean if scale == "affine" else chunk.double()
+        gram = gram + centred.T @ centred[:, owners]
+    own = gram[owners, torch.arange(len(owners), device=owners.device)][slot]
+    # a = 0 when the representative never fires (or, affine, never varies)
+    a = gram[members, slot] / own.clamp_min(torch.finfo(torch.float64).tiny)
+    return a, (mean[members] - a * mean[owner] if scale == "affine" else zeros)
 
 
 def merge_by_weight_sum(
@@ -57,12 +72,11 @@ def merge_by_weight_sum(
     members = (labels >= 0).nonzero().squeeze(1)
     owner = representatives[labels[members]]
     is_rep = members == owner  # a representative keeps its own column as it is
-    h_m, h_r = activations.double()[:, members], activations.double()[:, owner]
     w_members = pair.w_out[:, members].double()
 
     def folded(scale: str) -> tuple[Tensor, Tensor]:
         """The merged outgoing weights (M, k) and bias (M,) with members fitted by ``scale``."""
-        factor, offset = _fit_members(h_m, h_r, scale)
+        factor, offset = _fit_members(activations, members, owner, scale)
         factor, offset = factor.masked_fill(is_rep, 1.0), offset.masked_fill(is_rep, 0.0)
         w_out = w_members.new_zeros(pair.w_out.shape[0], k)
         w_out.index_add_(1, labels[members], w_members * factor)
