@@ -45,7 +45,7 @@ from src.compress.base import LayerPair, MergeMethod
 from src.compress.ls_refit import refit_next_layer
 from src.compress.repair import repair_statistics
 from src.compress.retrain import LastWordInputs, train_pair
-from src.data import SentimentDataModule, probe_loader
+from src.data import SentimentDataModule, probe_loader, probe_sample
 from src.errors import SettingError
 from src.loading import CheckpointError, read_checkpoint
 from src.network import SentimentLSTM, last_word, real_words, stored_bytes
@@ -692,12 +692,10 @@ class Workbench:
         them, a seeded sample when the split has more."""
         original, pair = site.pair(self.network), result.pair
         test = self.datamodule.splits["test"]
-        rows = None
-        if len(test) > self.settings.drift_sentences:  # places in the loader's order, sorted so
-            # that its batches keep their similar lengths
-            generator = torch.Generator().manual_seed(self.settings.seed)
-            sample = torch.randperm(len(test), generator=generator)
-            rows = sample[: self.settings.drift_sentences].sort().values
+        rows = None  # every sentence, or a sample of places in the loader's order, sorted so
+        if len(test) > self.settings.drift_sentences:  # that its batches keep like lengths
+            sample = probe_sample(test, self.settings.drift_sentences, self.settings.seed)
+            rows = torch.tensor(sample.indices).sort().values
         longest = max(len(ids) for ids, _ in test)
         error, size, reaching = (torch.zeros(longest, dtype=torch.float64) for _ in range(3))
         last_error = last_size = 0.0
