@@ -713,8 +713,10 @@ class Workbench:
                 (last_word(after, lengths) - last_word(before, lengths)).square().sum()
             )
             last_size += float(last_word(before, lengths).square().sum())
-        by_position = (error / size.clamp_min(1e-12)).sqrt().float()
-        return Drift(by_position, reaching.long(), (last_error / max(last_size, 1e-12)) ** 0.5)
+        reached = int((reaching > 0).sum())  # a sample need not hold the split's longest sentence
+        by_position = (error[:reached] / size[:reached].clamp_min(1e-12)).sqrt().float()
+        last = (last_error / max(last_size, 1e-12)) ** 0.5
+        return Drift(by_position, reaching[:reached].long(), last)
 
     def _site_states(self, site: Site, network: SentimentLSTM, batch: dict) -> Tensor:
         """The site's units after every word of ``batch``, by ``network`` on the analysis

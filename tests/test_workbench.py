@@ -295,6 +295,7 @@ def test_the_drift_reads_a_seeded_sample_of_test_when_asked_for_fewer(
         capped = Workbench(shared.network, datamodule, settings)
         drifts[cap] = capped.evaluate(step, built, site, 6).drift
         assert drifts[cap].sentences[0] == cap  # every sampled sentence has a first word
+        assert drifts[cap].sentences[-1] > 0  # no position that no sampled sentence reaches
     every = shared.evaluate(step, built, site, 6).drift
     torch.testing.assert_close(drifts[tests].by_position, every.by_position)
     assert drifts[tests // 3].last_word != every.last_word  # a sample, not the first rows again
