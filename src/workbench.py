@@ -692,11 +692,11 @@ class Workbench:
         them, a seeded sample when the split has more."""
         original, pair = site.pair(self.network), result.pair
         test = self.datamodule.splits["test"]
-        rows = None  # every sentence, or a sample of places in the loader's order, sorted so
-        if len(test) > self.settings.drift_sentences:  # that its batches keep like lengths
-            sample = probe_sample(test, self.settings.drift_sentences, self.settings.seed)
-            rows = torch.tensor(sample.indices).sort().values
-        longest = max(len(ids) for ids, _ in test)
+        rows, read = None, test  # every sentence, or a sample of places in the loader's order,
+        if len(test) > self.settings.drift_sentences:  # sorted so batches keep like lengths
+            read = probe_sample(test, self.settings.drift_sentences, self.settings.seed)
+            rows = torch.tensor(read.indices).sort().values
+        longest = max(len(ids) for ids, _ in read)  # the longest sentence read, not the split's
         error, size, reaching = (torch.zeros(longest, dtype=torch.float64) for _ in range(3))
         last_error = last_size = 0.0
         baseline, shrunk = self.on_device(self.network), self.on_device(result.network)
@@ -713,10 +713,9 @@ class Workbench:
                 (last_word(after, lengths) - last_word(before, lengths)).square().sum()
             )
             last_size += float(last_word(before, lengths).square().sum())
-        reached = int((reaching > 0).sum())  # a sample need not hold the split's longest sentence
-        by_position = (error[:reached] / size[:reached].clamp_min(1e-12)).sqrt().float()
+        by_position = (error / size.clamp_min(1e-12)).sqrt().float()
         last = (last_error / max(last_size, 1e-12)) ** 0.5
-        return Drift(by_position, reaching[:reached].long(), last)
+        return Drift(by_position, reaching.long(), last)
 
     def _site_states(self, site: Site, network: SentimentLSTM, batch: dict) -> Tensor:
         """The site's units after every word of ``batch``, by ``network`` on the analysis
