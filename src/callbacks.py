@@ -79,3 +79,13 @@ class FairShare(L.Callback):
     def on_validation_batch_start(self, *args: object) -> None:
         if self.share is not None:
             self.share.update()
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.share is not None and self.share.changes:
+            log.info(
+                "the fair share changed torch's threads %d times (down to %d) while other "
+                "processes were busy: the weights may differ in their last bits from a run on a "
+                "quiet machine (threads=<n> fixes the count)",
+                self.share.changes,
+                self.share.fewest,
+            )

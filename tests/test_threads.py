@@ -111,3 +111,19 @@ def test_the_share_is_measured_again_only_once_a_window_has_passed() -> None:
         assert share.update() in (None, 1)  # None only where there is no /proc/stat
     finally:
         torch.set_num_threads(before)
+
+
+def test_the_share_counts_the_thread_changes_it_makes() -> None:
+    """What FairShare reports after a fit: how often the count changed, and the fewest set."""
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        share = CoreShare(most=1, every=0.0)
+        assert (share.changes, share.fewest) == (0, 2)
+        if share.update() is None:
+            pytest.skip("no /proc/stat to measure with")
+        assert (share.changes, share.fewest) == (1, 1)  # 2 -> 1: the job's share is one thread
+        share.update()
+        assert share.changes == 1  # already at one thread: nothing set again
+    finally:
+        torch.set_num_threads(before)
