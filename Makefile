@@ -66,6 +66,10 @@ clean:
 compression-sweep: install  ## every method x widths 1,2,4,8 x seeds 0,1,2 on the 16-neuron layer
 	$(BIN)/python -m src.run +experiment=compression_sweep $(ARGS)
 
-claims: install  ## the claims study: 3 corpora x 3 seeds x every method x widths on 3 layers;
-                 ## finished units (corpus x seed) are reused; ARGS="-m hydra/launcher=..." fans out
-	$(BIN)/python -m src.study $(ARGS)
+# The study as 2 joblib jobs on this machine: IMDB's units one after another in one (up to 13 GB
+# each, never two side by side), the others in the second; CLAIMS= runs it in one process.
+CLAIMS ?= -m hydra/launcher=joblib hydra.launcher.n_jobs=2 'lanes=[[imdb]]'
+
+claims: install  ## the claims study: 3 corpora x 3 seeds x every method x widths on 5 sites;
+                 ## finished units (corpus x seed) are reused; CLAIMS="-m hydra/launcher=..." fans out
+	$(BIN)/python -m src.study $(CLAIMS) $(ARGS)

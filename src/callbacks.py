@@ -12,9 +12,8 @@ import sys
 import time
 
 import lightning as L
-import torch
 
-from src.threads import CoreShare
+from src.threads import CoreShare, machine_cores
 from src.tokens import check_known_words
 
 log = logging.getLogger(__name__)
@@ -62,7 +61,9 @@ class KnownWords(L.Callback):
 
 class FairShare(L.Callback):
     """During fit, torch's threads follow the cores other processes leave free, measured once a
-    second (:class:`src.threads.CoreShare`); ``threads`` (the top-level setting) fixes them."""
+    second (:class:`src.threads.CoreShare`), from the job's share up to every core: a job whose
+    sibling jobs have finished takes their cores. ``threads`` (the top-level setting) fixes
+    them."""
 
     def __init__(self, threads: int | None = None) -> None:
         self.fixed = threads is not None
@@ -70,7 +71,7 @@ class FairShare(L.Callback):
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not self.fixed:
-            self.share = CoreShare(most=torch.get_num_threads())
+            self.share = CoreShare(most=machine_cores())
 
     def on_train_batch_start(self, *args: object) -> None:
         if self.share is not None:

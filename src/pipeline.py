@@ -8,7 +8,7 @@ the entry points, never in the core.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import logging
 from dataclasses import dataclass
 
 import lightning as L
@@ -31,6 +31,8 @@ from src.whole_model import (
     search_metrics,
 )
 from src.workbench import AnalysisSettings, Workbench, shared_store
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -64,21 +66,42 @@ def open_workbench(cfg: DictConfig, loggers: list | None = None, share: bool = T
 
 
 def train_from_scratch(
-    cfg: DictConfig, original: SentimentLSTM, chosen: SentimentLSTM, lrs: Sequence[float] = ()
+    cfg: DictConfig, original: SentimentLSTM, chosen: SentimentLSTM, compress: DictConfig
 ) -> dict[str, float]:
     """The honest anchor for the ``chosen`` shrink of ``original``: a model as large, shaped
     like the original (:func:`~src.whole_model.anchor_shape`), trained from scratch with the
     run's data, epochs and seed (cached like any baseline) and scored like the baseline; with each
-    learning rate of ``lrs`` (the run's own when empty), reporting the one with the best
-    validation accuracy, so that a small model that fails to learn at the big one's rate is not
-    the anchor."""
+    learning rate of ``compress.scratch_lrs`` (the run's own when empty), reporting the one with
+    the best validation accuracy, so that a small model that fails to learn at the big one's rate
+    is not the anchor.
+
+    ``compress.scratch_screen_epochs`` (successive halving's first rung): every rate is trained
+    that many epochs first, and only the best on validation for the run's epochs. It costs
+    rates x screen + epochs epochs, not rates x epochs, and gives the full grid's anchor whenever
+    the screen and the full trainings rank the same rate first."""
     shape = anchor_shape(ModelShape.of(original), ModelShape.of(chosen))
-    best: dict[str, float] = {}
+    rates = list(compress.get("scratch_lrs") or [None])
+    screen = int(compress.get("scratch_screen_epochs") or 0)
     seconds = 0.0
-    for lr in lrs or [None]:
-        opened = open_workbench(scratch_config(cfg, shape, lr), share=False)
-        scores = opened.bench.baseline_scores()
+
+    def trained(lr: float | None, epochs: int | None = None) -> dict[str, float]:
+        nonlocal seconds
+        opened = open_workbench(scratch_config(cfg, shape, lr, epochs), share=False)
         seconds += opened.baseline.train_seconds
+        return opened.bench.baseline_scores()
+
+    if len(rates) > 1 and 0 < screen < cfg.trainer.max_epochs:
+        screened = {lr: trained(lr, screen)[schema.BASELINE_VAL_ACC] for lr in rates}
+        rates = [max(rates, key=screened.__getitem__)]  # the first of equals, as below
+        log.info(
+            "the scratch anchor's learning rate after %d epoch(s): %s (validation %s)",
+            screen,
+            rates[0],
+            ", ".join(f"{lr}: {acc:.4f}" for lr, acc in screened.items()),
+        )
+    best: dict[str, float] = {}
+    for lr in rates:
+        scores = trained(lr)
         if not best or scores[schema.BASELINE_VAL_ACC] > best[schema.SCRATCH_VAL_ACC]:
             best = {
                 schema.SCRATCH_VAL_ACC: scores[schema.BASELINE_VAL_ACC],
@@ -100,6 +123,5 @@ def shrink_whole(
     result = search(bench, step, method, Budget.of(compress), words)
     metrics = search_metrics(bench, result)
     if compress.scratch and not result.note:
-        lrs = compress.get("scratch_lrs") or ()
-        metrics |= train_from_scratch(cfg, bench.network, result.network, lrs)
+        metrics |= train_from_scratch(cfg, bench.network, result.network, compress)
     return metrics, result

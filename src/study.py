@@ -47,7 +47,7 @@ from src.network import check_shape
 from src.pipeline import open_workbench, shrink_whole, train_from_scratch
 from src.report import log_summary_run, pairwise_similarity
 from src.sites import ModelShape, Site, SiteError, check_target_width, resolve_site
-from src.threads import use_job_cpu
+from src.threads import CoreShare, machine_cores, use_job_cpu
 from src.workbench import AnalysisSettings, Compression, Workbench, method_choices
 
 log = logging.getLogger(__name__)
@@ -79,15 +79,20 @@ PHASES = ("baseline", "probing", "merging", "retraining", "whole-model search", 
 
 @dataclass
 class Phases:
-    """Seconds a unit spent in each of :data:`PHASES`: what the study costs, and where."""
+    """Seconds a unit spent in each of :data:`PHASES`: what the study costs, and where. With a
+    ``share``, torch's threads follow the cores other processes leave free, set again as each
+    step starts (a job beside another takes one core of two, and both once it is alone)."""
 
     seconds: dict[str, float] = field(default_factory=dict)
+    share: CoreShare | None = None
 
     def add(self, phase: str, seconds: float) -> None:
         self.seconds[phase] = self.seconds.get(phase, 0.0) + seconds
 
     @contextmanager
     def timing(self, phase: str) -> Iterator[None]:
+        if self.share is not None:
+            self.share.update()
         start = time.perf_counter()
         try:
             yield
@@ -104,12 +109,29 @@ def unit_name(data: str, seed: int) -> str:
     return f"{data}-seed{seed}"
 
 
-def sweep_units(corpora: list, seeds: list, seeds_by_corpus: Mapping) -> str:
-    """The units as a multirun sweeps them (``hydra.sweeper.params.unit`` in conf/study.yaml)."""
-    return ",".join(unit_name(d, s) for d, s in units(corpora, seeds, seeds_by_corpus or {}))
+def sweep_units(
+    corpora: list, seeds: list, seeds_by_corpus: Mapping, lanes: list | None = None
+) -> str:
+    """The jobs of a multirun (``hydra.sweeper.params.unit`` in conf/study.yaml): each lane's
+    units as one job, ``+``-joined, in turn (a lane's corpora never run side by side: IMDB's
+    13 GB units on a 23 GB machine), the lanes first (the longest jobs start first), then every
+    other unit as a job of its own."""
+    pairs = units(corpora, seeds, seeds_by_corpus or {})
+    jobs, laned = [], set()
+    for lane in lanes or []:
+        own = [pair for pair in pairs if pair[0] in lane and pair not in laned]
+        laned.update(own)
+        jobs += ["+".join(unit_name(*pair) for pair in own)] if own else []
+    return ",".join(jobs + [unit_name(*pair) for pair in pairs if pair not in laned])
 
 
 OmegaConf.register_new_resolver("study_units", sweep_units, replace=True)
+
+
+def job_units(cfg: DictConfig) -> list[str]:
+    """The units of this job of a multirun (``unit``: one, or a lane's ``+``-joined); none when
+    the study runs in one process."""
+    return [] if cfg.get("unit") is None else str(cfg.unit).split("+")
 
 
 def run_configs(cfg: DictConfig) -> dict[tuple[str, int], DictConfig]:
@@ -119,8 +141,15 @@ def run_configs(cfg: DictConfig) -> dict[tuple[str, int], DictConfig]:
     configs = {}
     pairs = units(cfg.corpora, cfg.seeds, cfg.seeds_by_corpus)
     names = [unit_name(*pair) for pair in pairs]
-    if cfg.get("unit") is not None and cfg.unit not in names:
-        raise StudyConfigError(f"unit={cfg.unit} is not one of the study's: {', '.join(names)}")
+    for name in job_units(cfg):
+        if name not in names:
+            raise StudyConfigError(f"unit={name} is not one of the study's: {', '.join(names)}")
+    for lane in cfg.get("lanes") or []:
+        if isinstance(lane, str) or not set(lane) <= set(cfg.corpora) | set(cfg.corpus_overrides):
+            raise StudyConfigError(
+                f"lanes: {lane} must be a list of corpora, e.g. lanes=[[imdb]]: each lane's units "
+                "run one after another in one job"
+            )
     for data, seed in pairs:
         folder = Path(cfg.runs_dir) / f"{data}-seed{seed}"
         own = cfg.corpus_overrides.get(data, [])
@@ -255,8 +284,7 @@ def whole_model_row(cfg: DictConfig, run: DictConfig, bench: Workbench, phases: 
         row, result = shrink_whole(run, OmegaConf.merge(compress, {"scratch": False}), bench)
     if compress.scratch and not result.note:
         with phases.timing("scratch"):
-            lrs = compress.get("scratch_lrs") or ()
-            row |= train_from_scratch(run, bench.network, result.network, lrs)
+            row |= train_from_scratch(run, bench.network, result.network, compress)
     row[schema.BASELINE_PARAMS] = bench.baseline_scores()[schema.BASELINE_PARAMS]
     log.info("%s seed %d whole model: %s", run.data.name, run.seed, row[schema.COMPRESSED_WIDTHS])
     return row
@@ -340,10 +368,16 @@ MEASURING = ("methods", "variants", "layers", "lstm_retraining", "whole_model", 
 UNIT_RECORD = "unit.json"  # a finished unit's fingerprint, seconds and phases, beside its tables
 
 
-def measure_unit(cfg: DictConfig, run: DictConfig, methods: dict[str, Compression]) -> Path:
+def measure_unit(
+    cfg: DictConfig,
+    run: DictConfig,
+    methods: dict[str, Compression],
+    share: CoreShare | None = None,
+) -> Path:
     """One corpus and seed measured into ``<output_dir>/jobs/<unit>/`` (reused when it finished
     with the same fingerprint); its folder. A unit that stops keeps what it measured in its
-    ``partial/``."""
+    ``partial/``. ``share``: torch's threads follow the cores other processes leave free
+    (:class:`Phases`)."""
     folder = Path(cfg.output_dir) / "jobs" / unit_name(run.data.name, run.seed)
     key = fingerprint(cfg, run, methods)
     record = folder / UNIT_RECORD
@@ -351,7 +385,7 @@ def measure_unit(cfg: DictConfig, run: DictConfig, methods: dict[str, Compressio
         log.info("%s: finished before with the same settings and code, reused", folder.name)
         return folder
     start = time.perf_counter()
-    rows, phases = Rows(*([] for _ in TABLES)), Phases()
+    rows, phases = Rows(*([] for _ in TABLES)), Phases(share=share)
     try:
         study_baseline(cfg, run, methods, rows, phases)
     except BaseException:  # Ctrl-C or a failure: keep every measurement taken so far
@@ -433,12 +467,15 @@ def main(cfg: DictConfig) -> pd.DataFrame | None:
     start = time.perf_counter()
     runs, methods = run_configs(cfg), method_configs(cfg)  # bad settings fail here, in seconds
     use_job_cpu(None)
-    if cfg.unit is not None:  # one job of a multirun: its unit; the callback assembles
-        data, seed = cfg.unit.rsplit("-seed", 1)
-        measure_unit(cfg, runs[data, int(seed)], methods)
+    pinned = any(run.threads is not None for run in runs.values())  # overrides=["threads=2"]
+    share = None if pinned else CoreShare(most=machine_cores())
+    if cfg.unit is not None:  # one job of a multirun: its unit(s); the callback assembles
+        for name in job_units(cfg):
+            data, seed = name.rsplit("-seed", 1)
+            measure_unit(cfg, runs[data, int(seed)], methods, share)
         return None
     for run in runs.values():
-        measure_unit(cfg, run, methods)
+        measure_unit(cfg, run, methods, share)
     overrides = list(HydraConfig.get().overrides.task)
     return assemble(cfg, overrides, time.perf_counter() - start)
 

@@ -109,6 +109,12 @@ def check_budget(compress: DictConfig) -> None:
             f"compress.confirm_confidence={compress.confirm_confidence}: a one-sided level in "
             "[0, 1) for the held-out drop (0: the drop itself)"
         )
+    screen = compress.get("scratch_screen_epochs", 0)
+    if not isinstance(screen, int) or screen < 0:
+        raise CompressionConfigError(
+            f"compress.scratch_screen_epochs={screen}: the epochs each learning rate of the "
+            "scratch grid is screened for, a whole number >= 0 (0: every rate trained in full)"
+        )
     if not 0 <= compress.get("width_tolerance", 0) < 1:
         raise CompressionConfigError(
             f"compress.width_tolerance={compress.width_tolerance}: a share of the width in [0, 1)"
@@ -312,10 +318,13 @@ def anchor_shape(original: ModelShape, chosen: ModelShape) -> ModelShape:
     return shaped.scaled(low)
 
 
-def scratch_config(cfg: DictConfig, shape: ModelShape, lr: float | None = None) -> DictConfig:
+def scratch_config(
+    cfg: DictConfig, shape: ModelShape, lr: float | None = None, epochs: int | None = None
+) -> DictConfig:
     """The run's config with the model's widths set to ``shape``'s: the same data, epochs and
     seed, a small model trained from scratch in ``<run>/scratch`` (``<run>/scratch/lr=<lr>``
-    with its own learning rate ``lr``)."""
+    with its own learning rate ``lr``; ``.../epochs=<epochs>`` for that many epochs, not the
+    run's)."""
     scratch = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
     scratch.model = OmegaConf.merge(scratch.model, shape.model_settings())
     if lr is not None:
@@ -323,7 +332,12 @@ def scratch_config(cfg: DictConfig, shape: ModelShape, lr: float | None = None) 
     if shape.word_rows:  # as many rows as the merged words left: a tokenizer of that many words
         scratch.data.vocab_size = min(int(scratch.data.vocab_size), shape.word_rows)
     scratch.output_dir = f"{cfg.output_dir}/scratch" + ("" if lr is None else f"/lr={lr}")
+    if epochs is not None:
+        scratch.trainer.max_epochs = epochs
+        scratch.output_dir += f"/epochs={epochs}"
     scratch.ckpt_path = scratch.resume = None
+    # never read sentence by sentence: a few merged rows need not know analysis.sentences' words
+    scratch.callbacks.pop("known_words", None)
     for node in scratch.callbacks.values():  # every file of the anchor in its own folder
         if "dirpath" in node:
             node.dirpath = f"{scratch.output_dir}/checkpoints"

@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 
 from src.claims import CLAIMS, judge
+from src.study import sweep_units
 from tests.conftest import APP_ENV, QUICK, ROOT, wandb_summary
 
 VERDICTS = {"holds", "does not hold", "depends", "not measured"}
@@ -159,6 +160,11 @@ def test_the_study_leaves_a_wandb_summary_run(study: Path) -> None:
         ("layers=[{layer: 2, widths: [16]}]", "layers: target_width=16"),
         ("layers=[{layer: 7, widths: [2]}]", "layers: layer=7"),
         ("layers=[{layer: words, widths: [1.5]}]", "layers: widths: 1.5 for layer=words"),
+        ("lanes=[imdb]", "lanes: imdb must be a list of corpora"),
+        (
+            "unit=rotten_tomatoes-seed42+rotten_tomatoes-seed9",
+            "unit=rotten_tomatoes-seed9 is not one of the study's",
+        ),
     ],
 )
 def test_bad_study_settings_fail_before_training(
@@ -209,6 +215,20 @@ def test_claims_are_judged_without_the_claims_site_pairs(
     assert not (folder / "cka.png").exists()
 
 
+@pytest.mark.parametrize(
+    ("lanes", "jobs"),
+    [
+        ([], "a-seed0,a-seed1,b-seed0,b-seed1,c-seed7"),
+        ([["c"]], "c-seed7,a-seed0,a-seed1,b-seed0,b-seed1"),
+        ([["b", "a"], ["c"]], "a-seed0+a-seed1+b-seed0+b-seed1,c-seed7"),
+        ([["a"], ["a", "b"]], "a-seed0+a-seed1,b-seed0+b-seed1,c-seed7"),  # a unit runs once
+        ([["d"]], "a-seed0,a-seed1,b-seed0,b-seed1,c-seed7"),  # not in the study: no job
+    ],
+)
+def test_a_lane_runs_its_units_as_one_job_started_first(lanes: list, jobs: str) -> None:
+    assert sweep_units(["a", "b", "c"], [0, 1], {"c": [7]}, lanes) == jobs
+
+
 def tiny_study(output: Path, cache: Path, *extra: str) -> subprocess.CompletedProcess:
     """Two units (two seeds) of a tiny study: 1,500 sentences, one epoch, one width, two methods."""
     tiny = [*QUICK, "data.limit=1500", "trainer.max_epochs=1", f"cache_dir={cache}"]
@@ -228,25 +248,33 @@ def tiny_study(output: Path, cache: Path, *extra: str) -> subprocess.CompletedPr
 
 
 @pytest.mark.slow
-def test_the_study_as_submitit_jobs_gives_the_claims_of_one_process(tmp_path: Path) -> None:
-    """Each corpus and seed one job of a Hydra launcher; the tables and claims assembled from the
-    jobs' results are those of the study in one process; a rerun reuses every finished unit."""
+def test_the_study_as_launcher_jobs_gives_the_claims_of_one_process(tmp_path: Path) -> None:
+    """Each corpus and seed one job of a Hydra launcher (submitit_local), or a lane's units one
+    job (joblib, as make claims runs IMDB's); the tables and claims assembled from the jobs'
+    results are those of the study in one process; a rerun reuses every finished unit."""
     cache = tmp_path / "cache"
     one = tiny_study(tmp_path / "one", cache)  # trains the two baselines the jobs then read
     assert one.returncode == 0, one.stderr[-3000:]
     jobs = tiny_study(tmp_path / "jobs", cache, "-m", "hydra/launcher=submitit_local")
     assert jobs.returncode == 0, jobs.stderr[-3000:]
-    finished = sorted(p.parent.name for p in (tmp_path / "jobs" / "jobs").glob("*/unit.json"))
-    assert finished == ["rotten_tomatoes-seed1", "rotten_tomatoes-seed2"]
-    assert (tmp_path / "one" / "claims.csv").read_text() == (
-        tmp_path / "jobs" / "claims.csv"
-    ).read_text()
-    for table in ("runs.csv", "baselines.csv", "layers.csv"):  # equal but for the timings
-        one_table, jobs_table = (pd.read_csv(tmp_path / f / table) for f in ("one", "jobs"))
-        timings = [c for c in one_table if c.endswith("seconds")]
-        pd.testing.assert_frame_equal(
-            one_table.drop(columns=timings), jobs_table.drop(columns=timings)
-        )
+    lane = tiny_study(
+        tmp_path / "lane", cache, "-m", "hydra/launcher=joblib", "lanes=[[rotten_tomatoes]]"
+    )
+    assert lane.returncode == 0, lane.stderr[-3000:]
+    ran = [p.name for p in (tmp_path / "lane" / ".hydra-multirun").iterdir() if p.is_dir()]
+    assert ran == ["rotten_tomatoes-seed1+rotten_tomatoes-seed2"]  # one job, both units
+    for launched in ("jobs", "lane"):
+        finished = sorted(p.parent.name for p in (tmp_path / launched / "jobs").glob("*/unit.json"))
+        assert finished == ["rotten_tomatoes-seed1", "rotten_tomatoes-seed2"]
+        assert (tmp_path / "one" / "claims.csv").read_text() == (
+            tmp_path / launched / "claims.csv"
+        ).read_text()
+        for table in ("runs.csv", "baselines.csv", "layers.csv"):  # equal but for the timings
+            one_table, jobs_table = (pd.read_csv(tmp_path / f / table) for f in ("one", launched))
+            timings = [c for c in one_table if c.endswith("seconds")]
+            pd.testing.assert_frame_equal(
+                one_table.drop(columns=timings), jobs_table.drop(columns=timings)
+            )
     records = {p: p.read_text() for p in (tmp_path / "one" / "jobs").glob("*/unit.json")}
     again = tiny_study(tmp_path / "one", cache)
     assert again.returncode == 0, again.stderr[-3000:]

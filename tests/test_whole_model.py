@@ -167,6 +167,8 @@ def test_a_shrunk_model_is_a_checkpoint_that_records_its_widths_and_reloads_as_m
         ("compress.confirm=1", "compress.confirm=1: the share of validation held out"),
         ("compress.confirm_rounds=0", "compress.confirm_rounds=0"),
         ("compress.confirm_confidence=-0.5", "compress.confirm_confidence=-0.5"),
+        ("compress.scratch_screen_epochs=-1", "compress.scratch_screen_epochs=-1"),
+        ("compress.scratch_screen_epochs=0.5", "compress.scratch_screen_epochs=0.5"),
     ],
 )
 def test_a_bad_budget_or_merge_is_refused_naming_it(override: str, named: str) -> None:
