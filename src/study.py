@@ -273,13 +273,19 @@ def study_baseline(
         rows.whole.append({schema.DATA: data, schema.SEED: seed} | row)
 
 
+def whole_model_settings(cfg: DictConfig) -> DictConfig:
+    """compress=whole_model as the study runs it: the choice's own settings
+    (conf/compress/whole_model.yaml) under the study's ``whole_model``."""
+    return OmegaConf.merge(
+        compose("config", overrides=["compress=whole_model"]).compress, cfg.whole_model
+    )
+
+
 def whole_model_row(cfg: DictConfig, run: DictConfig, bench: Workbench, phases: Phases) -> dict:
     """compress=whole_model on this baseline (the study's ``whole_model`` settings over the
     choice's own), with its anchor; the search's and the anchor's seconds added to ``phases``
     (a cached anchor costs its loading, not the training it once took)."""
-    compress = OmegaConf.merge(
-        compose("config", overrides=["compress=whole_model"]).compress, cfg.whole_model
-    )
+    compress = whole_model_settings(cfg)
     with phases.timing("whole-model search"):
         row, result = shrink_whole(run, OmegaConf.merge(compress, {"scratch": False}), bench)
     if compress.scratch and not result.note:
@@ -358,6 +364,8 @@ def fingerprint(cfg: DictConfig, run: DictConfig, methods: dict[str, Compression
     digest = hashlib.sha256(OmegaConf.to_yaml(run).encode())
     digest.update(json.dumps(measured, sort_keys=True, default=str).encode())
     digest.update(repr(sorted(methods.items())).encode())  # as composed from conf/compress/
+    if cfg.whole_model is not None:  # ... and the whole-model search's, its scratch grid included
+        digest.update(OmegaConf.to_yaml(whole_model_settings(cfg)).encode())
     for path in sorted(SOURCE.rglob("*.py")):
         digest.update(path.read_bytes())
     return digest.hexdigest()[:16]

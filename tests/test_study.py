@@ -11,10 +11,11 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from hydra import compose, initialize_config_dir
 
 from src.claims import CLAIMS, judge
-from src.study import sweep_units
-from tests.conftest import APP_ENV, QUICK, ROOT, wandb_summary
+from src.study import fingerprint, run_configs, sweep_units, whole_model_settings
+from tests.conftest import APP_ENV, CONF_DIR, QUICK, ROOT, wandb_summary
 
 VERDICTS = {"holds", "does not hold", "depends", "not measured"}
 
@@ -227,6 +228,23 @@ def test_claims_are_judged_without_the_claims_site_pairs(
 )
 def test_a_lane_runs_its_units_as_one_job_started_first(lanes: list, jobs: str) -> None:
     assert sweep_units(["a", "b", "c"], [0, 1], {"c": [7]}, lanes) == jobs
+
+
+def test_a_unit_is_measured_again_when_the_whole_model_search_changes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A finished unit is reused only while its fingerprint holds: the whole-model search's
+    settings as composed (conf/compress/whole_model.yaml, its scratch grid) are part of it, not
+    only the study's ``whole_model`` overrides."""
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose("study", overrides=["corpora=[rotten_tomatoes]", "seeds=[0]"])
+        run = next(iter(run_configs(cfg).values()))
+        before = fingerprint(cfg, run, {})
+        assert fingerprint(cfg, run, {}) == before
+        screened = whole_model_settings(cfg)
+        screened.scratch_screen_epochs = 2
+        monkeypatch.setattr("src.study.whole_model_settings", lambda _: screened)
+        assert fingerprint(cfg, run, {}) != before
 
 
 def tiny_study(output: Path, cache: Path, *extra: str) -> subprocess.CompletedProcess:

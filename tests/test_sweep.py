@@ -255,6 +255,7 @@ def test_the_whole_model_is_shrunk_to_a_budget_beside_its_scratch_anchor(
         "compress=whole_model",
         "compress.max_drop=0.02",
         "compress.scratch_lrs=[0.003,0.01]",
+        "compress.scratch_screen_epochs=1",
         f"hydra.run.dir={tmp_path}",
         f"cache_dir={cache}",
         "logger=csv",
@@ -272,7 +273,7 @@ def test_the_whole_model_is_shrunk_to_a_budget_beside_its_scratch_anchor(
     assert metrics["scratch/params"] <= metrics["compressed/params"]  # proportional widths
     assert metrics["scratch/shape"].startswith(f"{metrics['compressed/width/words']}x")
     assert metrics["scratch/lr"] in (0.003, 0.01)  # the grid's best on validation
-    # every rate screened for one epoch (compress.scratch_screen_epochs), only the best in full
+    # every rate screened for one epoch, only the best trained in full
     screened = sorted(p.parent.parent.name for p in tmp_path.glob("scratch/*/epochs=1/checkpoints"))
     in_full = [p.parent.name for p in tmp_path.glob("scratch/*/checkpoints")]
     assert screened == ["lr=0.003", "lr=0.01"] and in_full == [f"lr={metrics['scratch/lr']}"]
