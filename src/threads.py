@@ -8,9 +8,9 @@ Whoever starts the jobs (a launcher, two terminals, another person's tests), a t
 yields the cores other processes are using: :class:`CoreShare` (the ``fair_share`` callback)
 measures, every second, how many of this process's cores the other processes kept busy, and gives
 torch the rest (at least one thread; up to every core for a training and a study job, so a job
-whose siblings have finished takes their cores). OpenMP's idle threads
-spin before they sleep, so two jobs that each take every core slow each other 4x; each now drops
-to one thread within a second.
+whose siblings have finished takes their cores). OpenMP's idle threads spin before they sleep,
+so two jobs that each take every core slow each other 4x; each now drops to one thread within a
+second.
 ``OMP_WAIT_POLICY=PASSIVE`` (no spinning) would share as fairly, but costs a job alone about 15 %
 (``make bench-share``).
 
