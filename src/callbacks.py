@@ -13,7 +13,7 @@ import time
 
 import lightning as L
 
-from src.threads import CoreShare, machine_cores
+from src.threads import CoreShare
 from src.tokens import check_known_words
 
 log = logging.getLogger(__name__)
@@ -71,7 +71,7 @@ class FairShare(L.Callback):
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not self.fixed:
-            self.share = CoreShare(most=machine_cores())
+            self.share = CoreShare()
 
     def on_train_batch_start(self, *args: object) -> None:
         if self.share is not None:

@@ -47,7 +47,7 @@ from src.network import check_shape
 from src.pipeline import open_workbench, shrink_whole, train_from_scratch
 from src.report import log_summary_run, pairwise_similarity
 from src.sites import ModelShape, Site, SiteError, check_target_width, resolve_site
-from src.threads import CoreShare, machine_cores, use_job_cpu
+from src.threads import CoreShare, use_job_cpu
 from src.workbench import AnalysisSettings, Compression, Workbench, method_choices
 
 log = logging.getLogger(__name__)
@@ -109,6 +109,9 @@ def unit_name(data: str, seed: int) -> str:
     return f"{data}-seed{seed}"
 
 
+LANE_JOIN = "+"  # a lane's units in one job's ``unit``: imdb-seed0+imdb-seed1+imdb-seed42
+
+
 def sweep_units(
     corpora: list, seeds: list, seeds_by_corpus: Mapping, lanes: list | None = None
 ) -> str:
@@ -121,7 +124,7 @@ def sweep_units(
     for lane in lanes or []:
         own = [pair for pair in pairs if pair[0] in lane and pair not in laned]
         laned.update(own)
-        jobs += ["+".join(unit_name(*pair) for pair in own)] if own else []
+        jobs += [LANE_JOIN.join(unit_name(*pair) for pair in own)] if own else []
     return ",".join(jobs + [unit_name(*pair) for pair in pairs if pair not in laned])
 
 
@@ -131,7 +134,7 @@ OmegaConf.register_new_resolver("study_units", sweep_units, replace=True)
 def job_units(cfg: DictConfig) -> list[str]:
     """The units of this job of a multirun (``unit``: one, or a lane's ``+``-joined); none when
     the study runs in one process."""
-    return [] if cfg.get("unit") is None else str(cfg.unit).split("+")
+    return [] if cfg.get("unit") is None else str(cfg.unit).split(LANE_JOIN)
 
 
 def run_configs(cfg: DictConfig) -> dict[tuple[str, int], DictConfig]:
@@ -476,7 +479,7 @@ def main(cfg: DictConfig) -> pd.DataFrame | None:
     runs, methods = run_configs(cfg), method_configs(cfg)  # bad settings fail here, in seconds
     use_job_cpu(None)
     pinned = any(run.threads is not None for run in runs.values())  # overrides=["threads=2"]
-    share = None if pinned else CoreShare(most=machine_cores())
+    share = None if pinned else CoreShare()
     if cfg.unit is not None:  # one job of a multirun: its unit(s); the callback assembles
         for name in job_units(cfg):
             data, seed = name.rsplit("-seed", 1)

@@ -113,12 +113,13 @@ def free_threads(cores: int, others_busy: float, most: int) -> int:
 class CoreShare:
     """Torch's threads from the cores other processes leave free, measured again when at least
     ``every`` seconds have passed (:meth:`update`, called often and cheap: one read of
-    /proc/stat). ``most``: the job's share (:func:`use_job_cpu`). ``changes`` counts the times
+    /proc/stat). ``most``: the most threads it gives (default every core: a job whose siblings
+    have finished takes their cores). ``changes`` counts the times
     it set a new count and ``fewest`` is the lowest it set: a sum over fewer threads rounds
     differently, so a training that changed its threads need not give the same weights again."""
 
-    def __init__(self, most: int, every: float = 1.0) -> None:
-        self.most, self.every = most, every
+    def __init__(self, most: int | None = None, every: float = 1.0) -> None:
+        self.most, self.every = machine_cores() if most is None else most, every
         self.cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set()
         self.last = self._sample()
         self.changes, self.fewest = 0, torch.get_num_threads()
