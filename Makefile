@@ -26,7 +26,7 @@ run: install  ## the main job: train the baseline, look inside it, shrink its 16
 sweep: install  ## every method x width 1,2,4,8, baseline trained once
 	$(BIN)/python -m src.run -m compress=freeze_retrain,cluster_init,weight_sum target_width=1,2,4,8 $(ARGS)
 
-test: install  ## the whole suite, end-to-end runs included (a few minutes on 2 cores)
+test: install  ## the whole suite, end-to-end runs included (about 15 minutes on 2 cores)
 	$(BIN)/pytest -q
 
 test-fast: install  ## without the end-to-end runs

@@ -455,12 +455,25 @@ def targets_table(t: StudyTables, max_drop: float) -> pd.DataFrame:
 
 
 def phase_shares(phases: dict[str, float], seconds: float) -> str:
-    """Where the study's time went: ``: baseline 12 % (3.1 min), ...`` ('' when not recorded)."""
+    """Where the study's time went: ``: baseline 12 % (3.1 min), ...`` ('' when not recorded),
+    and what no phase timed (tables, figures, the W&B runs) as ``other``, so the parts add up."""
     if not phases or not seconds:
         return ""
+    parts = dict(phases) | {"other": max(0.0, seconds - sum(phases.values()))}
     return ": " + ", ".join(
         f"{name} {100 * spent / seconds:.0f} % ({spent / 60:.1f} min)"
-        for name, spent in phases.items()
+        for name, spent in parts.items()
+    )
+
+
+def time_line(record: dict) -> str:
+    """claims.md's last line: the command's wall time (when recorded), the units' own time summed
+    over every job (more than the wall when jobs ran side by side), and where it went."""
+    wall = record.get("wall_seconds")
+    took = f"{wall / 60:.1f} min wall, " if wall else ""
+    return (
+        f"Measured with `{record['command']}`: {took}{record['seconds'] / 60:.1f} min of the "
+        f"units' own time summed{phase_shares(record.get('phases', {}), record['seconds'])}.\n"
     )
 
 
@@ -503,8 +516,7 @@ def judge(folder: Path) -> tuple[pd.DataFrame, list[Path]]:
         f"Baselines (accuracy in %, mean ± std over seeds)\n\n{baselines.to_markdown()}\n\n"
         "Test accuracy after shrinking (mean ± std over seeds)\n\n"
         f"{width_table(aggregate(tables.runs[tables.runs[schema.LAYER] != WORDS]))}\n\n"
-        f"Measured in {record['seconds'] / 60:.1f} min with `{record['command']}`"
-        f"{phase_shares(record.get('phases', {}), record['seconds'])}.\n"
+        f"{time_line(record)}"
     )
     variants = variant_table(tables, "weight_sum", layer, width)
     if variants:

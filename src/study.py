@@ -449,7 +449,7 @@ def assemble(cfg: DictConfig, overrides: list[str], wall_seconds: float) -> pd.D
         "seconds": seconds,  # the units' own measuring time, summed
         "phases": phases.seconds,  # ... and where it went
         "wall_seconds": wall_seconds,  # this command's, reused units included
-        "command": shlex.join(["python", "-m", "src.study", *overrides]),
+        "command": shlex.join(["python", "-m", "src.study", *overrides]),  # launcher's included
         "claims": {"layer": claims_site.name, "width": cfg.claims.width},
         "config": OmegaConf.to_container(cfg),
     }
@@ -487,8 +487,16 @@ def main(cfg: DictConfig) -> pd.DataFrame | None:
         return None
     for run in runs.values():
         measure_unit(cfg, run, methods, share)
-    overrides = list(HydraConfig.get().overrides.task)
+    overrides = command_overrides(HydraConfig.get().overrides)
     return assemble(cfg, overrides, time.perf_counter() - start)
+
+
+def command_overrides(overrides: DictConfig) -> list[str]:
+    """The command line's overrides (Hydra's ``hydra.overrides``): the launcher's settings as
+    well as the study's, so the recorded command runs the study again as it ran; Hydra's own
+    ``hydra.mode`` left out (``-m`` says it)."""
+    own = [line for line in overrides.hydra if not line.startswith("hydra.mode=")]
+    return [*own, *overrides.task]
 
 
 class AssembleStudy(Callback):
@@ -505,7 +513,7 @@ class AssembleStudy(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: object) -> None:
         cfg = OmegaConf.masked_copy(config, [k for k in config if k != "hydra"])
         cfg.unit = None
-        overrides = ["-m", *config.hydra.overrides.task]
+        overrides = ["-m", *command_overrides(config.hydra.overrides)]
         assemble(cfg, overrides, time.perf_counter() - self.start)
 
 

@@ -12,9 +12,16 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 
-from src.claims import CLAIMS, judge
-from src.study import fingerprint, run_configs, sweep_units, whole_model_settings
+from src.claims import CLAIMS, judge, time_line
+from src.study import (
+    command_overrides,
+    fingerprint,
+    run_configs,
+    sweep_units,
+    whole_model_settings,
+)
 from tests.conftest import APP_ENV, CONF_DIR, QUICK, ROOT, wandb_summary
 
 VERDICTS = {"holds", "does not hold", "depends", "not measured"}
@@ -140,7 +147,33 @@ def test_the_study_records_where_its_time_went(study: Path) -> None:
     assert {"baseline", "probing", "merging", "retraining", "whole-model search"} <= set(phases)
     assert all(seconds >= 0 for seconds in phases.values())
     assert sum(phases.values()) <= record["seconds"] + 1e-6  # parts of the units' own time
-    assert "merging" in (study / "claims.md").read_text().split("Measured in")[1]
+    assert "merging" in (study / "claims.md").read_text().split("Measured with")[1]
+
+
+def test_the_time_line_says_wall_and_summed_time_and_its_parts_add_up() -> None:
+    record = {
+        "command": "python -m src.study",
+        "seconds": 600.0,
+        "wall_seconds": 300.0,
+        "phases": {"baseline": 240.0, "merging": 300.0},
+    }
+    line = time_line(record)
+    assert "5.0 min wall, 10.0 min of the units' own time summed" in line
+    assert "baseline 40 % (4.0 min), merging 50 % (5.0 min), other 10 % (1.0 min)" in line
+
+
+def test_the_recorded_command_keeps_the_launcher_and_leaves_out_hydras_mode() -> None:
+    overrides = OmegaConf.create(
+        {
+            "hydra": ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "hydra.mode=MULTIRUN"],
+            "task": ["lanes=[[imdb]]"],
+        }
+    )
+    assert command_overrides(overrides) == [
+        "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=2",
+        "lanes=[[imdb]]",
+    ]
 
 
 @pytest.mark.slow
