@@ -6,8 +6,9 @@ trained, not what a job does), each setting runs the 16-job sweep
 off. A job's cost is the time between the first and the last job's ``metrics.json`` over 15 (the
 jobs run one after another in one process, so Python's, Hydra's and W&B's start-up fall before the
 first); start-up is the time to the first job's ``metrics.json``. The summary is then timed alone,
-in one process, on the defaults' folder (as the callback runs it at the end of a multirun), with
-and without its W&B summary run.
+in a fresh process, on the defaults' folder, with and without its W&B summary run; and as a default
+sweep runs it, by its callback at the end, in the process that ran the jobs (whose W&B service is
+already running), read from the callback's log.
 
 - before: per-job figures and viewer page on, as every job wrote them by default;
 - defaults: as a multirun's jobs run now;
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -30,6 +32,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from src.report import SUMMARY_TOOK  # noqa: E402
+
 RESULT = ROOT / "results" / "benchmarks" / "sweep.txt"
 GRID = ["compress=weight_sum,ls_refit,prune,keep_one", "target_width=1,2,4,8"]
 SETTINGS = {
@@ -39,8 +44,8 @@ SETTINGS = {
 }
 
 
-def run(args: list[str], env: dict) -> float:
-    """Seconds ``python -m src.run args`` took; fails loudly."""
+def run(args: list[str], env: dict) -> tuple[float, str]:
+    """Seconds ``python -m src.run args`` took, and what it said; fails loudly."""
     start = time.perf_counter()
     done = subprocess.run(
         [sys.executable, "-m", "src.run", *args], cwd=ROOT, env=env, capture_output=True, text=True
@@ -48,13 +53,13 @@ def run(args: list[str], env: dict) -> float:
     seconds = time.perf_counter() - start
     if done.returncode != 0:
         raise SystemExit(f"src.run {' '.join(args)} failed:\n{done.stderr[-3000:]}")
-    return seconds
+    return seconds, done.stdout + done.stderr
 
 
 def sweep(args: list[str], folder: Path, env: dict) -> tuple[float, float, float]:
     """The sweep's seconds, its start-up (to the first job's metrics.json) and a job's cost."""
     started = time.time()
-    seconds = run(["-m", *args, f"hydra.sweep.dir={folder}"], env)
+    seconds = run(["-m", *args, f"hydra.sweep.dir={folder}"], env)[0]
     ends = sorted(p.stat().st_mtime for p in folder.glob("*/metrics.json"))
     assert len(ends) == 16, f"{len(ends)} of 16 jobs finished in {folder}"
     return seconds, ends[0] - started, (ends[-1] - ends[0]) / 15
@@ -80,7 +85,7 @@ def main() -> None:
         "|---|---|---|---|",
     ]
     with tempfile.TemporaryDirectory() as tmp:
-        trained = run([*common, "logger=csv", f"hydra.run.dir={tmp}/baseline"], env)
+        trained = run([*common, "logger=csv", f"hydra.run.dir={tmp}/baseline"], env)[0]
         head.append(f"baseline run (trained, or read from {args.cache}): {trained:.1f} s")
         for index, (name, extra) in enumerate(SETTINGS.items()):
             folder = Path(tmp) / f"sweep{index}"
@@ -88,16 +93,34 @@ def main() -> None:
             rows.append(f"| {name} | {seconds:.1f} | {start_up:.1f} | {per_job:.2f} |")
             print(rows[-1], flush=True)
         summary = summary_seconds(Path(tmp) / "sweep1", env)  # the defaults' 16 jobs
+        in_sweep = callback_seconds([*common, *GRID], Path(tmp) / "with-summary", env)
     head.append(
         f"cores: {os.cpu_count()}; load average before {load:.2f}, after "
         f"{os.getloadavg()[0]:.2f}; {time.time() - started:.0f} s in all"
     )
     text = "\n".join(
-        [*head, "", *rows, "", f"the sweep's summary on the defaults' 16 jobs: {summary}"]
+        [
+            *head,
+            "",
+            *rows,
+            "",
+            f"the sweep's summary on the defaults' 16 jobs, alone in a fresh process: {summary}",
+            "the same at the end of a default sweep (its callback, in the process that ran the "
+            f"jobs, whose W&B service is running): {in_sweep}",
+        ]
     )
     print(text)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text + "\n")
+
+
+def callback_seconds(args: list[str], folder: Path, env: dict) -> str:
+    """The summary as a default sweep runs it (its callback on), timed by the callback's log."""
+    output = run(
+        ["-m", *args, "trainer.enable_progress_bar=false", f"hydra.sweep.dir={folder}"], env
+    )
+    took = re.search(rf"{SUMMARY_TOOK} ([0-9.]+) s", output[1])
+    return f"{took.group(1)} s with its W&B run" if took else "not logged"
 
 
 def summary_seconds(sweep_dir: Path, env: dict) -> str:

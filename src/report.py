@@ -11,6 +11,7 @@ import math
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
@@ -34,6 +35,7 @@ from src.analysis.figures import panel_grid  # noqa: E402
 from src.analysis.stats import linear_cka, matched_correlation  # noqa: E402
 
 log = logging.getLogger(__name__)
+SUMMARY_TOOK = "the sweep's summary took"  # logged with its seconds (make bench-sweep reads it)
 
 Metrics = Mapping[str, float | int | str | None]
 
@@ -524,7 +526,9 @@ class SweepSummary(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs: object) -> None:
         atexit.unregister(self.summarise_at_exit)
+        start = time.perf_counter()
         report_sweep(Path(config.hydra.sweep.dir), self.wandb_settings(config))
+        log.info("%s %.2f s", SUMMARY_TOOK, time.perf_counter() - start)
 
     def wandb_settings(self, config: DictConfig) -> DictConfig | None:
         if not (self.wandb and "wandb" in config.get("logger", {})):
