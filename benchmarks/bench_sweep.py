@@ -116,10 +116,10 @@ def main() -> None:
 
 def callback_seconds(args: list[str], folder: Path, env: dict) -> str:
     """The summary as a default sweep runs it (its callback on), timed by the callback's log."""
-    output = run(
+    _, said = run(
         ["-m", *args, "trainer.enable_progress_bar=false", f"hydra.sweep.dir={folder}"], env
     )
-    took = re.search(rf"{SUMMARY_TOOK} ([0-9.]+) s", output[1])
+    took = re.search(rf"{SUMMARY_TOOK} ([0-9.]+) s", said)
     return f"{took.group(1)} s with its W&B run" if took else "not logged"
 
 
