@@ -54,6 +54,16 @@ class Candidate:
     val_acc: float  # on the part of validation the search reads
     accepted: bool
     round: int = 0  # the search's round: a later one after the held-out part refused
+    seconds: float = 0.0  # to cut and evaluate it (the site's probing included); 0: known
+
+
+@dataclass(frozen=True)
+class Evaluated:
+    """A candidate's outcome on the searched sentences, kept for the search's later rounds."""
+
+    correct: Tensor  # (searched,) bool: which it classified right
+    params: int
+    network: SentimentLSTM | None  # None once refused: a later round refuses it too
 
 
 @dataclass
@@ -199,9 +209,11 @@ def search(
     labels = bench.last_states("validation").labels  # every cut model reads the same sentences
     baseline_correct = accuracy(bench.logits(bench.network, "validation"), labels)
     searched, held = budget.split(len(labels), bench.settings.seed)
-    spent, candidates = budget, []
+    spent, candidates, known = budget, [], {}
     for round_ in range(budget.confirm_rounds):
-        result = cascade(bench, step, method, spent, words, baseline_correct, searched, round_)
+        result = cascade(
+            bench, step, method, spent, words, baseline_correct, searched, round_, known
+        )
         candidates += result.candidates
         if held is None or result.network is bench.network:
             break
@@ -241,9 +253,15 @@ def cascade(
     baseline_correct: Tensor,
     searched: Tensor,
     round_: int = 0,
+    known: dict | None = None,
 ) -> SearchResult:
     """One search: each site in network order cut to the smallest width whose drop on the
-    ``searched`` validation sentences ``budget`` accepts, on the model as cut so far."""
+    ``searched`` validation sentences ``budget`` accepts, on the model as cut so far.
+
+    ``known``: the models an earlier round evaluated, by the widths they were cut from, the site
+    and the width, each as :class:`Evaluated` (filled in here). A later round's budget is
+    tighter, so it refuses what an earlier one refused: those keep no network."""
+    known = {} if known is None else known
     labels = bench.last_states("validation").labels
     current = bench
     result = SearchResult(bench.network, {s.name: s.width for s in sites_of(bench.network)})
@@ -258,18 +276,27 @@ def cascade(
             if best is not None and high - low < budget.width_tolerance * best[0]:
                 break  # close enough: the next steps would save under the tolerance
             width = (low + high) // 2
-            cut = current.compress(step, at_site, site, width)[0]
-            # a head site reads the current network's stored last-word states: no sentence is
-            # read again; a site inside the LSTM reads the searched validation sentences
-            logits = current.outputs(site, cut, "validation", rows=searched)[0]
-            correct = accuracy(logits, labels[searched])
-            shrunk = cut.network
-            params = sum(p.numel() for p in shrunk.parameters())
-            accepted = budget.accepts(correct, baseline_correct[searched])
-            val_acc = correct.float().mean().item()
-            result.candidates.append(Candidate(name, width, params, val_acc, accepted, round_))
+            key = (tuple(result.widths.values()), name, width)  # the widths it is cut from
+            start = time.perf_counter()
+            seen = known.get(key)
+            accepted = seen is not None and budget.accepts(seen.correct, baseline_correct[searched])
+            if seen is None or (accepted and seen.network is None):
+                cut = current.compress(step, at_site, site, width)[0]
+                # a head site reads the current network's stored last-word states: no sentence
+                # is read again; a site inside the LSTM reads the searched validation sentences
+                logits = current.outputs(site, cut, "validation", rows=searched)[0]
+                correct = accuracy(logits, labels[searched])
+                params = sum(p.numel() for p in cut.network.parameters())
+                seen = Evaluated(correct, params, cut.network)
+                accepted = budget.accepts(correct, baseline_correct[searched])
+            known[key] = dataclasses.replace(seen, network=seen.network if accepted else None)
+            val_acc = seen.correct.float().mean().item()
+            seconds = time.perf_counter() - start
+            result.candidates.append(
+                Candidate(name, width, seen.params, val_acc, accepted, round_, seconds)
+            )
             if accepted:
-                best, high = (width, shrunk), width - 1
+                best, high = (width, seen.network), width - 1
             else:
                 low = width + 1
         if best is not None:

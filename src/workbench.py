@@ -349,6 +349,8 @@ class Workbench:
         self._device_copy: SentimentLSTM | None = None  # the baseline on the analysis device
         self.store = store or ArtefactStore(None)
         self._analyses: dict[tuple[str, int], LayerAnalysis] = {}
+        self._probes: dict[str, Probe] = {}  # per site: every width's analysis reads the one
+        self._statuses: dict[str, NeuronStatus] = {}
         self._training_words: Tensor | None = None
         self._sensitivity: Tensor | None = None  # embedding_sensitivity, computed once
         self.source = source  # where the network came from, for messages: its checkpoint
@@ -458,8 +460,13 @@ class Workbench:
 
     @torch.no_grad()
     def probe(self, site: Site) -> Probe:
-        """What the site reads and outputs at every probe word."""
-        return site.probe(self.network, self.probe_words()["ids"], self.probe_states())
+        """What the site reads and outputs at every probe word, computed once per site: the
+        analyses at every width share it (one copy in memory, and a refit's products of it are
+        reused, :func:`~src.compress.ls_refit.probe_gram`). Read-only."""
+        if site.name not in self._probes:
+            words = self.probe_words()["ids"]
+            self._probes[site.name] = site.probe(self.network, words, self.probe_states())
+        return self._probes[site.name]
 
     def dissimilarity(self, site: Site) -> Tensor:
         """(N, N) dissimilarity of the site's units over the probe words (``analysis.measure``)."""
@@ -475,8 +482,12 @@ class Workbench:
     # ---- one cell: a site and a width ----
 
     def status(self, site: Site) -> NeuronStatus:
-        """Which of the site's units are alive, nearly dead or dead, with no clustering."""
-        return neuron_status(self.probe(site).activations, site.pair(self.network).w_out)
+        """Which of the site's units are alive, nearly dead or dead, with no clustering (once per
+        site: every width's clusters leave out the same units)."""
+        if site.name not in self._statuses:
+            w_out = site.pair(self.network).w_out
+            self._statuses[site.name] = neuron_status(self.probe(site).activations, w_out)
+        return self._statuses[site.name]
 
     def analyse(self, site: Site, width: int) -> LayerAnalysis:
         """The site's units: which are alive, and ``width`` clusters of the live ones (once per
@@ -493,6 +504,7 @@ class Workbench:
                 width,
                 s.clustering,
                 s.seed,
+                self.status(site),
             )
         return self._analyses[key]
 

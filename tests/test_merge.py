@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import gc
 import itertools
 
 import pytest
 import torch
 
-from src.compress import weight_sum
+from src.compress import ls_refit, weight_sum
 from src.compress.base import LayerPair, choose_representatives
-from src.compress.ls_refit import LeastSquaresRefit, refit_next_layer
+from src.compress.ls_refit import LeastSquaresRefit, probe_gram, refit_next_layer
 from src.compress.prune import Prune
 from src.compress.spectral_pruning import (
     SpectralPruning,
@@ -319,3 +320,15 @@ def test_spectral_pruning_loss_and_reconstruction_follow_the_paper():
         for subset in itertools.combinations(range(9), 3)
     )
     assert information_loss(sigma, select_units(sigma, 3, lam), lam) == pytest.approx(best)
+
+
+def test_a_probes_gram_is_computed_once_and_goes_with_the_probe():
+    h = torch.randn(50, 6)
+    gram = probe_gram(h)
+    assert probe_gram(h) is gram  # every width's refit reads the one
+    with_bias = torch.cat([h, torch.ones(50, 1)], dim=1).double()
+    torch.testing.assert_close(gram, with_bias.T @ with_bias)
+    key = id(h)
+    del h
+    gc.collect()
+    assert key not in ls_refit._PROBE_GRAMS

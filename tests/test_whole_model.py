@@ -278,6 +278,36 @@ def test_a_chosen_model_keeps_the_budget_where_no_choice_was_made(
         assert result.held_out_drop <= max_drop
 
 
+class Counted(Noisy):
+    """:class:`Noisy`, counting its merges."""
+
+    calls = 0
+
+    def __call__(self, pair: LayerPair, activations, labels, width, generator) -> LayerPair:
+        self.calls += 1
+        return super().__call__(pair, activations, labels, width, generator)
+
+
+def test_a_later_round_reads_what_an_earlier_one_evaluated_without_merging_again(
+    datamodule,
+) -> None:
+    net = duplicated_network(datamodule.tokenizer.get_vocab_size())
+    bench = Workbench(net, own_labels(datamodule, net), SETTINGS)
+    merge = Counted(0.1)
+    result = search(bench, STEP, merge, Budget(0.05, confirm=0.5, confirm_rounds=2))
+    assert result.rounds == 2  # refused once on the held-out half
+    by_round = [[c for c in result.candidates if c.round == r] for r in (0, 1)]
+    # the first site's first width is cut from the original in both rounds: the same model
+    first, again = by_round[0][0], by_round[1][0]
+    assert (again.site, again.width, again.params, again.val_acc) == (
+        first.site,
+        first.width,
+        first.params,
+        first.val_acc,
+    )
+    assert merge.calls < len(result.candidates)
+
+
 @pytest.mark.parametrize(
     "shape",
     [ModelShape((256, 64, 16), (128,), 128, 8828), ModelShape((5, 3), (4, 6), 3, 100)],

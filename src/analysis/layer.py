@@ -100,13 +100,15 @@ def cluster_layer(
     n_clusters: int,
     clustering: str = "spectral",
     seed: int = 0,
+    status: NeuronStatus | None = None,
 ) -> LayerAnalysis:
     """Cluster a layer whose dissimilarity is known: one dissimilarity serves every width.
 
     ``outgoing``: the next layer's weights (M, N), which decide with the activations which
-    neurons are alive (:func:`~src.analysis.neurons.neuron_status`).
+    neurons are alive (:func:`~src.analysis.neurons.neuron_status`); ``status``: that status when
+    the caller has it (it does not depend on the width).
     """
-    status = neuron_status(probe.activations, outgoing)
+    status = status or neuron_status(probe.activations, outgoing)
     labels = cluster_alive(dissimilarity, weights, status.alive, n_clusters, clustering, seed)
     score = silhouette(dissimilarity, labels)  # over the clustered (live) neurons
     return LayerAnalysis(layer, probe, dissimilarity, status, labels, score)

@@ -8,12 +8,39 @@ so the refit is never worse on the probe words.
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from src.compress.base import REPRESENTATIVES, LayerPair, check_choice, cluster_representatives
+
+# Each probe's products, by the activations tensor they were computed from (the id, and a weak
+# reference that drops the entry with the tensor). A probe is read-only
+# (:meth:`src.workbench.Workbench.probe`).
+_PROBE_GRAMS: dict[int, tuple[weakref.ref, Tensor]] = {}
+
+
+def _forget(reference: weakref.ref) -> None:
+    for key, (stored, _) in list(_PROBE_GRAMS.items()):
+        if stored is reference:
+            del _PROBE_GRAMS[key]
+
+
+def probe_gram(activations: Tensor) -> Tensor:
+    """``[H, 1]^T [H, 1]`` in float64, (N + 1, N + 1), the last row and column the bias's: every
+    least-squares refit of these units, whichever it keeps, reads blocks of it. Computed once per
+    activations tensor: a whole-model search refits one probe at many widths, and these products
+    over every probe word were most of the refit's time."""
+    cached = _PROBE_GRAMS.get(id(activations))
+    if cached is not None and cached[0]() is activations:
+        return cached[1]
+    h = activations.to(torch.float64)
+    with_bias = torch.cat([h, h.new_ones(len(h), 1)], dim=1)
+    gram = with_bias.T @ with_bias
+    _PROBE_GRAMS[id(activations)] = (weakref.ref(activations, _forget), gram)
+    return gram
 
 
 def refit_next_layer(
@@ -35,17 +62,22 @@ def refit_next_layer(
     are fitted through the origin, so the merge gives what the original gives at that state.
     """
     f64 = torch.float64
-    h = activations.to(f64)
-    x = h[:, keep] if design is None else design.to(f64)  # (words, k)
     w_old, b_old = pair.w_out.to(f64), pair.b_out.to(f64)
-    k = x.shape[1]
+    n = activations.shape[1]
     # The normal equations of [x, 1] against the original reader's output h W^T + b, without
     # that (words, M) output: [x, 1]^T (h W^T + 1 b^T) = ([x, 1]^T h) W^T + ([x, 1]^T 1) b^T,
-    # so the words are read in two (k + 1)-wide products, whatever the reader's width M.
-    with_bias = torch.cat([x, x.new_ones(len(x), 1)], dim=1)
-    gram = with_bias.T @ with_bias  # (k + 1, k + 1)
-    reads = with_bias.T @ h  # (k + 1, N)
-    cross = reads @ w_old.T + with_bias.sum(0)[:, None] * b_old[None, :]  # (k + 1, M)
+    # so the words are read in (k + 1)-wide products, whatever the reader's width M. With x the
+    # original's kept columns, every product is a block of the probe's gram.
+    if design is None:
+        full = probe_gram(activations)
+        rows = torch.cat([keep.long(), torch.tensor([n])])  # the kept units, then the bias
+        gram, reads = full[rows][:, rows], full[rows, :n]  # (k + 1, k + 1), (k + 1, N)
+    else:
+        h, x = activations.to(f64), design.to(f64)
+        with_bias = torch.cat([x, x.new_ones(len(x), 1)], dim=1)
+        gram, reads = with_bias.T @ with_bias, with_bias.T @ h
+    k = len(gram) - 1
+    cross = reads @ w_old.T + gram[:, k : k + 1] * b_old[None, :]  # (k + 1, M)
     ridged = ridged_gram(gram, ridge)
     solution = torch.linalg.lstsq(ridged, cross).solution
     w_out, b_out = solution[:k].T, solution[k]
