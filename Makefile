@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 # The corpora need no setting here: src/data.py finds ../shared/data beside the checkout, or
 # the embedded rotten_tomatoes (SENTIMENT_DATA_DIR or data.root=... point elsewhere).
 
-.PHONY: install install-minilm run sweep test test-fast lint format bench bench-train bench-similarity bench-infer bench-share bench-sweep bench-study clean compression-sweep claims
+.PHONY: install install-minilm run sweep test test-fast lint format bench bench-train bench-similarity bench-infer bench-share bench-sweep bench-study bench-search clean compression-sweep claims
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -40,7 +40,7 @@ format: install
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-bench: bench-train bench-similarity bench-infer bench-share bench-sweep bench-study
+bench: bench-train bench-similarity bench-infer bench-share bench-sweep bench-study bench-search
 
 bench-train: install
 	$(BIN)/python benchmarks/bench_train.py
@@ -59,6 +59,9 @@ bench-sweep: install  ## a 16-job sweep on a cached baseline: each job's cost, a
 
 bench-study: install  ## a small study from scratch in one process, then as 2 joblib jobs
 	$(BIN)/python benchmarks/bench_study.py $(ARGS)
+
+bench-search: install  ## the whole-model search on IMDB's cached baselines (seeds 42 and 0): its seconds by site
+	$(BIN)/python benchmarks/bench_search.py $(ARGS)
 
 clean:
 	rm -rf outputs/20* outputs/multirun .cache wandb

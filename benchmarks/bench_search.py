@@ -1,13 +1,13 @@
-"""How long ``compress=whole_model``'s search takes on one trained baseline, and where it goes.
+"""How long ``compress=whole_model``'s search takes on trained baselines, and where it goes.
 
-The baseline is loaded from the cache (trained if missing: about 5 minutes for IMDB on 2 cores);
-nothing the search computes is read from the cache. Prints the search's seconds, its rounds and
-candidates, the widths it chose, and the seconds spent at each site (the candidates' own, the
-site's probing included), then appends a row to ``results/bench/search.csv`` (or ``--out``):
+Each baseline is loaded from the cache (trained if missing: about 5 minutes for IMDB on 2 cores);
+nothing the search computes is read from the cache. For each seed: the search's seconds, its
+rounds and candidates, how many times fewer parameters it chose, and the seconds spent at each
+site (its candidates', the site's probing included). Written to ``results/benchmarks/search.txt``
+(or ``--out``):
 
-    make bench-search                               # IMDB seed 42, as the README's row
-    python benchmarks/bench_search.py seed=0        # IMDB seed 0 (2 rounds in the study)
-    python benchmarks/bench_search.py --corpus rotten_tomatoes seed=1
+    make bench-search                                   # IMDB seeds 42 (1 round) and 0 (2)
+    python benchmarks/bench_search.py --corpus rotten_tomatoes --seeds 1
 """
 
 from __future__ import annotations
@@ -16,29 +16,25 @@ import argparse
 from collections import defaultdict
 from pathlib import Path
 
-import pandas as pd
 import torch
 from hydra import compose, initialize_config_dir
 
 from src.pipeline import open_workbench
-from src.threads import use_job_cpu
+from src.threads import machine_cores, use_job_cpu
 from src.whole_model import Budget, merge_method, search
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--corpus", default="imdb", help="rotten_tomatoes, sst2 or imdb")
-    parser.add_argument("--out", type=Path, default=ROOT / "results" / "bench" / "search.csv")
-    args, overrides = parser.parse_known_args()
-    experiment = [] if args.corpus == "rotten_tomatoes" else [f"+experiment={args.corpus}"]
-    use_job_cpu(None)
+def search_row(corpus: str, seed: int, overrides: list[str]) -> dict[str, str]:
+    """One search on the cached baseline of ``corpus`` and ``seed``: its cost and choice."""
+    experiment = [] if corpus == "rotten_tomatoes" else [f"+experiment={corpus}"]
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose(
             "config",
             overrides=[
                 *experiment,
+                f"seed={seed}",
                 *overrides,
                 "compress=whole_model",
                 "output_dir=outputs/bench-search",
@@ -52,20 +48,39 @@ def main() -> None:
         by_site[candidate.site] += candidate.seconds
     params = sum(p.numel() for p in bench.network.parameters())
     chosen = sum(p.numel() for p in result.network.parameters())
-    row = {
-        "data": args.corpus,
-        "seed": cfg.seed,
-        "search_seconds": round(result.seconds, 1),
-        "rounds": result.rounds,
-        "candidates": len(result.candidates),
-        "fewer_params": round(params / chosen, 2),
-        "widths": ",".join(f"{k}={v}" for k, v in result.widths.items()),
-        **{f"seconds/{site}": round(seconds, 1) for site, seconds in by_site.items()},
+    return {
+        "corpus": corpus,
+        "seed": str(seed),
+        "search (s)": f"{result.seconds:.1f}",
+        "rounds": str(result.rounds),
+        "candidates": str(len(result.candidates)),
+        "fewer params": f"{params / chosen:.2f}x",
+        "by site (s)": ", ".join(f"{site} {t:.1f}" for site, t in by_site.items()),
     }
-    for key, value in row.items():
-        print(f"{key:<20} {value}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--corpus", default="imdb", help="rotten_tomatoes, sst2 or imdb")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[42, 0])
+    parser.add_argument("--out", type=Path, default=ROOT / "results" / "benchmarks" / "search.txt")
+    args, overrides = parser.parse_known_args()
+    use_job_cpu(None)
+    rows = []
+    for seed in args.seeds:
+        rows.append(search_row(args.corpus, seed, overrides))
+        print(rows[-1], flush=True)
+    lines = [
+        f"bench_search: compress=whole_model's search on cached baselines, {machine_cores()} "
+        "cores, alone",
+        "",
+        "| " + " | ".join(rows[0]) + " |",
+        "|" + "---|" * len(rows[0]),
+        *("| " + " | ".join(row.values()) + " |" for row in rows),
+    ]
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    pd.DataFrame([row]).to_csv(args.out, mode="a", header=not args.out.exists(), index=False)
+    args.out.write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -37,8 +37,11 @@ def probe_gram(activations: Tensor) -> Tensor:
     if cached is not None and cached[0]() is activations:
         return cached[1]
     h = activations.to(torch.float64)
-    with_bias = torch.cat([h, h.new_ones(len(h), 1)], dim=1)
-    gram = with_bias.T @ with_bias
+    n = h.shape[1]
+    gram = h.new_empty(n + 1, n + 1)  # its blocks, with no (words, N + 1) copy of the probe
+    gram[:n, :n] = h.T @ h
+    gram[:n, n] = gram[n, :n] = h.sum(0)
+    gram[n, n] = len(h)
     _PROBE_GRAMS[id(activations)] = (weakref.ref(activations, _forget), gram)
     return gram
 
