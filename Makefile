@@ -60,7 +60,7 @@ bench-sweep: install  ## a 16-job sweep on a cached baseline: each job's cost, a
 bench-study: install  ## a small study from scratch in one process, then as 2 joblib jobs
 	$(BIN)/python benchmarks/bench_study.py $(ARGS)
 
-bench-search: install  ## the whole-model search on IMDB's cached baselines (seeds 42 and 0): its seconds by site
+bench-search: install  ## the whole-model search on IMDB seeds 42 and 0 (baselines trained first if not cached, ~5 min each): its seconds by site
 	$(BIN)/python benchmarks/bench_search.py $(ARGS)
 
 clean:

@@ -63,7 +63,10 @@ class Evaluated:
 
     correct: Tensor  # (searched,) bool: which it classified right
     params: int
-    network: SentimentLSTM | None  # None once refused: a later round refuses it too
+    network: SentimentLSTM | None  # None once refused (a later round refuses it too), or last
+
+
+Key = tuple[tuple[int, ...], str, int]  # a candidate: the widths it is cut from, its site, width
 
 
 @dataclass
@@ -211,8 +214,9 @@ def search(
     searched, held = budget.split(len(labels), bench.settings.seed)
     spent, candidates, known = budget, [], {}
     for round_ in range(budget.confirm_rounds):
+        another = held is not None and round_ + 1 < budget.confirm_rounds  # may follow
         result = cascade(
-            bench, step, method, spent, words, baseline_correct, searched, round_, known
+            bench, step, method, spent, words, baseline_correct, searched, round_, known, another
         )
         candidates += result.candidates
         if held is None or result.network is bench.network:
@@ -253,14 +257,17 @@ def cascade(
     baseline_correct: Tensor,
     searched: Tensor,
     round_: int = 0,
-    known: dict | None = None,
+    known: dict[Key, Evaluated] | None = None,
+    keep_networks: bool = False,
 ) -> SearchResult:
     """One search: each site in network order cut to the smallest width whose drop on the
     ``searched`` validation sentences ``budget`` accepts, on the model as cut so far.
 
-    ``known``: the models an earlier round evaluated, by the widths they were cut from, the site
-    and the width, each as :class:`Evaluated` (filled in here). A later round's budget is
-    tighter, so it refuses what an earlier one refused: those keep no network."""
+    ``known``: the models an earlier round of the same search (the same bench, merges and
+    ``searched``) evaluated, by the widths they were cut from, the site and the width (filled in
+    here). A later round's budget is tighter, so it refuses what an earlier one refused; the
+    networks of those it accepted are kept only with ``keep_networks`` (another round may
+    follow), and cut again if a round needs one it did not keep."""
     known = {} if known is None else known
     labels = bench.last_states("validation").labels
     current = bench
@@ -277,7 +284,7 @@ def cascade(
                 break  # close enough: the next steps would save under the tolerance
             width = (low + high) // 2
             key = (tuple(result.widths.values()), name, width)  # the widths it is cut from
-            start = time.perf_counter()
+            start, seconds = time.perf_counter(), 0.0
             seen = known.get(key)
             accepted = seen is not None and budget.accepts(seen.correct, baseline_correct[searched])
             if seen is None or (accepted and seen.network is None):
@@ -289,9 +296,10 @@ def cascade(
                 params = sum(p.numel() for p in cut.network.parameters())
                 seen = Evaluated(correct, params, cut.network)
                 accepted = budget.accepts(correct, baseline_correct[searched])
-            known[key] = dataclasses.replace(seen, network=seen.network if accepted else None)
+                seconds = time.perf_counter() - start
+            kept = seen.network if accepted and keep_networks else None
+            known[key] = dataclasses.replace(seen, network=kept)
             val_acc = seen.correct.float().mean().item()
-            seconds = time.perf_counter() - start
             result.candidates.append(
                 Candidate(name, width, seen.params, val_acc, accepted, round_, seconds)
             )

@@ -322,13 +322,32 @@ def test_spectral_pruning_loss_and_reconstruction_follow_the_paper():
     assert information_loss(sigma, select_units(sigma, 3, lam), lam) == pytest.approx(best)
 
 
-def test_a_probes_gram_is_computed_once_and_goes_with_the_probe():
+def test_a_probes_gram_waits_for_its_second_refit_then_is_kept_until_the_probe_goes():
     h = torch.randn(50, 6)
+    assert probe_gram(h) is None  # a one-off refit reads only its kept columns
     gram = probe_gram(h)
-    assert probe_gram(h) is gram  # every width's refit reads the one
+    assert probe_gram(h) is gram  # every later width's refit reads the one
     with_bias = torch.cat([h, torch.ones(50, 1)], dim=1).double()
     torch.testing.assert_close(gram, with_bias.T @ with_bias)
     key = id(h)
     del h
     gc.collect()
     assert key not in ls_refit._PROBE_GRAMS
+
+
+def test_a_refit_from_the_probes_gram_is_the_refit_from_its_kept_columns():
+    pair = random_pair(12, 5, seed=3)
+    pair = LayerPair(
+        pair.w_in,
+        pair.b_in,
+        pair.w_out,
+        pair.b_out,
+        reads_zero_state=torch.tensor([1, 0, 0, 1, 0], dtype=torch.bool),
+    )
+    h = pair.hidden(inputs(80, 4))
+    keep = torch.tensor([7, 2, 10, 0])  # unsorted
+    direct = refit_next_layer(pair, h, keep, design=h[:, keep])  # the kept columns themselves
+    for _ in range(3):  # the first reads its columns, the later ones blocks of the gram
+        refit = refit_next_layer(pair, h, keep)
+        torch.testing.assert_close(refit.w_out, direct.w_out, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(refit.b_out, direct.b_out, rtol=1e-5, atol=1e-6)

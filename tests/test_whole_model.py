@@ -19,6 +19,7 @@ from src.sites import ModelShape
 from src.whole_model import (
     Budget,
     anchor_shape,
+    cascade,
     check_budget,
     merge_method,
     search,
@@ -281,7 +282,9 @@ def test_a_chosen_model_keeps_the_budget_where_no_choice_was_made(
 class Counted(Noisy):
     """:class:`Noisy`, counting its merges."""
 
-    calls = 0
+    def __init__(self, noise: float) -> None:
+        super().__init__(noise)
+        self.calls = 0
 
     def __call__(self, pair: LayerPair, activations, labels, width, generator) -> LayerPair:
         self.calls += 1
@@ -306,6 +309,25 @@ def test_a_later_round_reads_what_an_earlier_one_evaluated_without_merging_again
         first.val_acc,
     )
     assert merge.calls < len(result.candidates)
+
+
+def test_a_round_that_reads_an_earlier_rounds_outcomes_chooses_as_one_that_does_not(
+    datamodule,
+) -> None:
+    net = duplicated_network(datamodule.tokenizer.get_vocab_size())
+    bench = Workbench(net, own_labels(datamodule, net), SETTINGS)
+    labels = bench.last_states("validation").labels
+    baseline_correct = (bench.logits(net, "validation") > 0).eq(labels.bool())
+    searched, _ = Budget(0.0, confirm=0.5).split(len(labels), SETTINGS.seed)
+    merge, known = Noisy(0.1), {}
+
+    def rows(budget: Budget, **memo) -> list[tuple]:
+        found = cascade(bench, STEP, merge, budget, None, baseline_correct, searched, **memo)
+        return [(c.site, c.width, c.params, c.val_acc, c.accepted) for c in found.candidates]
+
+    rows(Budget(0.08), known=known, keep_networks=True)
+    assert known  # the first round's outcomes, by the widths each model was cut from
+    assert rows(Budget(0.03), known=known) == rows(Budget(0.03))
 
 
 @pytest.mark.parametrize(

@@ -108,7 +108,8 @@ def cluster_layer(
     neurons are alive (:func:`~src.analysis.neurons.neuron_status`); ``status``: that status when
     the caller has it (it does not depend on the width).
     """
-    status = status or neuron_status(probe.activations, outgoing)
+    if status is None:
+        status = neuron_status(probe.activations, outgoing)
     labels = cluster_alive(dissimilarity, weights, status.alive, n_clusters, clustering, seed)
     score = silhouette(dissimilarity, labels)  # over the clustered (live) neurons
     return LayerAnalysis(layer, probe, dissimilarity, status, labels, score)

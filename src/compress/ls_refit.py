@@ -16,34 +16,35 @@ from torch import Tensor
 
 from src.compress.base import REPRESENTATIVES, LayerPair, check_choice, cluster_representatives
 
-# Each probe's products, by the activations tensor they were computed from (the id, and a weak
-# reference that drops the entry with the tensor). A probe is read-only
-# (:meth:`src.workbench.Workbench.probe`).
-_PROBE_GRAMS: dict[int, tuple[weakref.ref, Tensor]] = {}
+# Each probe's gram, by the activations tensor it was computed from: its id, a weak reference
+# whose callback drops the entry with the tensor, and the gram (None until a second refit reads
+# the tensor). A probe is read-only (:meth:`src.workbench.Workbench.probe`).
+_PROBE_GRAMS: dict[int, tuple[weakref.ref, Tensor | None]] = {}
 
 
-def _forget(reference: weakref.ref) -> None:
-    for key, (stored, _) in list(_PROBE_GRAMS.items()):
-        if stored is reference:
-            del _PROBE_GRAMS[key]
+def probe_gram(activations: Tensor) -> Tensor | None:
+    """``[H, 1]^T [H, 1]`` in float64, (N + 1, N + 1), the last row and column the bias's, from
+    the second refit of one activations tensor on; None at the first.
 
-
-def probe_gram(activations: Tensor) -> Tensor:
-    """``[H, 1]^T [H, 1]`` in float64, (N + 1, N + 1), the last row and column the bias's: every
-    least-squares refit of these units, whichever it keeps, reads blocks of it. Computed once per
-    activations tensor: a whole-model search refits one probe at many widths, and these products
-    over every probe word were most of the refit's time."""
-    cached = _PROBE_GRAMS.get(id(activations))
-    if cached is not None and cached[0]() is activations:
-        return cached[1]
-    h = activations.to(torch.float64)
-    n = h.shape[1]
-    gram = h.new_empty(n + 1, n + 1)  # its blocks, with no (words, N + 1) copy of the probe
-    gram[:n, :n] = h.T @ h
-    gram[:n, n] = gram[n, :n] = h.sum(0)
-    gram[n, n] = len(h)
-    _PROBE_GRAMS[id(activations)] = (weakref.ref(activations, _forget), gram)
-    return gram
+    Every least-squares refit of these units, whichever it keeps, reads blocks of it: a
+    whole-model search refits one probe at many widths, and those products over every probe
+    word were most of the refit's time. A refit that reads its activations once is cheaper with
+    only its k kept columns, so the full gram waits for the tensor's second refit."""
+    key = id(activations)
+    cached = _PROBE_GRAMS.get(key)
+    if cached is None or cached[0]() is not activations:
+        reference = weakref.ref(activations, lambda _, key=key: _PROBE_GRAMS.pop(key, None))
+        _PROBE_GRAMS[key] = (reference, None)
+        return None
+    if cached[1] is None:
+        h = activations.to(torch.float64)
+        n = h.shape[1]
+        gram = h.new_empty(n + 1, n + 1)  # its blocks: no (words, N + 1) copy of the probe
+        gram[:n, :n] = h.T @ h
+        gram[:n, n] = gram[n, :n] = h.sum(0)
+        gram[n, n] = len(h)
+        _PROBE_GRAMS[key] = (cached[0], gram)
+    return _PROBE_GRAMS[key][1]
 
 
 def refit_next_layer(
@@ -70,13 +71,14 @@ def refit_next_layer(
     # The normal equations of [x, 1] against the original reader's output h W^T + b, without
     # that (words, M) output: [x, 1]^T (h W^T + 1 b^T) = ([x, 1]^T h) W^T + ([x, 1]^T 1) b^T,
     # so the words are read in (k + 1)-wide products, whatever the reader's width M. With x the
-    # original's kept columns, every product is a block of the probe's gram.
-    if design is None:
-        full = probe_gram(activations)
-        rows = torch.cat([keep.long(), torch.tensor([n])])  # the kept units, then the bias
+    # original's kept columns, every product is a block of the probe's gram, once it has one.
+    full = probe_gram(activations) if design is None else None
+    if full is not None:
+        rows = torch.cat([keep, torch.tensor([n], dtype=keep.dtype)])  # the kept, then the bias
         gram, reads = full[rows][:, rows], full[rows, :n]  # (k + 1, k + 1), (k + 1, N)
     else:
-        h, x = activations.to(f64), design.to(f64)
+        h = activations.to(f64)
+        x = h[:, keep] if design is None else design.to(f64)  # (words, k)
         with_bias = torch.cat([x, x.new_ones(len(x), 1)], dim=1)
         gram, reads = with_bias.T @ with_bias, with_bias.T @ h
     k = len(gram) - 1
