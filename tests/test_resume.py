@@ -28,6 +28,7 @@ from src.model import SentimentClassifier
 from src.tokens import collate
 from tests.conftest import (
     QUICK,
+    REPEATABLE,
     compose_config,
     read_metrics,
     run_app,
@@ -234,7 +235,7 @@ def test_an_interrupted_and_resumed_training_matches_an_uninterrupted_one(tmp_pa
     """Ctrl-C in the last epoch, resume into a new folder: as many epochs as an uninterrupted run
     of the same seed, and the best model chosen over all of them."""
     epochs = 4
-    settings = [*QUICK, f"trainer.max_epochs={epochs}", "cache_dir=null", "logger=csv"]
+    settings = [*QUICK, REPEATABLE, f"trainer.max_epochs={epochs}", "cache_dir=null", "logger=csv"]
     whole, stopped, resumed = tmp_path / "whole", tmp_path / "stopped", tmp_path / "resumed"
     assert run_app(*settings, f"hydra.run.dir={whole}").returncode == 0
 

@@ -16,6 +16,7 @@ from src.checkpoints import SETTINGS_KEY
 from tests.conftest import (
     APP_ENV,
     QUICK,
+    REPEATABLE,
     ROOT,
     app_command,
     read_metrics,
@@ -37,7 +38,7 @@ BASELINE_KEYS = {
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     run_dir = tmp_path_factory.mktemp("run")
-    result = run_app(*QUICK, f"hydra.run.dir={run_dir}", "cache_dir=null")
+    result = run_app(*QUICK, REPEATABLE, f"hydra.run.dir={run_dir}", "cache_dir=null")
     assert result.returncode == 0, result.stderr[-3000:]
     return run_dir
 
@@ -63,7 +64,7 @@ def test_wandb_offline_run_holds_the_logged_metrics(trained_run: Path) -> None:
 
 @pytest.mark.slow
 def test_same_seed_same_accuracy(trained_run: Path, tmp_path: Path) -> None:
-    again = run_app(*QUICK, f"hydra.run.dir={tmp_path}", "cache_dir=null", "logger=csv")
+    again = run_app(*QUICK, REPEATABLE, f"hydra.run.dir={tmp_path}", "cache_dir=null", "logger=csv")
     assert again.returncode == 0, again.stderr[-3000:]
     first, second = read_metrics(trained_run), read_metrics(tmp_path)
     assert first["baseline/test_acc"] == second["baseline/test_acc"]
