@@ -113,19 +113,26 @@ LANE_JOIN = "+"  # a lane's units in one job's ``unit``: imdb-seed0+imdb-seed1+i
 
 
 def sweep_units(
-    corpora: list, seeds: list, seeds_by_corpus: Mapping, lanes: list | None = None
+    corpora: list,
+    seeds: list,
+    seeds_by_corpus: Mapping,
+    lanes: list | None = None,
+    first: list | None = None,
 ) -> str:
     """The jobs of a multirun (``hydra.sweeper.params.unit`` in conf/study.yaml): each lane's
-    units as one job, ``+``-joined, in turn (a lane's corpora never run side by side: IMDB's
-    13 GB units on a 23 GB machine), the lanes first (the longest jobs start first), then every
-    other unit as a job of its own."""
+    units as one job, ``+``-joined, in turn (a lane's corpora never run side by side), the lanes
+    first, then every other unit as a job of its own, the units of the corpora in ``first``
+    before the rest. A launcher starts jobs in this order, so the longest go first and the short
+    ones fill in around them."""
     pairs = units(corpora, seeds, seeds_by_corpus or {})
     jobs, laned = [], set()
     for lane in lanes or []:
         own = [pair for pair in pairs if pair[0] in lane and pair not in laned]
         laned.update(own)
         jobs += [LANE_JOIN.join(unit_name(*pair) for pair in own)] if own else []
-    return ",".join(jobs + [unit_name(*pair) for pair in pairs if pair not in laned])
+    alone = [pair for pair in pairs if pair not in laned]
+    alone.sort(key=lambda pair: pair[0] not in (first or []))  # stable: the study's order within
+    return ",".join(jobs + [unit_name(*pair) for pair in alone])
 
 
 OmegaConf.register_new_resolver("study_units", sweep_units, replace=True)
@@ -147,12 +154,19 @@ def run_configs(cfg: DictConfig) -> dict[tuple[str, int], DictConfig]:
     for name in job_units(cfg):
         if name not in names:
             raise StudyConfigError(f"unit={name} is not one of the study's: {', '.join(names)}")
+    known = set(cfg.corpora) | set(cfg.corpus_overrides)
     for lane in cfg.get("lanes") or []:
-        if isinstance(lane, str) or not set(lane) <= set(cfg.corpora) | set(cfg.corpus_overrides):
+        if isinstance(lane, str) or not set(lane) <= known:
             raise StudyConfigError(
                 f"lanes: {lane} must be a list of corpora, e.g. lanes=[[imdb]]: each lane's units "
                 "run one after another in one job"
             )
+    first = cfg.get("first") or []
+    if isinstance(first, str) or not set(first) <= known:
+        raise StudyConfigError(
+            f"first: {first} must be a list of corpora, e.g. first=[imdb]: their units' jobs "
+            "start before the others"
+        )
     for data, seed in pairs:
         folder = Path(cfg.runs_dir) / f"{data}-seed{seed}"
         own = cfg.corpus_overrides.get(data, [])

@@ -195,6 +195,8 @@ def test_the_study_leaves_a_wandb_summary_run(study: Path) -> None:
         ("layers=[{layer: 7, widths: [2]}]", "layers: layer=7"),
         ("layers=[{layer: words, widths: [1.5]}]", "layers: widths: 1.5 for layer=words"),
         ("lanes=[imdb]", "lanes: imdb must be a list of corpora"),
+        ("first=imdb", "first: imdb must be a list of corpora"),
+        ("first=[nosuch]", "first: ['nosuch'] must be a list of corpora"),
         (
             "unit=rotten_tomatoes-seed42+rotten_tomatoes-seed9",
             "unit=rotten_tomatoes-seed9 is not one of the study's",
@@ -261,6 +263,21 @@ def test_claims_are_judged_without_the_claims_site_pairs(
 )
 def test_a_lane_runs_its_units_as_one_job_started_first(lanes: list, jobs: str) -> None:
     assert sweep_units(["a", "b", "c"], [0, 1], {"c": [7]}, lanes) == jobs
+
+
+@pytest.mark.parametrize(
+    ("lanes", "first", "jobs"),
+    [
+        ([], ["b"], "b-seed0,b-seed1,a-seed0,a-seed1,c-seed7"),
+        ([], ["c", "b"], "b-seed0,b-seed1,c-seed7,a-seed0,a-seed1"),  # the study's order within
+        ([["a"]], ["c"], "a-seed0+a-seed1,c-seed7,b-seed0,b-seed1"),  # after the lanes
+        ([["c"]], ["c"], "c-seed7,a-seed0,a-seed1,b-seed0,b-seed1"),  # a unit runs once
+    ],
+)
+def test_the_units_of_the_first_corpora_start_before_the_others(
+    lanes: list, first: list, jobs: str
+) -> None:
+    assert sweep_units(["a", "b", "c"], [0, 1], {"c": [7]}, lanes, first) == jobs
 
 
 def test_a_unit_is_measured_again_when_the_whole_model_search_changes(
