@@ -58,8 +58,10 @@ QUICK = [
 # gives torch fewer threads while other processes are busy, and MKL's sums over another count of
 # threads can round differently (on MKL's AVX2 path a QUICK training gave test 0.7430 on one thread
 # and 0.7270 on two; in CI two QUICK trainings of one seed gave 0.7289 and 0.7261). One pinned
-# thread repeats, at no cost for a model this small.
+# thread repeats, at no cost for a model this small. MKL's strict mode (REPEATABLE_ENV) also
+# takes away the run-to-run variation MKL documents for unaligned data and other thread counts.
 REPEATABLE = "threads=1"
+REPEATABLE_ENV = {"MKL_CBWR": "AUTO,STRICT"}
 
 
 # Every test, and every app it starts, finds the corpora with no setting (as `make run` does) and
@@ -256,13 +258,14 @@ def with_ctrl_c() -> None:
 
 
 def run_app(
-    *overrides: str, multirun: bool = False, timeout: int = 600
+    *overrides: str, multirun: bool = False, timeout: int = 600, env: dict | None = None
 ) -> subprocess.CompletedProcess:
-    """``python -m src.run`` in a subprocess, exactly as a user types it."""
+    """``python -m src.run`` in a subprocess, exactly as a user types it (``env``: variables
+    set on top of the tests' environment)."""
     return subprocess.run(
         app_command(*overrides, multirun=multirun),
         cwd=ROOT,
-        env=APP_ENV,
+        env={**APP_ENV, **(env or {})},
         capture_output=True,
         text=True,
         timeout=timeout,

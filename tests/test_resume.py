@@ -29,6 +29,7 @@ from src.tokens import collate
 from tests.conftest import (
     QUICK,
     REPEATABLE,
+    REPEATABLE_ENV,
     compose_config,
     read_metrics,
     run_app,
@@ -237,9 +238,10 @@ def test_an_interrupted_and_resumed_training_matches_an_uninterrupted_one(tmp_pa
     epochs = 4
     settings = [*QUICK, REPEATABLE, f"trainer.max_epochs={epochs}", "cache_dir=null", "logger=csv"]
     whole, stopped, resumed = tmp_path / "whole", tmp_path / "stopped", tmp_path / "resumed"
-    assert run_app(*settings, f"hydra.run.dir={whole}").returncode == 0
+    repeat = partial(run_app, env=REPEATABLE_ENV)
+    assert repeat(*settings, f"hydra.run.dir={whole}").returncode == 0
 
-    interrupted = run_app(
+    interrupted = repeat(
         *settings,
         f"hydra.run.dir={stopped}",
         "+callbacks.ctrl_c._target_=tests.test_resume.CtrlCAt",
@@ -261,7 +263,7 @@ def test_an_interrupted_and_resumed_training_matches_an_uninterrupted_one(tmp_pa
     assert other.returncode != 0
     assert "data.max_length=64" in other.stderr and "size mismatch" not in other.stderr
 
-    result = run_app(
+    result = repeat(
         *settings, f"resume={checkpoints / 'interrupted.ckpt'}", f"hydra.run.dir={resumed}"
     )
     assert result.returncode == 0, result.stderr[-3000:]

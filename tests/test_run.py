@@ -17,6 +17,7 @@ from tests.conftest import (
     APP_ENV,
     QUICK,
     REPEATABLE,
+    REPEATABLE_ENV,
     ROOT,
     app_command,
     read_metrics,
@@ -38,7 +39,9 @@ BASELINE_KEYS = {
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     run_dir = tmp_path_factory.mktemp("run")
-    result = run_app(*QUICK, REPEATABLE, f"hydra.run.dir={run_dir}", "cache_dir=null")
+    result = run_app(
+        *QUICK, REPEATABLE, f"hydra.run.dir={run_dir}", "cache_dir=null", env=REPEATABLE_ENV
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return run_dir
 
@@ -64,7 +67,14 @@ def test_wandb_offline_run_holds_the_logged_metrics(trained_run: Path) -> None:
 
 @pytest.mark.slow
 def test_same_seed_same_accuracy(trained_run: Path, tmp_path: Path) -> None:
-    again = run_app(*QUICK, REPEATABLE, f"hydra.run.dir={tmp_path}", "cache_dir=null", "logger=csv")
+    again = run_app(
+        *QUICK,
+        REPEATABLE,
+        f"hydra.run.dir={tmp_path}",
+        "cache_dir=null",
+        "logger=csv",
+        env=REPEATABLE_ENV,
+    )
     assert again.returncode == 0, again.stderr[-3000:]
     first, second = read_metrics(trained_run), read_metrics(tmp_path)
     assert first["baseline/test_acc"] == second["baseline/test_acc"]
