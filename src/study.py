@@ -155,14 +155,18 @@ def run_configs(cfg: DictConfig) -> dict[tuple[str, int], DictConfig]:
         if name not in names:
             raise StudyConfigError(f"unit={name} is not one of the study's: {', '.join(names)}")
     known = set(cfg.corpora) | set(cfg.corpus_overrides)
+
+    def corpus_list(value: object) -> bool:
+        return not isinstance(value, str) and set(value) <= known
+
     for lane in cfg.get("lanes") or []:
-        if isinstance(lane, str) or not set(lane) <= known:
+        if not corpus_list(lane):
             raise StudyConfigError(
                 f"lanes: {lane} must be a list of corpora, e.g. lanes=[[imdb]]: each lane's units "
                 "run one after another in one job"
             )
     first = cfg.get("first") or []
-    if isinstance(first, str) or not set(first) <= known:
+    if not corpus_list(first):
         raise StudyConfigError(
             f"first: {first} must be a list of corpora, e.g. first=[imdb]: their units' jobs "
             "start before the others"
