@@ -31,6 +31,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from tokenizers import Tokenizer
 
+from src.callbacks import FairShare
 from src.checkpoints import SETTINGS_KEY, TrainingSettings
 from src.data import SentimentDataModule
 from src.loading import (
@@ -118,6 +119,7 @@ class Baseline:
     trained_now: bool  # False when it came from the cache or from ckpt_path
     checkpoint: Path
     compressed: dict | None = None  # a shrunk model's record of how it was shrunk
+    thread_changes: int | None = None  # the fair share's changes while it trained (None: unknown)
 
 
 def fit_baseline(
@@ -135,7 +137,9 @@ def fit_baseline(
         trainer.fit(model, datamodule=datamodule, ckpt_path=resume, weights_only=True)
     seconds = time.perf_counter() - start
     best = Path(trainer.checkpoint_callback.best_model_path)
-    return Baseline(load_checkpoint(best, "the best checkpoint"), seconds, True, best)
+    changes = next((c.changes for c in trainer.callbacks if isinstance(c, FairShare)), None)
+    model = load_checkpoint(best, "the best checkpoint")
+    return Baseline(model, seconds, True, best, thread_changes=changes)
 
 
 class BaselineCache:
@@ -164,6 +168,7 @@ class BaselineCache:
         try:
             record = json.loads((entry / METRICS).read_text())
             seconds, digest = float(record["train_seconds"]), record.get("sha256")
+            changes = record.get("thread_changes")  # None in an entry older than the count
             data = (entry / CHECKPOINT).read_bytes()
         except (OSError, ValueError, TypeError, KeyError) as error:
             raise Refused(f"{METRICS} or {CHECKPOINT} does not read: {error}") from None
@@ -175,7 +180,7 @@ class BaselineCache:
             model = classifier(parse_checkpoint(data))
         except Refused as why:
             raise Refused(f"{CHECKPOINT} {why}") from None
-        return Baseline(model, seconds, False, entry / CHECKPOINT)
+        return Baseline(model, seconds, False, entry / CHECKPOINT, thread_changes=changes)
 
     def store(self, key: str, baseline: Baseline, config_yaml: str) -> None:
         """Write the entry under a temporary name, then rename it into place in one step. A write
@@ -190,6 +195,7 @@ class BaselineCache:
             (tmp / CHECKPOINT).write_bytes(data)
             record = {
                 "train_seconds": baseline.train_seconds,
+                "thread_changes": baseline.thread_changes,
                 "sha256": hashlib.sha256(data).hexdigest(),
             }
             (tmp / METRICS).write_text(json.dumps(record))

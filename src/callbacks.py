@@ -81,6 +81,11 @@ class FairShare(L.Callback):
         if self.share is not None:
             self.share.update()
 
+    @property
+    def changes(self) -> int:
+        """How often the last fit set a new thread count (0 with ``threads`` fixed)."""
+        return 0 if self.share is None else self.share.changes
+
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.share is not None and self.share.changes:
             log.info(

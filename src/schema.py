@@ -27,6 +27,9 @@ BASELINE_PARAMS = "baseline/params"
 BASELINE_LAYER_PARAMS = "baseline/layer_params"  # the site's own weights
 BASELINE_TRAIN_SECONDS = "baseline/train_seconds"
 BASELINE_TRAINED_NOW = "baseline/trained_now"  # 0: from the cache or ckpt_path
+# times the fair share changed torch's threads while the baseline trained (its last bits may then
+# differ from a quiet machine's); absent where unknown (an older cache entry, ckpt_path)
+BASELINE_THREAD_CHANGES = "baseline/thread_changes"
 CHECKPOINT = "checkpoint"  # what the "baseline" of the run is: baseline | compressed
 CHECKPOINT_COMPRESSED_BY = "checkpoint/compressed_by"  # a compressed one: how it was shrunk
 

@@ -257,11 +257,12 @@ def study_baseline(
             opened = open_workbench(run, [instantiate(c) for c in run.logger.values()])
     finally:
         wandb.finish()  # a W&B run exists only when a baseline was trained now
-    bench, train_seconds = opened.bench, opened.baseline.train_seconds
+    bench, baseline = opened.bench, opened.baseline
     scores = bench.baseline_scores()
     rows.baselines.append(
         {schema.DATA: data, schema.SEED: seed, **scores}
-        | {schema.BASELINE_TRAIN_SECONDS: train_seconds}
+        | {schema.BASELINE_TRAIN_SECONDS: baseline.train_seconds}
+        | {schema.BASELINE_THREAD_CHANGES: baseline.thread_changes}
     )
     log.info(
         "%s seed %d: baseline test accuracy %.4f", data, seed, scores[schema.BASELINE_TEST_ACC]

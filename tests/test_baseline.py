@@ -97,14 +97,29 @@ def test_a_stored_baseline_loads_back_with_its_weights_and_tokenizer(
     checkpoint: Path, tmp_path: Path
 ) -> None:
     cache = BaselineCache(tmp_path / "cache")
-    cache.store("key", Baseline(load_checkpoint(checkpoint), 12.5, True, checkpoint), "a: 1\n")
+    baseline = Baseline(load_checkpoint(checkpoint), 12.5, True, checkpoint, thread_changes=3)
+    cache.store("key", baseline, "a: 1\n")
     loaded = cache.load("key")
     assert loaded is not None and not loaded.trained_now and loaded.train_seconds == 12.5
+    assert loaded.thread_changes == 3
     assert loaded.model.tokenizer_json == "{}"
     original = load_checkpoint(checkpoint).state_dict()
     assert all(torch.equal(v, original[k]) for k, v in loaded.model.state_dict().items())
     record = json.loads((tmp_path / "cache" / "key" / "baseline.json").read_text())
     assert record["sha256"] == hashlib.sha256(checkpoint.read_bytes()).hexdigest()
+
+
+def test_an_entry_older_than_the_thread_count_loads_with_the_count_unknown(
+    checkpoint: Path, tmp_path: Path
+) -> None:
+    cache = BaselineCache(tmp_path / "cache")
+    cache.store("key", Baseline(load_checkpoint(checkpoint), 1.0, True, checkpoint), "a: 1\n")
+    path = tmp_path / "cache" / "key" / "baseline.json"
+    record = json.loads(path.read_text())
+    del record["thread_changes"]
+    path.write_text(json.dumps(record))
+    loaded = cache.load("key")
+    assert loaded is not None and loaded.thread_changes is None
 
 
 def test_a_corrupt_cache_entry_is_removed_so_it_gets_rebuilt(tmp_path: Path) -> None:

@@ -51,6 +51,7 @@ def test_training_beats_chance_and_writes_metrics(trained_run: Path) -> None:
     metrics = read_metrics(trained_run)
     assert metrics.keys() >= BASELINE_KEYS
     assert metrics["baseline/test_acc"] > 0.6  # chance is 0.5 on this balanced slice
+    assert metrics["baseline/thread_changes"] == 0  # threads fixed: the fair share set none
     assert (trained_run / "tokenizer.json").is_file()
     assert (trained_run / "checkpoints" / "best.ckpt").is_file()
     assert "val/acc" in (trained_run / "csv" / "metrics.csv").read_text()

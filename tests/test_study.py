@@ -343,6 +343,8 @@ def test_the_study_as_launcher_jobs_gives_the_claims_of_one_process(tmp_path: Pa
             pd.testing.assert_frame_equal(
                 one_table.drop(columns=timings), jobs_table.drop(columns=timings)
             )
+    baselines = pd.read_csv(tmp_path / "one" / "baselines.csv")
+    assert (baselines["baseline/thread_changes"] >= 0).all()  # trained now: counted, as is stored
     records = {p: p.read_text() for p in (tmp_path / "one" / "jobs").glob("*/unit.json")}
     again = tiny_study(tmp_path / "one", cache)
     assert again.returncode == 0, again.stderr[-3000:]
