@@ -89,10 +89,10 @@ def baseline_metrics(plan: Plan, opened: Opened, threads: int) -> dict:
     }
     if baseline.compressed is None:
         metrics[schema.BASELINE_TRAIN_SECONDS] = baseline.train_seconds
-    if baseline.thread_changes is not None:
-        metrics[schema.BASELINE_THREAD_CHANGES] = baseline.thread_changes
     else:  # what is analysed is a shrunk model: say how it was shrunk, not a train time
         metrics[schema.CHECKPOINT_COMPRESSED_BY] = json.dumps(baseline.compressed)
+    if baseline.thread_changes is not None:
+        metrics[schema.BASELINE_THREAD_CHANGES] = baseline.thread_changes
     return metrics
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -144,6 +145,27 @@ def test_submitit_local_launcher_runs_a_job(tmp_path: Path, sweep: Path, cache: 
     (metrics,) = [json.loads(p.read_text()) for p in tmp_path.glob("*/metrics.json")]
     assert metrics["method"] == "prune" and metrics["baseline/trained_now"] == 0
     assert metrics["compressed/width"] == 2
+
+
+@pytest.mark.slow
+def test_a_baseline_cached_before_the_thread_count_reports_it_unknown(
+    tmp_path: Path, sweep: Path, cache: Path
+) -> None:
+    older = tmp_path / "cache"
+    shutil.copytree(cache, older)
+    (record,) = older.glob("*/baseline.json")
+    record.write_text(
+        json.dumps(
+            {k: v for k, v in json.loads(record.read_text()).items() if k != "thread_changes"}
+        )
+    )
+    run_dir = tmp_path / "run"
+    result = run_app(*QUICK, f"cache_dir={older}", f"hydra.run.dir={run_dir}", "logger=csv")
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = read_metrics(run_dir)
+    assert metrics["baseline/trained_now"] == 0 and "baseline/train_seconds" in metrics
+    assert "baseline/thread_changes" not in metrics  # unknown: absent, not a guess
+    assert "checkpoint/compressed_by" not in metrics  # a baseline, not a shrunk model
 
 
 @pytest.mark.slow
