@@ -87,11 +87,11 @@ class FairShare(L.Callback):
         return 0 if self.share is None else self.share.changes
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.share is not None and self.share.changes:
+        if self.changes:
             log.info(
                 "the fair share changed torch's threads %d times (down to %d) while other "
                 "processes were busy: the weights may differ in their last bits from a run on a "
                 "quiet machine (threads=<n> fixes the count)",
-                self.share.changes,
+                self.changes,
                 self.share.fewest,
             )

@@ -261,8 +261,10 @@ def study_baseline(
     scores = bench.baseline_scores()
     rows.baselines.append(
         {schema.DATA: data, schema.SEED: seed, **scores}
-        | {schema.BASELINE_TRAIN_SECONDS: baseline.train_seconds}
-        | {schema.BASELINE_THREAD_CHANGES: baseline.thread_changes}
+        | {
+            schema.BASELINE_TRAIN_SECONDS: baseline.train_seconds,
+            schema.BASELINE_THREAD_CHANGES: baseline.thread_changes,
+        }
     )
     log.info(
         "%s seed %d: baseline test accuracy %.4f", data, seed, scores[schema.BASELINE_TEST_ACC]

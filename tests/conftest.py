@@ -96,6 +96,14 @@ def save_one_step_checkpoint(
     return path
 
 
+def cached_before_the_thread_count(record: Path) -> None:
+    """Make a baseline cache entry's record (baseline.json) one written before the fair share's
+    count was kept: the same, less ``thread_changes`` (which it must hold)."""
+    fields = json.loads(record.read_text())
+    del fields["thread_changes"]
+    record.write_text(json.dumps(fields))
+
+
 def write_splits(folder: Path, splits: dict[str, pd.DataFrame]) -> Path:
     """``folder/<split>.parquet`` per split (columns ``text`` and ``label``), as in shared/data."""
     folder.mkdir(parents=True, exist_ok=True)

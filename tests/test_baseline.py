@@ -30,6 +30,7 @@ from src.workbench import shared_data_key
 from tests.conftest import (
     QUICK,
     ROOT,
+    cached_before_the_thread_count,
     compose_config,
     read_metrics,
     read_only,
@@ -114,10 +115,7 @@ def test_an_entry_older_than_the_thread_count_loads_with_the_count_unknown(
 ) -> None:
     cache = BaselineCache(tmp_path / "cache")
     cache.store("key", Baseline(load_checkpoint(checkpoint), 1.0, True, checkpoint), "a: 1\n")
-    path = tmp_path / "cache" / "key" / "baseline.json"
-    record = json.loads(path.read_text())
-    del record["thread_changes"]
-    path.write_text(json.dumps(record))
+    cached_before_the_thread_count(tmp_path / "cache" / "key" / "baseline.json")
     loaded = cache.load("key")
     assert loaded is not None and loaded.thread_changes is None
 

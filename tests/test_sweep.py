@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests.conftest import QUICK, read_metrics, run_app
+from tests.conftest import QUICK, cached_before_the_thread_count, read_metrics, run_app
 
 COMPRESSED_KEYS = {
     "method",
@@ -154,11 +154,7 @@ def test_a_baseline_cached_before_the_thread_count_reports_it_unknown(
     older = tmp_path / "cache"
     shutil.copytree(cache, older)
     (record,) = older.glob("*/baseline.json")
-    record.write_text(
-        json.dumps(
-            {k: v for k, v in json.loads(record.read_text()).items() if k != "thread_changes"}
-        )
-    )
+    cached_before_the_thread_count(record)
     run_dir = tmp_path / "run"
     result = run_app(*QUICK, f"cache_dir={older}", f"hydra.run.dir={run_dir}", "logger=csv")
     assert result.returncode == 0, result.stderr[-3000:]
