@@ -256,19 +256,23 @@ def write_word_groups(
     viewer: bool = True,
 ) -> dict[str, float]:
     """The words site's analysis: which words share each row (clusters.json and, with
-    ``viewer``, a page to search, viewer.html), once a merge has made rows shared; nothing to
-    cluster before."""
+    ``viewer``, a page to search, viewer.html), once a merge has made rows shared (or a code,
+    vectors); nothing to cluster before."""
     folder.mkdir(parents=True, exist_ok=True)
     pair = None if evaluation is None else evaluation.pair
-    if pair is None or pair.merged_into is None:
+    if pair is None or (pair.merged_into is None and pair.code is None):
         log.info("%s: a unit per word; compress=word_merge merges them", site.label)
         return {}
-    groups = word_groups(bench, pair.merged_into)
-    rows = pair.width
-    summary = {"layer": site.name, "width": site.width, "rows": rows, "groups": groups}
+    if pair.code is None:
+        shared, kind = pair.merged_into, "rows"
+    else:  # coded words share a vector where they share every part's row
+        shared, kind = torch.unique(pair.code.codes, dim=1, return_inverse=True)[1], "vectors"
+    groups = word_groups(bench, shared)
+    rows = int(shared.max()) + 1
+    summary = {"layer": site.name, "width": site.width, kind: rows, "groups": groups}
     (folder / "clusters.json").write_text(json.dumps(summary, indent=1) + "\n")
     merged = sum(len(g["words"]) for g in groups)
-    text = f"{site.width} words into {rows} rows; {merged} words share {len(groups)} rows."
+    text = f"{site.width} words into {rows} {kind}; {merged} words share {len(groups)} {kind}."
     log.info("%s", text)
     if viewer:
         page = folder / "viewer.html"

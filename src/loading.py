@@ -93,6 +93,7 @@ def build_network(checkpoint: dict[str, Any]) -> SentimentLSTM:
             hparams["head_widths"],
             float(hparams.get("dropout", 0.0)),
             widths,
+            hparams.get("embedding_code"),
         )
         prefix = "network."
         state = {

@@ -17,7 +17,7 @@ from torchmetrics import MetricCollection
 from torchmetrics.classification import BinaryAccuracy, BinaryAUROC, BinaryF1Score
 
 from src.errors import write_atomically
-from src.network import SentimentLSTM, lstm_widths_of
+from src.network import CodedEmbedding, SentimentLSTM, lstm_widths_of
 
 
 class SentimentClassifier(L.LightningModule):
@@ -31,12 +31,20 @@ class SentimentClassifier(L.LightningModule):
         head_widths: Sequence[int] = (256, 64, 16),
         dropout: float = 0.5,
         optimizer: Callable[..., torch.optim.Optimizer] | None = None,
+        embedding_code: Mapping | None = None,  # a shrunk model's product-coded embedding
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["optimizer"])
         widths = lstm_widths_of(lstm)
         self.network = SentimentLSTM(
-            vocab_size, embedding_dim, widths[-1], len(widths), list(head_widths), dropout, widths
+            vocab_size,
+            embedding_dim,
+            widths[-1],
+            len(widths),
+            list(head_widths),
+            dropout,
+            widths,
+            embedding_code,
         )
         self.optimizer_factory = optimizer or partial(torch.optim.Adam, lr=0.002)
         self.loss = nn.BCEWithLogitsLoss()
@@ -88,7 +96,11 @@ def save_compressed(
     hparams = dict(model.hparams)
     hparams["head_widths"] = shrunk.hidden_widths
     hparams["embedding_dim"] = shrunk.embedding.embedding_dim
-    hparams["vocab_size"] = shrunk.embedding.num_embeddings
+    if isinstance(shrunk.embedding, CodedEmbedding):  # its codes stay in the state, per word id
+        hparams["embedding_code"] = shrunk.embedding.shape
+        hparams["vocab_size"] = shrunk.embedding.parts[0].row_of.numel()
+    else:
+        hparams["vocab_size"] = shrunk.embedding.num_embeddings
     lstm = dict(hparams.get("lstm") or {})
     if shrunk.lstm_widths != lstm_widths_of(lstm):
         hparams["lstm"] = lstm | {"widths": shrunk.lstm_widths}

@@ -72,13 +72,18 @@ class SentimentLSTM(nn.Module):
         head_widths: Sequence[int],
         dropout: float,
         lstm_widths: Sequence[int] | None = None,
+        embedding_code: Mapping | None = None,
     ) -> None:
         """``lstm_widths``: each LSTM layer's units when they differ (a shrunk model); by
-        default ``num_layers`` layers of ``hidden_size``."""
+        default ``num_layers`` layers of ``hidden_size``. ``embedding_code``: a product-coded
+        embedding's shape, ``{rows, parts}`` (:class:`CodedEmbedding`; a shrunk model)."""
         super().__init__()
         check_shape(head_widths, hidden_size, embedding_dim)
         widths = list(map(int, lstm_widths or [hidden_size] * num_layers))
-        self.embedding = nn.Embedding(vocab_size, embedding_dim, padding_idx=PAD_ID)
+        if embedding_code:
+            self.embedding = CodedEmbedding.empty(vocab_size, embedding_dim, **embedding_code)
+        else:
+            self.embedding = nn.Embedding(vocab_size, embedding_dim, padding_idx=PAD_ID)
         # One single-layer LSTM per layer, so that layers can have their own width and each
         # layer's states can be read (a stacked nn.LSTM computes the same, one layer at a time).
         self.lstm = nn.ModuleList(
@@ -195,6 +200,69 @@ class SharedRowEmbedding(nn.Embedding):
         return super().forward(self.row_of[ids])
 
 
+class CodedEmbedding(nn.Module):
+    """An embedding stored as a product code (the product quantisation of FastText.zip): its
+    dimensions fall into parts, and within each part the words share rows, a word merge per
+    part. Word ``w``'s vector is ``cat_j(part_j.rows[codes[j, w]]) @ basis``: the ``basis``
+    (E, E) maps the coordinates the parts were cut in back to the embedding's.
+
+    Far more words keep a vector of their own than a single merge keeps rows for the same
+    parameters: ``P`` parts of ``K`` rows give ``K^P`` vectors, for ``K x E`` numbers in the
+    rows, ``E x E`` in the basis and a code per word and part.
+    """
+
+    def __init__(self, codes: Tensor, parts: Sequence[Tensor], basis: Tensor) -> None:
+        super().__init__()
+        if codes.shape[0] != len(parts):
+            raise ValueError(f"{codes.shape[0]} codes per word for {len(parts)} parts")
+        self.parts = nn.ModuleList(
+            SharedRowEmbedding(code, rows) for code, rows in zip(codes, parts, strict=True)
+        )
+        self.basis = nn.Parameter(basis.detach().clone())
+        self.padding_idx = PAD_ID
+
+    @classmethod
+    def empty(
+        cls, vocab_size: int, embedding_dim: int, rows: int, parts: Sequence[int]
+    ) -> CodedEmbedding:
+        """One of this shape, to load a checkpoint's state into."""
+        codes = torch.zeros(len(parts), vocab_size, dtype=torch.long)
+        return cls(codes, [torch.zeros(rows, int(d)) for d in parts], torch.eye(embedding_dim))
+
+    @property
+    def embedding_dim(self) -> int:
+        return self.basis.shape[1]
+
+    @property
+    def num_embeddings(self) -> int:
+        """The rows each part keeps: the words site's width."""
+        return self.parts[0].num_embeddings
+
+    @property
+    def shape(self) -> dict:
+        """What builds one like it (``SentimentLSTM``'s ``embedding_code``)."""
+        return {"rows": self.num_embeddings, "parts": [p.embedding_dim for p in self.parts]}
+
+    @property
+    def codes(self) -> int:
+        """The code numbers stored: one per word and part."""
+        return sum(part.row_of.numel() for part in self.parts)
+
+    def vectors(self) -> Tensor:
+        """Every word's vector, (words, E)."""
+        return self.forward(torch.arange(self.parts[0].row_of.numel()))
+
+    def forward(self, ids: Tensor) -> Tensor:
+        return torch.cat([part(ids) for part in self.parts], dim=-1) @ self.basis
+
+
+def stored_params(module: nn.Module) -> int:
+    """The numbers ``module`` keeps to compute: its parameters, and a product-coded embedding's
+    codes (each code counted as one number, though it is a small integer)."""
+    codes = sum(m.codes for m in module.modules() if isinstance(m, CodedEmbedding))
+    return sum(p.numel() for p in module.parameters()) + codes
+
+
 def word_rows(embedding: nn.Embedding, ids: Tensor) -> Tensor:
     """The row each word id reads: itself, or its merged row."""
     row_of = getattr(embedding, "row_of", None)
@@ -203,7 +271,7 @@ def word_rows(embedding: nn.Embedding, ids: Tensor) -> Tensor:
 
 def stored_bytes(network: nn.Module) -> int:
     """What storing ``network`` takes: its weights, and a merged embedding's word map (an int32
-    per word of the tokenizer)."""
+    per word of the tokenizer; a product-coded embedding's part has one each)."""
     weights = sum(p.numel() * p.element_size() for p in network.parameters())
     maps = sum(m.row_of.numel() * 4 for m in network.modules() if isinstance(m, SharedRowEmbedding))
     return weights + maps

@@ -30,14 +30,18 @@ from src.compress.base import LayerPair
 from src.compress.retrain import fresh_pair
 from src.errors import SettingError
 from src.network import (
+    CodedEmbedding,
     SentimentLSTM,
     SharedRowEmbedding,
     last_word,
     lstm_widths_of,
+    stored_params,
     with_columns,
     word_rows,
 )
 from src.tokens import SPECIAL_IDS
+
+WORD_METHODS = ("word_merge", "word_codes", "word_cutoff")  # the words site's methods
 
 
 class SiteError(SettingError):
@@ -66,12 +70,14 @@ class ModelShape:
     @classmethod
     def of_settings(cls, model: Mapping) -> ModelShape:
         """From the model's settings: the config's ``model`` node or a checkpoint's
-        hyperparameters (a shrunk model records its LSTM's widths)."""
+        hyperparameters (a shrunk model records its LSTM's widths, and a product-coded
+        embedding the rows of its parts)."""
+        code = model.get("embedding_code")
         return cls(
             tuple(map(int, model["head_widths"])),
             tuple(lstm_widths_of(model.get("lstm"))),
             int(model.get("embedding_dim", 0)),
-            _known_int(model, "vocab_size"),
+            int(code["rows"]) if code else _known_int(model, "vocab_size"),
         )
 
     @property
@@ -195,6 +201,15 @@ def refuse_repair_or_new_units(site: Site, repair: bool, builds_units: bool) -> 
         )
     if builds_units:
         raise new_units_refused(site.name)
+
+
+def refuse_coded(site: Site, network: SentimentLSTM) -> None:
+    """A product-coded embedding has no rows of words to merge, nor columns of rows to keep."""
+    if isinstance(network.embedding, CodedEmbedding):
+        raise SiteError(
+            f"layer={site.name}: the embedding is product-coded (compress=word_codes): its "
+            "words and dimensions are shrunk already; choose the lstm or a head layer"
+        )
 
 
 def refuse_word_method(site: Site, for_words: bool) -> None:
@@ -470,6 +485,7 @@ class EmbeddingSite:
         return f"{self.name} ({self.width})"
 
     def pair(self, network: SentimentLSTM) -> LayerPair:
+        refuse_coded(self, network)
         first = network.lstm[0]
         return LayerPair(
             network.embedding.weight.detach().T,
@@ -522,7 +538,7 @@ class EmbeddingSite:
         return vectors @ pair.w_out.T + pair.b_out
 
     def own_params(self, network: SentimentLSTM) -> int:
-        return network.embedding.weight.numel()
+        return stored_params(network.embedding)
 
 
 @dataclass(frozen=True)
@@ -549,6 +565,7 @@ class WordSite:
         return f"{self.name} ({self.width})"
 
     def pair(self, network: SentimentLSTM) -> LayerPair:
+        refuse_coded(self, network)
         rows = network.embedding.weight.detach()
         first = network.lstm[0]
         return LayerPair(
@@ -560,15 +577,21 @@ class WordSite:
         )
 
     def rebuild(self, network: SentimentLSTM, pair: LayerPair) -> SentimentLSTM:
-        """A copy of ``network`` whose words read ``pair``'s rows through its map."""
-        if pair.merged_into is None:
+        """A copy of ``network`` whose words read ``pair``'s rows through its map, or its
+        product code."""
+        if pair.merged_into is None and pair.code is None:
             raise SiteError(
                 "layer=words: the method did not say which row each word reads; choose "
-                "compress=word_merge or compress=word_cutoff"
+                f"compress={' or compress='.join(WORD_METHODS)}"
             )
         old = getattr(network.embedding, "row_of", None)
-        row_of = pair.merged_into if old is None else pair.merged_into[old]
         shrunk = copy.deepcopy(network)
+        if pair.code is not None:  # the codes of the words the tokenizer's ids stand for
+            code = pair.code
+            codes = code.codes if old is None else code.codes[:, old]
+            shrunk.embedding = CodedEmbedding(codes, code.parts, code.basis)
+            return shrunk
+        row_of = pair.merged_into if old is None else pair.merged_into[old]
         shrunk.embedding = SharedRowEmbedding(row_of, pair.w_in, network.embedding.padding_idx)
         return shrunk
 
@@ -580,7 +603,7 @@ class WordSite:
         if not for_words:
             raise SiteError(
                 "layer=words: a word's unit is on at that word only, so the trace methods do "
-                "not apply; choose compress=word_merge or compress=word_cutoff"
+                f"not apply; choose compress={' or compress='.join(WORD_METHODS)}"
             )
         if repair:
             raise SiteError("compress.repair=true: layer=words has no pre-activations to match")
@@ -607,7 +630,7 @@ class WordSite:
         return None
 
     def own_params(self, network: SentimentLSTM) -> int:
-        return network.embedding.weight.numel()
+        return stored_params(network.embedding)
 
 
 @dataclass

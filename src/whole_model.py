@@ -29,7 +29,7 @@ from torch import Tensor
 
 from src import schema
 from src.compress.base import MergeMethod
-from src.network import SentimentLSTM, stored_bytes
+from src.network import SentimentLSTM, stored_bytes, stored_params
 from src.sites import ModelShape, Site, all_sites
 from src.workbench import (
     COMPRESS_DIR,
@@ -293,7 +293,7 @@ def cascade(
                 # is read again; a site inside the LSTM reads the searched validation sentences
                 logits = current.outputs(site, cut, "validation", rows=searched)[0]
                 correct = accuracy(logits, labels[searched])
-                params = sum(p.numel() for p in cut.network.parameters())
+                params = stored_params(cut.network)
                 seen = Evaluated(correct, params, cut.network)
                 accepted = budget.accepts(correct, baseline_correct[searched])
                 seconds = time.perf_counter() - start
@@ -323,7 +323,7 @@ def search_metrics(bench: Workbench, result: SearchResult) -> dict[str, float | 
     logits = {split: bench.logits(result.network, split) for split in ("validation", "test")}
     metrics, _ = bench.against_baseline(logits)
     metrics |= {
-        schema.COMPRESSED_PARAMS: sum(p.numel() for p in result.network.parameters()),
+        schema.COMPRESSED_PARAMS: stored_params(result.network),
         schema.COMPRESSED_BYTES: stored_bytes(result.network),
         schema.COMPRESSED_WIDTHS: ",".join(f"{k}={v}" for k, v in result.widths.items()),
         schema.SEARCH_CANDIDATES: len(result.candidates),

@@ -48,7 +48,7 @@ from src.compress.retrain import LastWordInputs, train_pair
 from src.data import SentimentDataModule, probe_loader, probe_sample
 from src.errors import SettingError
 from src.loading import CheckpointError, read_checkpoint
-from src.network import SentimentLSTM, last_word, real_words, stored_bytes
+from src.network import SentimentLSTM, last_word, real_words, stored_bytes, stored_params
 from src.sites import ModelShape, Site, check_target_width, read_sentences, resolve_site
 from src.store import ArtefactStore
 from src.tokens import collate
@@ -415,7 +415,7 @@ class Workbench:
             schema.BASELINE_TEST_ACC: scores["test"].item(),
             schema.BASELINE_TEST_F1: scores["f1"].item(),
             schema.BASELINE_TEST_AUROC: scores["auroc"].item(),
-            schema.BASELINE_PARAMS: sum(p.numel() for p in self.network.parameters()),
+            schema.BASELINE_PARAMS: stored_params(self.network),
         }
 
     def probe_words(self) -> dict[str, Tensor]:
@@ -641,7 +641,7 @@ class Workbench:
         metrics |= {
             schema.BASELINE_LAYER_PARAMS: site.own_params(self.network),
             schema.COMPRESSED_LAYER_PARAMS: site.own_params(shrunk),
-            schema.COMPRESSED_PARAMS: sum(p.numel() for p in shrunk.parameters()),
+            schema.COMPRESSED_PARAMS: stored_params(shrunk),
             schema.COMPRESSED_BYTES: stored_bytes(shrunk),
             schema.COMPRESSED_WIDTH: resolve_site(site.name, ModelShape.of(shrunk)).width,
             schema.COMPRESS_SECONDS: seconds,

@@ -24,6 +24,16 @@ from torch import Tensor
 
 
 @dataclass(frozen=True)
+class ProductCode:
+    """The words site's product code (:class:`~src.network.CodedEmbedding`): within each part
+    of the embedding's dimensions, the row every word reads."""
+
+    codes: Tensor  # (P, V) long: each part's row for each word
+    parts: tuple[Tensor, ...]  # P tensors (K, d_j): each part's rows
+    basis: Tensor  # (E, E): the parts' coordinates, concatenated, to the embedding's
+
+
+@dataclass(frozen=True)
 class LayerPair:
     """The layer to shrink (``w_in``, ``b_in``) and the next layer (``w_out``, ``b_out``)."""
 
@@ -46,6 +56,9 @@ class LayerPair:
     # logit's sensitivity to a word's embedding, :meth:`~src.workbench.Workbench.compress`).
     # A merge may count its error in this metric; None: not measured.
     metric: Tensor | None = None
+    # The words site's product code, where a method coded the words rather than merging them
+    # (``w_in`` then holds each word's coded vector).
+    code: ProductCode | None = None
 
     def __post_init__(self) -> None:
         n, m = self.w_in.shape[0], self.w_out.shape[0]

@@ -80,7 +80,16 @@ class WordMerge:
         clusters = target_width - len(alone)
         groups = torch.empty(pair.width, dtype=torch.long)
         groups[alone] = alone
-        found = self._cluster(self._features(pair)[rest], weights[rest], clusters, generator)
+        points, rest_weights = self._features(pair)[rest], weights[rest]
+        found = cluster_words(
+            points,
+            rest_weights if self.weighted else torch.ones_like(rest_weights),
+            clusters,
+            generator,
+            self.clustering,
+            self.init,
+            self.iterations,
+        )
         groups[rest] = pair.width + torch.as_tensor(found, dtype=torch.long)
         return fold_words(pair, renumber(groups), weights)
 
@@ -108,29 +117,36 @@ class WordMerge:
         rank = int((s > s[0] * 1e-10).sum())
         return (u[:, :rank] * s[:rank]).float().numpy()
 
-    def _cluster(
-        self, points: np.ndarray, weights: Tensor, clusters: int, generator: torch.Generator
-    ) -> np.ndarray:
-        """A cluster per point, ``clusters`` of them. Words the LSTM reads alike (to six digits
-        of the largest coordinate) are one point before any clustering, so they always merge,
-        and no start can keep them apart."""
-        keys = np.round(points / max(float(np.abs(points).max()), 1e-30), 6)
-        _, alike = np.unique(keys, axis=0, return_inverse=True)
-        alike = alike.reshape(-1)
-        weight = np.bincount(alike, weights=weights.numpy() if self.weighted else None)
-        # one point per group of alike words, the most used first
-        order = np.argsort(-weight, kind="stable")
-        rank = np.empty_like(order)
-        rank[order] = np.arange(len(order))
-        first = np.zeros(len(order), dtype=np.int64)
-        first[alike[::-1]] = np.arange(len(alike))[::-1]  # a member of each group
-        distinct, weight = points[first[order]], weight[order]
-        if clusters >= len(distinct):
-            return rank[alike]
-        if self.clustering == "agglomerative":  # Ward's linkage: unweighted, O(V^2) memory
-            return AgglomerativeClustering(clusters).fit_predict(distinct)[rank[alike]]
-        seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
-        init = distinct[:clusters] if self.init == "frequent" else self.init
-        kmeans = KMeans(clusters, init=init, n_init=1, max_iter=self.iterations, random_state=seed)
-        labels = kmeans.fit(distinct, sample_weight=weight).labels_
-        return labels[rank[alike]]
+
+def cluster_words(
+    points: np.ndarray,
+    weights: Tensor,
+    clusters: int,
+    generator: torch.Generator,
+    clustering: str = "kmeans",
+    init: str = "frequent",
+    iterations: int = 30,
+) -> np.ndarray:
+    """A cluster per point (word), ``clusters`` of them, by ``weights`` (k-means). Words alike
+    (to six digits of the largest coordinate) are one point before any clustering, so they always
+    merge, and no start can keep them apart; k-means' ``frequent`` start is the heaviest points."""
+    keys = np.round(points / max(float(np.abs(points).max()), 1e-30), 6)
+    _, alike = np.unique(keys, axis=0, return_inverse=True)
+    alike = alike.reshape(-1)
+    weight = np.bincount(alike, weights=weights.numpy())
+    # one point per group of alike words, the most used first
+    order = np.argsort(-weight, kind="stable")
+    rank = np.empty_like(order)
+    rank[order] = np.arange(len(order))
+    first = np.zeros(len(order), dtype=np.int64)
+    first[alike[::-1]] = np.arange(len(alike))[::-1]  # a member of each group
+    distinct, weight = points[first[order]], weight[order]
+    if clusters >= len(distinct):
+        return rank[alike]
+    if clustering == "agglomerative":  # Ward's linkage: unweighted, O(V^2) memory
+        return AgglomerativeClustering(clusters).fit_predict(distinct)[rank[alike]]
+    seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
+    start = distinct[:clusters] if init == "frequent" else init
+    kmeans = KMeans(clusters, init=start, n_init=1, max_iter=iterations, random_state=seed)
+    labels = kmeans.fit(distinct, sample_weight=weight).labels_
+    return labels[rank[alike]]

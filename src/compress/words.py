@@ -49,21 +49,24 @@ def fold_words(pair: LayerPair, merged_into: Tensor, weights: Tensor) -> LayerPa
     linear map of the other). Rows are numbered in order of their first word, so the special
     tokens (ids 0 and 1, each alone) keep their ids."""
     rows = int(merged_into.max()) + 1
-    w = weights.double()
-    total = torch.zeros(rows, dtype=torch.float64).index_add_(0, merged_into, w)
-
-    def mean(columns: Tensor) -> Tensor:  # (V, X) -> (rows, X)
-        summed = torch.zeros(rows, columns.shape[1], dtype=torch.float64)
-        summed.index_add_(0, merged_into, columns.double() * w[:, None])
-        return (summed / total[:, None]).to(columns.dtype)
-
     return LayerPair(
-        mean(pair.w_in),
+        weighted_means(pair.w_in, merged_into, weights),
         torch.zeros(rows, dtype=pair.b_in.dtype),
-        mean(pair.w_out.T).T.contiguous(),
+        weighted_means(pair.w_out.T, merged_into, weights).T.contiguous(),
         pair.b_out,
         merged_into=merged_into,
     )
+
+
+def weighted_means(values: Tensor, groups: Tensor, weights: Tensor) -> Tensor:
+    """(V, X) -> (groups, X): each group's ``weights``-weighted mean of its members' ``values``
+    (computed in float64), group ``r`` the members ``groups`` maps to ``r``."""
+    rows = int(groups.max()) + 1
+    w = weights.double()
+    total = torch.zeros(rows, dtype=torch.float64).index_add_(0, groups, w)
+    summed = torch.zeros(rows, values.shape[1], dtype=torch.float64)
+    summed.index_add_(0, groups, values.double() * w[:, None])
+    return (summed / total[:, None]).to(values.dtype)
 
 
 def renumber(groups: Tensor) -> Tensor:

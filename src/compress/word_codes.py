@@ -1,0 +1,146 @@
+"""Code the words rather than merge them: a word merge within each part of the dimensions.
+
+The product quantisation of FastText.zip (Joulin et al. 2016), without its retraining: the
+embedding's dimensions fall into ``parts``, and within each part the words are clustered into
+``target_width`` rows (the special tokens keep rows of their own), each row its members'
+frequency-weighted mean (:func:`~src.compress.words.weighted_means`). A word then reads one row
+per part, so two words share a vector only where they agree in every part: for the parameters of
+``target_width`` merged rows, ``target_width ** parts`` vectors, at the price of a code per word
+and part (counted as parameters, :func:`~src.network.stored_params`) and an ``E x E`` basis.
+
+The parts are cut in the space the merge's error counts in, as :mod:`~src.compress.word_merge`'s
+``space`` (the sensitivity metric by default, made invertible by a small ridge), turned to its
+principal axes under the words' frequencies and dealt to the parts in turn, so that each part
+holds a like share of the spread (the balanced split of optimised product quantisation, without
+its iterations). The ``basis`` maps the concatenated parts back to the embedding, so nothing
+else in the network changes. No gradient step: gradients are read as sensitivities only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from src.compress.base import LayerPair, ProductCode, check_choice
+from src.compress.word_merge import INITS, SPACES, cluster_words
+from src.compress.words import (
+    by_frequency,
+    check_words_width,
+    frequencies,
+    renumber,
+    weighted_means,
+)
+from src.tokens import SPECIAL_IDS
+
+RIDGE = 1e-3  # added to the metric, times its mean eigenvalue: invertible, barely moved
+
+
+@dataclass(frozen=True)
+class WordCodes:
+    """:class:`~src.compress.base.MergeMethod` for the words site: ``target_width`` rows per
+    part."""
+
+    parts: int = 8
+    space: str = "sensitivity"
+    # the principal axes dealt to the parts in turn; False: the space's own axes, in blocks
+    rotate: bool = True
+    weighted: bool = True
+    init: str = "k-means++"  # at a few hundred rows per part it finds better rows, in seconds
+    iterations: int = 30
+    for_words = True
+
+    def __post_init__(self) -> None:
+        check_choice(self.space, SPACES, "compress.method.space")
+        check_choice(self.init, INITS, "compress.method.init")
+        if self.parts < 1:
+            raise ValueError(f"compress.method.parts={self.parts} must be >= 1")
+
+    @property
+    def reads_sensitivity(self) -> bool:
+        """Whether the site must measure its pair's ``metric`` (the embedding's sensitivity)."""
+        return self.space == "sensitivity"
+
+    def __call__(
+        self,
+        pair: LayerPair,
+        activations: Tensor,
+        labels: Tensor | None,
+        target_width: int,
+        generator: torch.Generator,
+    ) -> LayerPair:
+        check_words_width(target_width, pair.width)
+        dim = pair.w_in.shape[1]
+        if not 1 <= self.parts <= dim:
+            raise ValueError(
+                f"compress.method.parts={self.parts}: the embedding has {dim} dimensions"
+            )
+        weights = frequencies(activations)
+        to_space = self._space(pair)  # (E, E), invertible
+        axes = self._axes(pair.w_in.double() @ to_space.T, weights)  # (E, E) orthonormal
+        coordinates = pair.w_in.double() @ to_space.T @ axes
+        specials = torch.tensor(SPECIAL_IDS)
+        rest = by_frequency(weights)[len(SPECIAL_IDS) :]
+        codes, parts = [], []
+        for columns in torch.arange(dim).tensor_split(self.parts):
+            groups = torch.empty(pair.width, dtype=torch.long)
+            groups[specials] = specials
+            found = cluster_words(
+                coordinates[rest][:, columns].float().numpy(),
+                weights[rest] if self.weighted else torch.ones(len(rest), dtype=torch.float64),
+                target_width - len(SPECIAL_IDS),
+                generator,
+                init=self.init,
+                iterations=self.iterations,
+            )
+            groups[rest] = pair.width + torch.as_tensor(found, dtype=torch.long)
+            code = renumber(groups)
+            codes.append(code)
+            parts.append(weighted_means(coordinates[:, columns], code, weights).float())
+        basis = torch.linalg.solve(to_space, axes).T  # coordinates @ basis = the rows
+        vectors = torch.cat([p[c] for p, c in zip(parts, codes, strict=True)], 1).double() @ basis
+        reader = torch.linalg.lstsq(pair.w_in.double(), pair.w_out.T.double()).solution  # W_ih^T
+        return LayerPair(
+            vectors.to(pair.w_in.dtype),
+            torch.zeros(pair.width, dtype=pair.b_in.dtype),
+            (vectors @ reader).T.to(pair.w_out.dtype).contiguous(),
+            pair.b_out,
+            code=ProductCode(torch.stack(codes), tuple(parts), basis.float()),
+        )
+
+    def _space(self, pair: LayerPair) -> Tensor:
+        """The map (E, E) into the space where the error counts, the root of its metric (with a
+        small ridge, so that it can be inverted): the sensitivity ``G``, what the LSTM reads
+        (``W_ih^T W_ih``: the same distances as ``W_ih e``), or none."""
+        dim = pair.w_in.shape[1]
+        if self.space == "embedding":
+            return torch.eye(dim, dtype=torch.float64)
+        if self.space == "sensitivity":
+            if pair.metric is None:
+                raise ValueError(
+                    "compress.method.space=sensitivity needs the logit's sensitivity to each "
+                    "word, which the words site measures (layer=words); or choose "
+                    "space=lstm_input"
+                )
+            metric = pair.metric.double()
+        else:  # W_ih from what it reads off the rows, W_ih E^T (4H, V): the rows of full rank
+            w_ih = torch.linalg.lstsq(pair.w_in.double(), pair.w_out.T.double()).solution.T
+            metric = w_ih.T @ w_ih
+        metric = metric + RIDGE * metric.trace() / dim * torch.eye(dim, dtype=torch.float64)
+        values, vectors = torch.linalg.eigh(metric)
+        return (vectors * values.sqrt()) @ vectors.T
+
+    def _axes(self, points: Tensor, weights: Tensor) -> Tensor:
+        """(E, E) orthonormal: the points' principal axes under ``weights``, the largest first,
+        dealt to the parts in turn (so :meth:`Tensor.tensor_split` gives each a like share);
+        the identity when not ``rotate``."""
+        dim = points.shape[1]
+        if not self.rotate:
+            return torch.eye(dim, dtype=torch.float64)
+        w = weights.double() / weights.sum()
+        centred = points - w @ points
+        values, vectors = torch.linalg.eigh((centred * w[:, None]).T @ centred)
+        vectors = vectors[:, values.argsort(descending=True)]
+        dealt = torch.cat([torch.arange(j, dim, self.parts) for j in range(self.parts)])
+        return vectors[:, dealt]
