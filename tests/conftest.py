@@ -285,6 +285,41 @@ def read_metrics(folder: Path) -> dict:
     return json.loads((folder / "metrics.json").read_text())
 
 
+def rerun_and_ask(
+    checkpoint: Path, overrides: list[str], again: Path, sentence: str
+) -> tuple[dict, float, float]:
+    """A shrunk checkpoint as a user opens it: analysed again with ``ckpt_path=`` (the run's
+    metrics), asked about ``sentence`` by ``src.predict``, and loaded by hand, its network's
+    own probability: (metrics, src.predict's p_positive, the probability)."""
+    from tokenizers import Tokenizer
+
+    from src.baseline import load_checkpoint
+
+    done = run_app(
+        *overrides,
+        f"ckpt_path={checkpoint}",
+        "compress=none",
+        "layer=head.2",
+        f"hydra.run.dir={again}",
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    asked = subprocess.run(
+        [sys.executable, "-m", "src.predict", str(checkpoint), sentence, "--json"],
+        cwd=ROOT,
+        env=APP_ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert asked.returncode == 0, asked.stderr
+    model = load_checkpoint(checkpoint).eval()
+    ids = torch.tensor([Tokenizer.from_str(model.tokenizer_json).encode(sentence).ids])
+    with torch.no_grad():
+        logit = model.network.sentence_logits(ids, torch.tensor([ids.shape[1]]))
+    probability = float(torch.sigmoid(logit)[0])
+    return read_metrics(again), json.loads(asked.stdout)["p_positive"], probability
+
+
 def wandb_summary(run_dir: Path) -> dict:
     """Read the one offline W&B run under ``run_dir`` back with the W&B CLI itself."""
     (offline,) = (run_dir / "wandb").glob("offline-run-*")

@@ -13,6 +13,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from src.errors import SettingError
+from src.sites import WORD_METHODS
 from src.workbench import AnalysisSettings, build_method, method_choices, run_site
 from tests.conftest import CONF_DIR, compose_config, run_app
 
@@ -52,7 +53,7 @@ def test_every_choice_shares_the_step_settings_and_the_lists_come_from_the_folde
         assert set(compose_config(f"compress={compress}").compress) >= step
     every = sorted(method_choices() + method_choices(words=True))
     assert every == [c for c in choices("compress") if c not in ("none", "whole_model")]
-    assert method_choices(words=True) == ["word_cutoff", "word_merge"]
+    assert method_choices(words=True) == sorted(WORD_METHODS)
 
 
 @pytest.mark.parametrize("experiment", choices("experiment"))

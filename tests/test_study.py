@@ -18,6 +18,7 @@ from src.claims import CLAIMS, judge, time_line
 from src.study import (
     command_overrides,
     fingerprint,
+    method_configs,
     run_configs,
     sweep_units,
     whole_model_settings,
@@ -184,6 +185,15 @@ def test_the_study_leaves_a_wandb_summary_run(study: Path) -> None:
     assert summary["claims"]["nrows"] == len(CLAIMS)
     assert run["config"]["command"].startswith("python -m src.study")  # how to regenerate it
     assert run["config"]["seconds"] > 0
+
+
+@pytest.mark.parametrize("left_out", [["word_codes"], []])
+def test_every_method_is_studied_but_those_left_out(left_out: list[str]) -> None:
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose("study", overrides=[f"left_out={left_out}"])
+        methods = method_configs(cfg)
+    assert ("word_codes" in methods) == (not left_out)
+    assert {"weight_sum", "word_merge", "word_cutoff"} <= set(methods)
 
 
 @pytest.mark.parametrize(

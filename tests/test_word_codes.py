@@ -5,13 +5,10 @@ keeps its codes and loads; the sites a coded embedding has no more refuse it."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from tokenizers import Tokenizer
 
 from src import schema
 from src.baseline import load_checkpoint
@@ -22,7 +19,7 @@ from src.model import SentimentClassifier, save_compressed
 from src.network import CodedEmbedding, stored_bytes, stored_params
 from src.sites import ModelShape, SiteError, resolve_site
 from src.tokens import train_tokenizer
-from tests.conftest import APP_ENV, QUICK, ROOT, read_metrics, run_app
+from tests.conftest import QUICK, read_metrics, rerun_and_ask, run_app
 from tests.test_words import E, V, logits, merge, network
 
 
@@ -154,29 +151,10 @@ def test_coded_words_run_end_to_end_and_their_checkpoint_predicts_as_measured(
     assert shared["vectors"] == vectors <= words
     assert all(len(group["words"]) > 1 for group in shared["groups"])
 
+    sentence = "a gorgeous , heartfelt film"
     again = tmp_path / "again"
-    done = run_app(
-        *common,
-        f"ckpt_path={run / 'compressed.ckpt'}",
-        "compress=none",
-        "layer=head.2",
-        f"hydra.run.dir={again}",
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert read_metrics(again)["baseline/test_acc"] == pytest.approx(
+    rerun, asked, expected = rerun_and_ask(run / "compressed.ckpt", common, again, sentence)
+    assert rerun["baseline/test_acc"] == pytest.approx(
         metrics[schema.COMPRESSED_TEST_ACC], abs=1e-9
     )
-    sentence = "a gorgeous , heartfelt film"
-    asked = subprocess.run(
-        [sys.executable, "-m", "src.predict", str(run / "compressed.ckpt"), sentence, "--json"],
-        cwd=ROOT,
-        env=APP_ENV,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert asked.returncode == 0, asked.stderr
-    ids = torch.tensor([Tokenizer.from_str(model.tokenizer_json).encode(sentence).ids])
-    with torch.no_grad():
-        expected = torch.sigmoid(model.network.sentence_logits(ids, torch.tensor([ids.shape[1]])))
-    assert json.loads(asked.stdout)["p_positive"] == pytest.approx(float(expected[0]), abs=1e-6)
+    assert asked == pytest.approx(expected, abs=1e-6)

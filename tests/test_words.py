@@ -7,8 +7,6 @@ from __future__ import annotations
 import dataclasses
 import html
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -27,7 +25,7 @@ from src.network import SharedRowEmbedding, last_word, stored_bytes
 from src.sites import HeadSite, ModelShape, SiteError, WordSite, resolve_site
 from src.tokens import UNK_ID, train_tokenizer
 from src.workbench import CompressStep, check_step
-from tests.conftest import APP_ENV, QUICK, ROOT, read_metrics, run_app
+from tests.conftest import QUICK, read_metrics, rerun_and_ask, run_app
 
 V, E, H = 12, 6, 1  # H = 1: W_ih is (4, 6), so two rows can differ where the LSTM cannot see
 # network() is seeded so that its logits move with the words (seed 0 gives a constant logit)
@@ -263,33 +261,13 @@ def test_merged_words_run_end_to_end_and_their_checkpoint_predicts_as_measured(
     assert html.escape(groups[0]["words"][0][0]) in page
 
     again = tmp_path / "again"
-    done = run_app(
-        *common,
-        f"ckpt_path={run / 'compressed.ckpt'}",
-        "compress=none",
-        "layer=head.2",
-        f"hydra.run.dir={again}",
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert read_metrics(again)["baseline/test_acc"] == pytest.approx(
+    sentence = "a gorgeous , heartfelt film"
+    rerun, asked, expected = rerun_and_ask(run / "compressed.ckpt", common, again, sentence)
+    assert rerun["baseline/test_acc"] == pytest.approx(
         metrics[schema.COMPRESSED_TEST_ACC], abs=1e-9
     )
-    sentence = "a gorgeous , heartfelt film"
-    asked = subprocess.run(
-        [sys.executable, "-m", "src.predict", str(run / "compressed.ckpt"), sentence, "--json"],
-        cwd=ROOT,
-        env=APP_ENV,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert asked.returncode == 0, asked.stderr
-    answer = json.loads(asked.stdout)
-    model = load_checkpoint(run / "compressed.ckpt").eval()
+    assert asked == pytest.approx(expected, abs=1e-6)
     # the run's tokenizer.json is the checkpoint's, every merged word in it (Tokenizer.save
     # would keep one word per id)
+    model = load_checkpoint(run / "compressed.ckpt")
     assert (again / "tokenizer.json").read_text() == model.tokenizer_json
-    ids = torch.tensor([Tokenizer.from_str(model.tokenizer_json).encode(sentence).ids])
-    with torch.no_grad():
-        expected = torch.sigmoid(model.network.sentence_logits(ids, torch.tensor([ids.shape[1]])))
-    assert answer["p_positive"] == pytest.approx(float(expected[0]), abs=1e-6)
