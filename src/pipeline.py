@@ -80,7 +80,7 @@ def train_from_scratch(
     rates x screen + epochs epochs, not rates x epochs, and gives the full grid's anchor whenever
     the screen and the full trainings rank the same rate first (one epoch did not in 4 of the
     study's 9 runs: off by default)."""
-    shape = anchor_shape(ModelShape.of(original), ModelShape.of(chosen))
+    shape = anchor_shape(ModelShape.of(original), ModelShape.as_plain(chosen))
     rates = list(compress.get("scratch_lrs") or [None])
     screen = int(compress.get("scratch_screen_epochs") or 0)
     seconds = 0.0

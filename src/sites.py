@@ -16,6 +16,7 @@ head index (``-1`` is the last hidden layer).
 from __future__ import annotations
 
 import copy
+import dataclasses
 import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -66,6 +67,17 @@ class ModelShape:
             network.embedding.embedding_dim,
             network.embedding.num_embeddings,
         )
+
+    @classmethod
+    def as_plain(cls, network: SentimentLSTM) -> ModelShape:
+        """The shape of a plain network that stores as many numbers as ``network``: a
+        product-coded embedding's rows, basis and codes counted as rows of the plain one (a
+        fair anchor for it: as many parameters, :func:`~src.network.stored_params`)."""
+        shape = cls.of(network)
+        if isinstance(network.embedding, CodedEmbedding):
+            rows = stored_params(network.embedding) // shape.embedding_dim
+            shape = dataclasses.replace(shape, word_rows=rows)
+        return shape
 
     @classmethod
     def of_settings(cls, model: Mapping) -> ModelShape:
@@ -203,9 +215,14 @@ def refuse_repair_or_new_units(site: Site, repair: bool, builds_units: bool) -> 
         raise new_units_refused(site.name)
 
 
+def coded_away(site: Site, network: SentimentLSTM) -> bool:
+    """Whether ``network``'s embedding is product-coded and ``site`` is one it leaves nothing
+    to cut in: it has no rows of words to merge, nor columns of rows to keep."""
+    return site.name in ("words", "embedding") and isinstance(network.embedding, CodedEmbedding)
+
+
 def refuse_coded(site: Site, network: SentimentLSTM) -> None:
-    """A product-coded embedding has no rows of words to merge, nor columns of rows to keep."""
-    if isinstance(network.embedding, CodedEmbedding):
+    if coded_away(site, network):
         raise SiteError(
             f"layer={site.name}: the embedding is product-coded (compress=word_codes): its "
             "words and dimensions are shrunk already; choose the lstm or a head layer"

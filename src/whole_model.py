@@ -30,7 +30,7 @@ from torch import Tensor
 from src import schema
 from src.compress.base import MergeMethod
 from src.network import SentimentLSTM, stored_bytes, stored_params
-from src.sites import ModelShape, Site, all_sites
+from src.sites import ModelShape, Site, all_sites, coded_away
 from src.workbench import (
     COMPRESS_DIR,
     CompressionConfigError,
@@ -41,7 +41,7 @@ from src.workbench import (
 )
 
 MERGES = ("weight_sum", "ls_refit", "interpolative")  # no training: the budget is all it costs
-WORD_MERGES = ("word_merge", "word_cutoff")  # at the words site
+WORD_MERGES = ("word_merge", "word_codes", "word_cutoff")  # at the words site
 
 
 @dataclass(frozen=True)
@@ -275,10 +275,12 @@ def cascade(
     for name in list(result.widths):
         site = next(s for s in sites_of(current.network) if s.name == name)
         at_site = method if site.traced else words
-        if at_site is None:
+        if at_site is None or coded_away(site, current.network):
             continue
         best = None
         low, high = site.least_width, site.width - 1
+        if hasattr(at_site, "most_rows"):  # coded words: past it, more numbers than the rows
+            high = at_site.most_rows(site.width, current.network.embedding.embedding_dim)
         while low <= high:
             if best is not None and high - low < budget.width_tolerance * best[0]:
                 break  # close enough: the next steps would save under the tolerance

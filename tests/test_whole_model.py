@@ -10,11 +10,12 @@ from omegaconf import OmegaConf
 from src import schema
 from src.compress.base import LayerPair
 from src.compress.weight_sum import WeightSum
+from src.compress.word_codes import WordCodes
 from src.compress.word_merge import WordMerge
 from src.data import SentimentDataModule
 from src.loading import load_network
 from src.model import SentimentClassifier, save_compressed
-from src.network import SentimentLSTM
+from src.network import CodedEmbedding, SentimentLSTM, stored_params
 from src.sites import ModelShape
 from src.whole_model import (
     Budget,
@@ -200,6 +201,27 @@ def test_duplicated_words_merge_within_the_budget_and_the_rest_stays_exact(datam
     assert {"embedding": 3, "lstm": 4}.items() <= result.widths.items()
     assert validation_accuracy(bench, result.network) == 1.0
     assert {c.site for c in result.candidates} >= {"words", "embedding"}
+
+
+def test_coded_words_leave_the_dimensions_alone_and_the_anchor_as_many_numbers(datamodule):
+    """Once the words are coded, the embedding's dimensions are no site; the rows per part are
+    searched only while they store fewer numbers than the words' rows; the scratch anchor's
+    shape counts the codes and the basis as rows."""
+    vocab = datamodule.tokenizer.get_vocab_size()
+    net = duplicated_network(vocab)
+    bench = Workbench(net, own_labels(datamodule, net), SETTINGS)
+    codes = WordCodes(parts=2)
+    result = search(bench, STEP, WeightSum(), 0.99, words=codes)  # any model passes
+    assert isinstance(result.network.embedding, CodedEmbedding)
+    assert result.widths["embedding"] == 6
+    words = [c.width for c in result.candidates if c.site == "words"]
+    assert words and max(words) <= codes.most_rows(vocab, 6) < vocab
+    assert "embedding" not in {c.site for c in result.candidates}
+    assert stored_params(result.network) < stored_params(net)
+    plain = ModelShape.as_plain(result.network)
+    assert (
+        plain.word_rows * 6 <= stored_params(result.network.embedding) < (plain.word_rows + 1) * 6
+    )
 
 
 def validation_accuracy(bench: Workbench, net: SentimentLSTM) -> float:

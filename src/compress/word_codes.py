@@ -57,6 +57,11 @@ class WordCodes:
         if self.parts < 1:
             raise ValueError(f"compress.method.parts={self.parts} must be >= 1")
 
+    def most_rows(self, words: int, dim: int) -> int:
+        """The most rows per part that store fewer numbers than ``words`` plain rows of ``dim``:
+        the parts' rows, the basis and the codes (where a search stops)."""
+        return min(words - 1, (words * dim - dim * dim - self.parts * words) // dim - 1)
+
     @property
     def reads_sensitivity(self) -> bool:
         """Whether the site must measure its pair's ``metric`` (the embedding's sensitivity)."""
