@@ -12,7 +12,7 @@ import torch
 
 from src import schema
 from src.baseline import load_checkpoint
-from src.compress.word_codes import WordCodes
+from src.compress.word_codes import AUTO_ROWS, WordCodes
 from src.compress.word_merge import WordMerge
 from src.loading import build_network
 from src.model import SentimentClassifier, save_compressed
@@ -71,6 +71,13 @@ def test_the_codes_count_as_parameters_and_in_the_bytes() -> None:
     assert stored_bytes(shrunk) == 4 * weights + 4 * 2 * V
     site = resolve_site("words", ModelShape.of(shrunk))
     assert site.width == 5 and site.own_params(shrunk) == 5 * E + E * E + 2 * V
+
+
+def test_k_means_starts_with_k_means_plus_plus_until_it_costs_too_much() -> None:
+    codes = WordCodes()
+    assert codes._start(AUTO_ROWS) == "k-means++"
+    assert codes._start(AUTO_ROWS + 1) == "frequent"
+    assert WordCodes(init="k-means++")._start(10 * AUTO_ROWS) == "k-means++"
 
 
 def test_a_coded_embedding_refuses_the_sites_it_has_no_more() -> None:

@@ -34,6 +34,9 @@ from src.compress.words import (
 )
 from src.tokens import SPECIAL_IDS
 
+# k-means++'s start costs rows x words x log(rows) distances: above this many rows per part it
+# outweighs the fit, and the most frequent words start k-means instead (init=auto)
+AUTO_ROWS = 1024
 RIDGE = 1e-3  # added to the metric, times its mean eigenvalue: invertible, barely moved
 
 
@@ -47,15 +50,21 @@ class WordCodes:
     # the principal axes dealt to the parts in turn; False: the space's own axes, in blocks
     rotate: bool = True
     weighted: bool = True
-    init: str = "k-means++"  # at a few hundred rows per part it finds better rows, in seconds
+    init: str = "auto"  # k-means++ up to AUTO_ROWS rows per part, then the frequent start
     iterations: int = 30
     for_words = True
 
     def __post_init__(self) -> None:
         check_choice(self.space, SPACES, "compress.method.space")
-        check_choice(self.init, INITS, "compress.method.init")
+        check_choice(self.init, (*INITS, "auto"), "compress.method.init")
         if self.parts < 1:
             raise ValueError(f"compress.method.parts={self.parts} must be >= 1")
+
+    def _start(self, rows: int) -> str:
+        """k-means' start for this many rows per part."""
+        if self.init != "auto":
+            return self.init
+        return "k-means++" if rows <= AUTO_ROWS else "frequent"
 
     def most_rows(self, words: int, dim: int) -> int:
         """The most rows per part that store fewer numbers than ``words`` plain rows of ``dim``:
@@ -96,7 +105,7 @@ class WordCodes:
                 weights[rest] if self.weighted else torch.ones(len(rest), dtype=torch.float64),
                 target_width - len(SPECIAL_IDS),
                 generator,
-                init=self.init,
+                init=self._start(target_width),
                 iterations=self.iterations,
             )
             groups[rest] = pair.width + torch.as_tensor(found, dtype=torch.long)
