@@ -15,12 +15,11 @@ from src.baseline import load_checkpoint
 from src.compress.word_codes import AUTO_ROWS, WordCodes
 from src.compress.word_merge import WordMerge
 from src.loading import build_network
-from src.model import SentimentClassifier, save_compressed
+from src.model import save_compressed
 from src.network import CodedEmbedding, stored_bytes, stored_params
 from src.sites import ModelShape, SiteError, resolve_site
-from src.tokens import train_tokenizer
 from tests.conftest import QUICK, read_metrics, rerun_and_ask, run_app
-from tests.test_words import E, V, logits, merge, network
+from tests.test_words import E, V, logits, merge, model_with_tokenizer, network
 
 
 @torch.no_grad()
@@ -95,12 +94,8 @@ def test_a_coded_embedding_refuses_the_sites_it_has_no_more() -> None:
 
 def test_a_coded_checkpoint_keeps_its_codes_and_tokenizer_and_loads(tmp_path) -> None:
     """Merged first, then coded: the codes follow the tokenizer's ids through the merge."""
-    texts = ["good great film", "bad awful movie", "good film", "a great movie", "awful bad"] * 3
-    tokenizer = train_tokenizer(texts, 100, 1)
+    model, tokenizer = model_with_tokenizer()
     vocab = tokenizer.get_vocab_size()
-    torch.manual_seed(0)
-    model = SentimentClassifier(vocab, E, {"hidden_size": 3}, [4], dropout=0.0)
-    model.tokenizer_json = tokenizer.to_str()
     net = model.network.eval()
     _, merged = merge(net, WordMerge(space="lstm_input"), 7, torch.ones(1, vocab))
     site = resolve_site("words", ModelShape.of(merged))

@@ -193,13 +193,19 @@ def test_merging_twice_composes_the_maps_and_counts_the_map_in_the_bytes() -> No
     assert stored_bytes(net) == 4 * sum(p.numel() for p in net.parameters())
 
 
-def test_a_checkpoint_folds_the_word_map_into_its_tokenizer(tmp_path) -> None:
+def model_with_tokenizer() -> tuple[SentimentClassifier, Tokenizer]:
+    """A small classifier and the tokenizer it carries, as a checkpoint holds them."""
     texts = ["good great film", "bad awful movie", "good film", "a great movie", "awful bad"] * 3
     tokenizer = train_tokenizer(texts, 100, 1)
-    vocab = tokenizer.get_vocab_size()
     torch.manual_seed(0)
-    model = SentimentClassifier(vocab, E, {"hidden_size": 3}, [4], dropout=0.0)
+    model = SentimentClassifier(tokenizer.get_vocab_size(), E, {"hidden_size": 3}, [4], 0.0)
     model.tokenizer_json = tokenizer.to_str()
+    return model, tokenizer
+
+
+def test_a_checkpoint_folds_the_word_map_into_its_tokenizer(tmp_path) -> None:
+    model, tokenizer = model_with_tokenizer()
+    vocab = tokenizer.get_vocab_size()
     net = model.network.eval()
     site = resolve_site("words", ModelShape.of(net))
     frequency = torch.ones(1, vocab)
