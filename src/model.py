@@ -98,7 +98,7 @@ def save_compressed(
     hparams["embedding_dim"] = shrunk.embedding.embedding_dim
     if isinstance(shrunk.embedding, CodedEmbedding):  # its codes stay in the state, per word id
         hparams["embedding_code"] = shrunk.embedding.shape
-        hparams["vocab_size"] = shrunk.embedding.parts[0].row_of.numel()
+        hparams["vocab_size"] = shrunk.embedding.words
     else:
         hparams["vocab_size"] = shrunk.embedding.num_embeddings
     lstm = dict(hparams.get("lstm") or {})

@@ -244,13 +244,18 @@ class CodedEmbedding(nn.Module):
         return {"rows": self.num_embeddings, "parts": [p.embedding_dim for p in self.parts]}
 
     @property
+    def words(self) -> int:
+        """The word ids it codes: the tokenizer's."""
+        return self.parts[0].row_of.numel()
+
+    @property
     def codes(self) -> int:
         """The code numbers stored: one per word and part."""
-        return sum(part.row_of.numel() for part in self.parts)
+        return self.words * len(self.parts)
 
     def vectors(self) -> Tensor:
         """Every word's vector, (words, E)."""
-        return self.forward(torch.arange(self.parts[0].row_of.numel()))
+        return self.forward(torch.arange(self.words))
 
     def forward(self, ids: Tensor) -> Tensor:
         return torch.cat([part(ids) for part in self.parts], dim=-1) @ self.basis

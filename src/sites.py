@@ -43,6 +43,7 @@ from src.network import (
 from src.tokens import SPECIAL_IDS
 
 WORD_METHODS = ("word_merge", "word_codes", "word_cutoff")  # the words site's methods
+CODED_AWAY = ("words", "embedding")  # the sites a product-coded embedding leaves nothing to cut
 
 
 class SiteError(SettingError):
@@ -218,15 +219,19 @@ def refuse_repair_or_new_units(site: Site, repair: bool, builds_units: bool) -> 
 def coded_away(site: Site, network: SentimentLSTM) -> bool:
     """Whether ``network``'s embedding is product-coded and ``site`` is one it leaves nothing
     to cut in: it has no rows of words to merge, nor columns of rows to keep."""
-    return site.name in ("words", "embedding") and isinstance(network.embedding, CodedEmbedding)
+    return site.name in CODED_AWAY and isinstance(network.embedding, CodedEmbedding)
+
+
+def coded_refused(name: str) -> SiteError:
+    return SiteError(
+        f"layer={name}: the embedding is product-coded (compress=word_codes): its words and "
+        "dimensions are shrunk already; choose the lstm or a head layer"
+    )
 
 
 def refuse_coded(site: Site, network: SentimentLSTM) -> None:
     if coded_away(site, network):
-        raise SiteError(
-            f"layer={site.name}: the embedding is product-coded (compress=word_codes): its "
-            "words and dimensions are shrunk already; choose the lstm or a head layer"
-        )
+        raise coded_refused(site.name)
 
 
 def refuse_word_method(site: Site, for_words: bool) -> None:

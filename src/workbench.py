@@ -49,7 +49,15 @@ from src.data import SentimentDataModule, probe_loader, probe_sample
 from src.errors import SettingError
 from src.loading import CheckpointError, read_checkpoint
 from src.network import SentimentLSTM, last_word, real_words, stored_bytes, stored_params
-from src.sites import ModelShape, Site, check_target_width, read_sentences, resolve_site
+from src.sites import (
+    CODED_AWAY,
+    ModelShape,
+    Site,
+    check_target_width,
+    coded_refused,
+    read_sentences,
+    resolve_site,
+)
 from src.store import ArtefactStore
 from src.tokens import collate
 
@@ -121,11 +129,11 @@ def run_site(cfg: DictConfig) -> tuple[Site, int]:
     """The site a run analyses and shrinks (``layer``) and its width (``target_width``,
     checked against it); the model's shape is the checkpoint's own when ``ckpt_path`` is
     given."""
-    if cfg.ckpt_path:
-        shape = ModelShape.of_settings(read_checkpoint(cfg.ckpt_path)["hyper_parameters"])
-    else:
-        shape = ModelShape.of_settings(cfg.model)
+    settings = read_checkpoint(cfg.ckpt_path)["hyper_parameters"] if cfg.ckpt_path else cfg.model
+    shape = ModelShape.of_settings(settings)
     site, width = resolve_site(cfg.layer, shape), cfg.target_width
+    if settings.get("embedding_code") and site.name in CODED_AWAY:
+        raise coded_refused(site.name)
     nothing = cfg.compress.method is None and cfg.compress.scope == "site"
     if cfg.ckpt_path and nothing and width >= site.width > 1:
         # Analysing a checkpoint, nothing shrunk: target_width only counts the clusters, and a

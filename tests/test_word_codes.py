@@ -143,7 +143,7 @@ def test_coded_words_run_end_to_end_and_their_checkpoint_predicts_as_measured(
     assert done.returncode == 0, done.stderr[-3000:]
     metrics = read_metrics(run)
     model = load_checkpoint(run / "compressed.ckpt").eval()
-    words = model.network.embedding.parts[0].row_of.numel()
+    words = model.network.embedding.words
     dim = model.network.embedding.embedding_dim
     assert metrics[schema.COMPRESSED_WIDTH] == 64
     assert metrics[schema.COMPRESSED_LAYER_PARAMS] == 64 * dim + dim * dim + 4 * words
@@ -153,6 +153,9 @@ def test_coded_words_run_end_to_end_and_their_checkpoint_predicts_as_measured(
     assert shared["vectors"] == vectors <= words
     assert all(len(group["words"]) > 1 for group in shared["groups"])
 
+    refused = run_app(*common, f"ckpt_path={run / 'compressed.ckpt'}", "layer=words")
+    assert refused.returncode != 0
+    assert "layer=words: the embedding is product-coded" in refused.stderr
     sentence = "a gorgeous , heartfelt film"
     again = tmp_path / "again"
     rerun, asked, expected = rerun_and_ask(run / "compressed.ckpt", common, again, sentence)
