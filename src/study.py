@@ -219,11 +219,16 @@ def target_widths(widths: list, site: Site) -> list[int]:
 def method_configs(cfg: DictConfig) -> dict[str, Compression]:
     """Every method of the study by its row name: ``methods``, or every choice of
     conf/compress/ but those ``left_out`` (the words site's included: each site takes the
-    methods that fit it). An
-    entry is a choice, optionally followed by its own overrides
+    methods that fit it). An entry is a choice, optionally followed by its own overrides
     (``"weight_sum compress.method.representative=max_activation"``)."""
+    every = method_choices() + method_choices(words=True)
     left_out = set(cfg.get("left_out") or [])
-    every = [c for c in method_choices() + method_choices(words=True) if c not in left_out]
+    if unknown := sorted(left_out - set(every)):
+        raise StudyConfigError(
+            f"left_out: {', '.join(unknown)} is not a method of conf/compress/; choose from "
+            f"{', '.join(every)}"
+        )
+    every = [choice for choice in every if choice not in left_out]
     entries = list(cfg.methods) if cfg.methods is not None else every
     entries += list(cfg.get("variants") or [])
     if not entries:

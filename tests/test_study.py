@@ -201,6 +201,7 @@ def test_every_method_is_studied_but_those_left_out(left_out: list[str]) -> None
     [
         ("methods=[weight_sum,no_such_method]", "methods: no_such_method is not in conf/compress"),
         ("methods=[none]", "methods: none shrinks nothing"),
+        ("left_out=[word_code]", "left_out: word_code is not a method of conf/compress/"),
         ("layers=[{layer: 2, widths: [16]}]", "layers: target_width=16"),
         ("layers=[{layer: 7, widths: [2]}]", "layers: layer=7"),
         ("layers=[{layer: words, widths: [1.5]}]", "layers: widths: 1.5 for layer=words"),
