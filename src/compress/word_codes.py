@@ -24,10 +24,12 @@ import torch
 from torch import Tensor
 
 from src.compress.base import LayerPair, ProductCode, check_choice
-from src.compress.word_merge import INITS, SPACES, cluster_words
 from src.compress.words import (
+    INITS,
+    SPACES,
     by_frequency,
     check_words_width,
+    cluster_words,
     frequencies,
     renumber,
     weighted_means,
@@ -91,17 +93,20 @@ class WordCodes:
                 f"compress.method.parts={self.parts}: the embedding has {dim} dimensions"
             )
         weights = frequencies(activations)
-        to_space = self._space(pair)  # (E, E), invertible
+        # W_ih^T, from what it reads off the rows, W_ih E^T (4H, V): the rows of full rank
+        reader = torch.linalg.lstsq(pair.w_in.double(), pair.w_out.T.double()).solution
+        to_space = self._space(pair, reader)  # (E, E), invertible
         axes = self._axes(pair.w_in.double() @ to_space.T, weights)  # (E, E) orthonormal
         coordinates = pair.w_in.double() @ to_space.T @ axes
         specials = torch.tensor(SPECIAL_IDS)
         rest = by_frequency(weights)[len(SPECIAL_IDS) :]
+        clustered = coordinates[rest].float().numpy()
         codes, parts = [], []
         for columns in torch.arange(dim).tensor_split(self.parts):
             groups = torch.empty(pair.width, dtype=torch.long)
             groups[specials] = specials
             found = cluster_words(
-                coordinates[rest][:, columns].float().numpy(),
+                clustered[:, columns.numpy()],
                 weights[rest] if self.weighted else torch.ones(len(rest), dtype=torch.float64),
                 target_width - len(SPECIAL_IDS),
                 generator,
@@ -114,7 +119,6 @@ class WordCodes:
             parts.append(weighted_means(coordinates[:, columns], code, weights).float())
         basis = torch.linalg.solve(to_space, axes).T  # coordinates @ basis = the rows
         vectors = torch.cat([p[c] for p, c in zip(parts, codes, strict=True)], 1).double() @ basis
-        reader = torch.linalg.lstsq(pair.w_in.double(), pair.w_out.T.double()).solution  # W_ih^T
         return LayerPair(
             vectors.to(pair.w_in.dtype),
             torch.zeros(pair.width, dtype=pair.b_in.dtype),
@@ -123,10 +127,11 @@ class WordCodes:
             code=ProductCode(torch.stack(codes), tuple(parts), basis.float()),
         )
 
-    def _space(self, pair: LayerPair) -> Tensor:
+    def _space(self, pair: LayerPair, reader: Tensor) -> Tensor:
         """The map (E, E) into the space where the error counts, the root of its metric (with a
         small ridge, so that it can be inverted): the sensitivity ``G``, what the LSTM reads
-        (``W_ih^T W_ih``: the same distances as ``W_ih e``), or none."""
+        (``W_ih^T W_ih``, ``reader`` being ``W_ih^T``: the same distances as ``W_ih e``), or
+        none."""
         dim = pair.w_in.shape[1]
         if self.space == "embedding":
             return torch.eye(dim, dtype=torch.float64)
@@ -138,9 +143,8 @@ class WordCodes:
                     "space=lstm_input"
                 )
             metric = pair.metric.double()
-        else:  # W_ih from what it reads off the rows, W_ih E^T (4H, V): the rows of full rank
-            w_ih = torch.linalg.lstsq(pair.w_in.double(), pair.w_out.T.double()).solution.T
-            metric = w_ih.T @ w_ih
+        else:
+            metric = reader @ reader.T
         metric = metric + RIDGE * metric.trace() / dim * torch.eye(dim, dtype=torch.float64)
         values, vectors = torch.linalg.eigh(metric)
         return (vectors * values.sqrt()) @ vectors.T

@@ -14,11 +14,16 @@ A method returns a pair of k rows and ``merged_into`` (V,): the row every word n
 
 from __future__ import annotations
 
+import numpy as np
 import torch
+from sklearn.cluster import AgglomerativeClustering, KMeans
 from torch import Tensor
 
 from src.compress.base import LayerPair
 from src.tokens import SPECIAL_IDS
+
+SPACES = ("sensitivity", "lstm_input", "embedding")  # where a word method counts its error
+INITS = ("frequent", "k-means++")  # k-means' starts
 
 
 def check_words_width(target_width: int, words: int) -> None:
@@ -78,3 +83,37 @@ def renumber(groups: Tensor) -> Tensor:
     rank = torch.empty_like(order)
     rank[order.argsort()] = torch.arange(len(order))
     return rank[first]
+
+
+def cluster_words(
+    points: np.ndarray,
+    weights: Tensor,
+    clusters: int,
+    generator: torch.Generator,
+    clustering: str = "kmeans",
+    init: str = "frequent",
+    iterations: int = 30,
+) -> np.ndarray:
+    """A cluster per point (word), ``clusters`` of them, by ``weights`` (k-means). Words alike
+    (to six digits of the largest coordinate) are one point before any clustering, so they always
+    merge, and no start can keep them apart; k-means' ``frequent`` start is the heaviest points."""
+    keys = np.round(points / max(float(np.abs(points).max()), 1e-30), 6)
+    _, alike = np.unique(keys, axis=0, return_inverse=True)
+    alike = alike.reshape(-1)
+    weight = np.bincount(alike, weights=weights.numpy())
+    # one point per group of alike words, the most used first
+    order = np.argsort(-weight, kind="stable")
+    rank = np.empty_like(order)
+    rank[order] = np.arange(len(order))
+    first = np.zeros(len(order), dtype=np.int64)
+    first[alike[::-1]] = np.arange(len(alike))[::-1]  # a member of each group
+    distinct, weight = points[first[order]], weight[order]
+    if clusters >= len(distinct):
+        return rank[alike]
+    if clustering == "agglomerative":  # Ward's linkage: unweighted, O(V^2) memory
+        return AgglomerativeClustering(clusters).fit_predict(distinct)[rank[alike]]
+    seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
+    start = distinct[:clusters] if init == "frequent" else init
+    kmeans = KMeans(clusters, init=start, n_init=1, max_iter=iterations, random_state=seed)
+    labels = kmeans.fit(distinct, sample_weight=weight).labels_
+    return labels[rank[alike]]
