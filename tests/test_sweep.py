@@ -10,6 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from src.baseline import load_checkpoint
+from src.sites import ModelShape
 from tests.conftest import QUICK, cached_before_the_thread_count, read_metrics, run_app
 
 COMPRESSED_KEYS = {
@@ -289,7 +291,9 @@ def test_the_whole_model_is_shrunk_to_a_budget_beside_its_scratch_anchor(
     for key in ("scratch/test_acc", "scratch/params", "compressed/agreement"):
         assert key in metrics
     assert metrics["scratch/params"] <= metrics["compressed/params"]  # proportional widths
-    assert metrics["scratch/shape"].startswith(f"{metrics['compressed/width/words']}x")
+    chosen = load_checkpoint(tmp_path / "compressed.ckpt").network  # words coded by default
+    plain_rows = ModelShape.as_plain(chosen).word_rows  # its codes and basis counted as rows
+    assert metrics["scratch/shape"].startswith(f"{plain_rows}x")
     assert metrics["scratch/lr"] in (0.003, 0.01)  # the grid's best on validation
     # every rate screened for one epoch, only the best trained in full
     screened = sorted(p.parent.parent.name for p in tmp_path.glob("scratch/*/epochs=1/checkpoints"))
