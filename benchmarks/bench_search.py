@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 from hydra import compose, initialize_config_dir
 
+from src.network import stored_params
 from src.pipeline import open_workbench
 from src.threads import machine_cores, use_job_cpu
 from src.whole_model import Budget, merge_method, search
@@ -46,8 +47,7 @@ def search_row(corpus: str, seed: int, overrides: list[str]) -> dict[str, str]:
     by_site: dict[str, float] = defaultdict(float)
     for candidate in result.candidates:
         by_site[candidate.site] += candidate.seconds
-    params = sum(p.numel() for p in bench.network.parameters())
-    chosen = sum(p.numel() for p in result.network.parameters())
+    params, chosen = stored_params(bench.network), stored_params(result.network)  # codes counted
     return {
         "corpus": corpus,
         "seed": str(seed),
@@ -55,6 +55,7 @@ def search_row(corpus: str, seed: int, overrides: list[str]) -> dict[str, str]:
         "rounds": str(result.rounds),
         "candidates": str(len(result.candidates)),
         "fewer params": f"{params / chosen:.2f}x",
+        "widths": ",".join(f"{site}={width}" for site, width in result.widths.items()),
         "by site (s)": ", ".join(f"{site} {t:.1f}" for site, t in by_site.items()),
     }
 
