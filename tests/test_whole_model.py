@@ -23,6 +23,7 @@ from src.whole_model import (
     cascade,
     check_budget,
     merge_method,
+    middle,
     search,
     search_metrics,
 )
@@ -299,6 +300,44 @@ def test_a_chosen_model_keeps_the_budget_where_no_choice_was_made(
         correct = (bench.logits(result.network, "validation") > 0).eq(labels.bool())
         assert 1 - correct[held].float().mean().item() <= max_drop + 1e-9
         assert result.held_out_drop <= max_drop
+
+
+def chosen_by_round(result) -> list[dict[str, int]]:
+    """The widths each round chose: at each site it cut, the last width it accepted."""
+    chosen = [{} for _ in range(result.rounds)]
+    for c in result.candidates:
+        if c.accepted:
+            chosen[c.round][c.site] = c.width
+    return chosen
+
+
+@pytest.mark.parametrize(("noise", "max_drop"), [(0.02, 0.02), (0.1, 0.05), (0.2, 0.1)])
+def test_a_later_round_never_chooses_the_model_the_held_out_half_refused(
+    datamodule, noise: float, max_drop: float
+) -> None:
+    net = duplicated_network(datamodule.tokenizer.get_vocab_size())
+    bench = Workbench(net, own_labels(datamodule, net), SETTINGS)
+    result = search(bench, STEP, Noisy(noise), Budget(max_drop, confirm=0.5, confirm_rounds=4))
+    chosen = chosen_by_round(result)
+    for earlier, later in zip(chosen, chosen[1:], strict=False):
+        assert later != earlier  # the model refused is not the next round's choice
+
+
+@pytest.mark.parametrize(("accepts_from", "high"), [(2407, 13999), (6, 13999), (13999, 13999)])
+def test_a_bisection_in_log_space_finds_the_same_width_trying_narrow_ones_first(
+    accepts_from: int, high: int
+) -> None:
+    def bisect(geometric: bool) -> tuple[int, list[int]]:
+        low, top, tried = 5, high, []
+        while low <= top:
+            tried.append(middle(low, top, geometric))
+            low, top = (low, tried[-1] - 1) if tried[-1] >= accepts_from else (tried[-1] + 1, top)
+        return low, tried
+
+    (plain, by_middle), (logged, by_log) = bisect(False), bisect(True)
+    assert plain == logged == accepts_from
+    assert by_log[0] == round((5 * high) ** 0.5) < by_middle[0] == (5 + high) // 2
+    assert middle(7, 7, geometric=True) == 7 and middle(7, 8, geometric=True) in (7, 8)
 
 
 class Counted(Noisy):

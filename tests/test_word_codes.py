@@ -72,8 +72,9 @@ def test_the_codes_count_as_parameters_and_in_the_bytes() -> None:
     assert site.width == 5 and site.own_params(shrunk) == 5 * E + E * E + 2 * V
 
 
-def test_k_means_starts_with_k_means_plus_plus_until_it_costs_too_much() -> None:
-    codes = WordCodes()
+def test_k_means_starts_from_the_frequent_words_or_k_means_plus_plus_until_it_costs_too_much():
+    assert WordCodes()._start(10) == "frequent"
+    codes = WordCodes(init="auto")
     assert codes._start(AUTO_ROWS) == "k-means++"
     assert codes._start(AUTO_ROWS + 1) == "frequent"
     assert WordCodes(init="k-means++")._start(10 * AUTO_ROWS) == "k-means++"

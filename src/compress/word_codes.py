@@ -52,7 +52,10 @@ class WordCodes:
     # the principal axes dealt to the parts in turn; False: the space's own axes, in blocks
     rotate: bool = True
     weighted: bool = True
-    init: str = "auto"  # k-means++ up to AUTO_ROWS rows per part, then the frequent start
+    # the most frequent words start k-means: as good as k-means++ at 128-1,000 rows per part
+    # (validation, 30 cells on 8 baselines) at a third to a sixth of the time; auto: k-means++
+    # up to AUTO_ROWS rows per part, then the frequent start
+    init: str = "frequent"
     iterations: int = 30
     for_words = True
 
