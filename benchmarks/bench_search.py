@@ -18,17 +18,20 @@ from pathlib import Path
 
 import torch
 from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
 
 from src.network import stored_params
 from src.pipeline import open_workbench
 from src.threads import machine_cores, use_job_cpu
 from src.whole_model import Budget, merge_method, search
+from src.workbench import Workbench
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def search_row(corpus: str, seed: int, overrides: list[str]) -> dict[str, str]:
-    """One search on the cached baseline of ``corpus`` and ``seed``: its cost and choice."""
+def cached_bench(corpus: str, seed: int, overrides: list[str]) -> tuple[DictConfig, Workbench]:
+    """The run config (``compress=whole_model``) and the workbench of the cached baseline of
+    ``corpus`` and ``seed`` (trained if missing)."""
     experiment = [] if corpus == "rotten_tomatoes" else [f"+experiment={corpus}"]
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose(
@@ -41,7 +44,12 @@ def search_row(corpus: str, seed: int, overrides: list[str]) -> dict[str, str]:
                 "output_dir=outputs/bench-search",
             ],
         )
-    bench = open_workbench(cfg, share=False).bench
+    return cfg, open_workbench(cfg, share=False).bench
+
+
+def search_row(corpus: str, seed: int, overrides: list[str]) -> dict[str, str]:
+    """One search on the cached baseline of ``corpus`` and ``seed``: its cost and choice."""
+    cfg, bench = cached_bench(corpus, seed, overrides)
     step, method, words = merge_method(cfg.compress)
     result = search(bench, step, method, Budget.of(cfg.compress), words)
     by_site: dict[str, float] = defaultdict(float)
