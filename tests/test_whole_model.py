@@ -280,16 +280,22 @@ class Noisy:
         return merged.select(kept, merged.w_out * (1 + noise), merged.b_out)
 
 
+def noisy_search(datamodule, noise: float, budget: Budget):
+    """The duplicated network's bench (its own labels) and a search with :class:`Noisy`."""
+    net = duplicated_network(datamodule.tokenizer.get_vocab_size())
+    bench = Workbench(net, own_labels(datamodule, net), SETTINGS)
+    return bench, search(bench, STEP, Noisy(noise), budget)
+
+
 # Each branch: confirmed at once (0.05, 0.02), refused then none found (0.02, 0.02), refused
 # in the last round (0.1, 0.05); the invariant holds on every one.
 @pytest.mark.parametrize(("noise", "max_drop"), [(0.05, 0.02), (0.02, 0.02), (0.1, 0.05)])
 def test_a_chosen_model_keeps_the_budget_where_no_choice_was_made(
     datamodule, noise: float, max_drop: float
 ) -> None:
-    net = duplicated_network(datamodule.tokenizer.get_vocab_size())
-    bench = Workbench(net, own_labels(datamodule, net), SETTINGS)
     budget = Budget(max_drop, confirm=0.5, confirm_rounds=2)
-    result = search(bench, STEP, Noisy(noise), budget)
+    bench, result = noisy_search(datamodule, noise, budget)
+    net = bench.network
     assert 1 <= result.rounds <= 2
     assert {c.round for c in result.candidates} == set(range(result.rounds))
     if result.network is net:
@@ -315,9 +321,7 @@ def chosen_by_round(result) -> list[dict[str, int]]:
 def test_a_later_round_never_chooses_the_model_the_held_out_half_refused(
     datamodule, noise: float, max_drop: float
 ) -> None:
-    net = duplicated_network(datamodule.tokenizer.get_vocab_size())
-    bench = Workbench(net, own_labels(datamodule, net), SETTINGS)
-    result = search(bench, STEP, Noisy(noise), Budget(max_drop, confirm=0.5, confirm_rounds=4))
+    result = noisy_search(datamodule, noise, Budget(max_drop, confirm=0.5, confirm_rounds=4))[1]
     chosen = chosen_by_round(result)
     for earlier, later in zip(chosen, chosen[1:], strict=False):
         assert later != earlier  # the model refused is not the next round's choice
