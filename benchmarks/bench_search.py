@@ -79,16 +79,22 @@ def main() -> None:
     for seed in args.seeds:
         rows.append(search_row(args.corpus, seed, overrides))
         print(rows[-1], flush=True)
+    title = "bench_search: compress=whole_model's search on cached baselines"
+    write_table(args.out, title, rows)
+
+
+def write_table(out: Path, title: str, rows: list[dict[str, str]]) -> None:
+    """``rows`` as a Markdown table under ``title`` (with the cores, measured alone), written to
+    ``out`` and printed."""
     lines = [
-        f"bench_search: compress=whole_model's search on cached baselines, {machine_cores()} "
-        "cores, alone",
+        f"{title}, {machine_cores()} cores, alone",
         "",
         "| " + " | ".join(rows[0]) + " |",
         "|" + "---|" * len(rows[0]),
         *("| " + " | ".join(row.values()) + " |" for row in rows),
     ]
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text("\n".join(lines) + "\n")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

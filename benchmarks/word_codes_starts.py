@@ -15,17 +15,17 @@ import time
 from pathlib import Path
 
 import torch
-from bench_search import ROOT, cached_bench  # beside this file
+from bench_search import ROOT, cached_bench, write_table  # beside this file
 
 from src.compress.word_codes import WordCodes
-from src.threads import machine_cores, use_job_cpu
+from src.threads import use_job_cpu
 from src.whole_model import merge_method, sites_of
 from src.workbench import accuracy
 
 STARTS = ("k-means++", "frequent")
 
 
-def cells(corpus: str, seed: int, widths: list[int]) -> list[str]:
+def cells(corpus: str, seed: int, widths: list[int]) -> list[dict[str, str]]:
     """A table row per width: the change in validation accuracy and the seconds, each start."""
     cfg, bench = cached_bench(corpus, seed, [])
     step = merge_method(cfg.compress)[0]  # no repair, no training
@@ -35,15 +35,15 @@ def cells(corpus: str, seed: int, widths: list[int]) -> list[str]:
     bench.compress(step, WordCodes(), site, widths[0])  # the words' probe, read once
     rows = []
     for width in widths:
-        measured = []
+        row = {"corpus": corpus, "seed": str(seed), "rows per part": str(width)}
         for start in STARTS:
             began = time.perf_counter()
             cut = bench.compress(step, WordCodes(init=start), site, width)[0]
             seconds = time.perf_counter() - began
             correct = accuracy(bench.logits(cut.network, "validation"), labels).float().mean()
-            measured.append(f"{100 * (correct - baseline).item():+.2f} pts, {seconds:.1f} s")
-        rows.append(f"| {corpus} | {seed} | {width} | " + " | ".join(measured) + " |")
-        print(rows[-1], flush=True)
+            row[start] = f"{100 * (correct - baseline).item():+.2f} pts, {seconds:.1f} s"
+        rows.append(row)
+        print(row, flush=True)
     return rows
 
 
@@ -57,18 +57,13 @@ def main() -> None:
     )
     args = parser.parse_args()
     use_job_cpu(None)
-    lines = [
-        f"word_codes_starts: validation change and seconds, {machine_cores()} cores, alone",
-        "",
-        "| corpus | seed | rows per part | " + " | ".join(STARTS) + " |",
-        "|---|---|---|---|---|",
+    rows = [
+        row
+        for corpus in args.corpora
+        for seed in args.seeds
+        for row in cells(corpus, seed, args.widths)
     ]
-    for corpus in args.corpora:
-        for seed in args.seeds:
-            lines += cells(corpus, seed, args.widths)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_table(args.out, "word_codes_starts: validation change and seconds", rows)
 
 
 if __name__ == "__main__":
