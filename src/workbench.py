@@ -42,7 +42,7 @@ from src.analysis.neurons import NeuronStatus, neuron_status
 from src.analysis.similarity import MEASURES
 from src.analysis.stats import mcnemar_exact_interval, mcnemar_p
 from src.compress.base import LayerPair, MergeMethod
-from src.compress.ls_refit import refit_next_layer
+from src.compress.ls_refit import reader_error, refit_next_layer
 from src.compress.repair import repair_statistics
 from src.compress.retrain import LastWordInputs, train_pair
 from src.data import SentimentDataModule, probe_loader, probe_sample
@@ -66,6 +66,8 @@ log = logging.getLogger(__name__)
 CHUNK_SIZE = 8192  # probe words per chunk of the similarity measures: memory, not results
 SHARED_FORMAT = 2  # the layout of the shared artefacts; a change starts a fresh folder
 EVALUATED = ("validation", "test")
+# A closed-loop refit's step toward the least-squares fit: the whole of it, then halved.
+CLOSED_LOOP_STEPS = (1.0, 0.5, 0.25, 0.125)
 
 
 class AnalysisConfigError(SettingError):
@@ -538,8 +540,8 @@ class Workbench:
             pair = method(original, probe.activations, labels, width, generator)
         if step.repair:  # where the site took it (check_step)
             pair = repair_statistics(original, pair, probe.inputs)
-        for _ in range(step.closed_loop):  # where the site took it (check_step)
-            pair = self._closed_loop_refit(site, original, pair, probe.activations)
+        if step.closed_loop:  # where the site took it (check_step)
+            pair = self._closed_loop(site, original, pair, probe.activations, step.closed_loop)
         if site.in_recurrence:
             if pair is not None:
                 shrunk = site.rebuild(self.network, pair)
@@ -564,21 +566,48 @@ class Workbench:
                 )
         return Shrunk(pair, site.rebuild(self.network, pair)), time.perf_counter() - start
 
-    def _closed_loop_refit(
-        self, site: Site, original: LayerPair, pair: LayerPair, activations: Tensor
+    def _closed_loop(
+        self, site: Site, original: LayerPair, pair: LayerPair, activations: Tensor, refits: int
     ) -> LayerPair:
-        """What reads ``pair``'s kept units, fitted by least squares to what the original's
-        reader computes, from the states the network shrunk to ``pair`` computes itself over
-        the probe words: an error fed back through the recurrence is then part of the fit."""
+        """What reads ``pair``'s kept units, refitted up to ``refits`` times by least squares to
+        what the original's reader computes, from the states the shrunk network computes itself
+        over the probe words: an error fed back through the recurrence is then part of the fit.
+
+        The refit moves the states it was fitted on, so a full step can raise the error it
+        lowered (on 400-word reviews it did, by half). Each refit is therefore a step toward the
+        fit, halved (:data:`CLOSED_LOOP_STEPS`) until the reader's error on the network's own new
+        states is lower (:func:`reader_error`); the refits stop when no step lowers it, so the
+        result is never further from the original than the open-loop ``pair``."""
         if pair.units is None:
             raise CompressionConfigError(
                 "compress.closed_loop needs a method that keeps units (not one that builds them)"
             )
+        design = self._own_states(site, pair)
+        error = reader_error(original, activations, pair, design)
+        for _ in range(refits):
+            fitted = refit_next_layer(original, activations, pair.units, design=design)
+            for share in CLOSED_LOOP_STEPS:
+                trial = dataclasses.replace(
+                    pair,
+                    w_out=torch.lerp(pair.w_out, fitted.w_out, share),
+                    b_out=torch.lerp(pair.b_out, fitted.b_out, share),
+                )
+                trial_design = self._own_states(site, trial)
+                trial_error = reader_error(original, activations, trial, trial_design)
+                if trial_error < error:
+                    pair, design, error = trial, trial_design, trial_error
+                    break
+            else:
+                break  # no step lowers the error: the loop can do no better
+        return pair
+
+    def _own_states(self, site: Site, pair: LayerPair) -> Tensor:
+        """The kept units' states at the probe words, as the network shrunk to ``pair``
+        computes them itself, (words, k)."""
         shrunk = site.rebuild(self.network, pair)
         own = self._read_probe(shrunk)
         states = [own[f"states.{i}"] for i in range(len(shrunk.lstm))]
-        design = site.activations(shrunk, own["ids"], states)
-        return refit_next_layer(original, activations, pair.units, design=design)
+        return site.activations(shrunk, own["ids"], states)
 
     @torch.no_grad()
     def embedding_sensitivity(self) -> Tensor:

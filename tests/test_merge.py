@@ -10,7 +10,12 @@ import torch
 
 from src.compress import ls_refit, weight_sum
 from src.compress.base import LayerPair, choose_representatives
-from src.compress.ls_refit import LeastSquaresRefit, probe_gram, refit_next_layer
+from src.compress.ls_refit import (
+    LeastSquaresRefit,
+    probe_gram,
+    reader_error,
+    refit_next_layer,
+)
 from src.compress.prune import Prune
 from src.compress.spectral_pruning import (
     SpectralPruning,
@@ -110,6 +115,34 @@ def test_refit_is_never_worse_than_weight_sum_on_the_probe_words(seed, m):
     for scale in SCALES:
         summed = probe_error(merge_by_weight_sum(pair, h, labels, reps, scale), pair, x)
         assert refit <= summed * (1 + 1e-6) + 1e-8, scale
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_the_readers_error_is_the_relative_error_of_its_outputs(seed):
+    """From the products it reads, the same number as the outputs' own relative error; zero
+    where the kept units reproduce the original (a duplicated neuron, refitted)."""
+    pair = random_pair(12, 5, seed)
+    h = pair.hidden(inputs(300, seed + 10))
+    keep = torch.tensor([1, 4, 6, 9])
+    refit = refit_next_layer(pair, h, keep)
+    design = h[:, keep] + 0.1 * torch.randn(
+        len(h), 4, generator=torch.Generator().manual_seed(seed)
+    )
+    target = pair.next_preactivation(h).double()
+    outputs = design.double() @ refit.w_out.double().T + refit.b_out.double()
+    expected = float((outputs - target).norm() / target.norm())
+    assert reader_error(pair, h, refit, design) == pytest.approx(expected, rel=1e-6)
+
+    twins = LayerPair(
+        torch.cat([pair.w_in, pair.w_in[:1]]),
+        torch.cat([pair.b_in, pair.b_in[:1]]),
+        torch.cat([pair.w_out, pair.w_out[:, :1]], dim=1),
+        pair.b_out,
+    )
+    doubled = twins.hidden(inputs(300, seed + 10))
+    kept = torch.arange(12)  # the twin (unit 12) folded into unit 0
+    merged = refit_next_layer(twins, doubled, kept)
+    assert reader_error(twins, doubled, merged, doubled[:, kept]) < 1e-4  # float32 weights
 
 
 @pytest.mark.parametrize("ridge", [0.0, 1e-6, 0.1])

@@ -95,6 +95,24 @@ def refit_next_layer(
     return pair.select(keep, w_out.to(dtype), b_out.to(dtype))
 
 
+def reader_error(
+    original: LayerPair, activations: Tensor, pair: LayerPair, design: Tensor
+) -> float:
+    """How far what ``pair``'s reader computes from ``design`` (words, k) lies from what the
+    ``original``'s computes from its ``activations`` (words, N), relative to the latter: the
+    objective :func:`refit_next_layer` minimises, read where its design came from (a closed-loop
+    refit's stopping rule). From (k + N + 2)-wide products, never a (words, M) output."""
+    f64 = torch.float64
+    x = torch.cat([design.to(f64), design.new_ones(len(design), 1, dtype=f64)], dim=1)
+    h = torch.cat([activations.to(f64), activations.new_ones(len(design), 1, dtype=f64)], dim=1)
+    new = torch.cat([pair.w_out, pair.b_out[:, None]], dim=1).to(f64)  # (M, k + 1)
+    old = torch.cat([original.w_out, original.b_out[:, None]], dim=1).to(f64)  # (M, N + 1)
+    target = (old @ (h.T @ h) * old).sum()  # ||h old^T||^2 = tr(old h^T h old^T)
+    cross = (new @ (x.T @ h) * old).sum()
+    fitted = (new @ (x.T @ x) * new).sum()
+    return float(((fitted - 2 * cross + target).clamp_min(0) / target.clamp_min(1e-300)) ** 0.5)
+
+
 def fit_reader(design: Tensor, target: Tensor, ridge: float = 1e-6) -> tuple[Tensor, Tensor]:
     """The reader that maps ``design`` (rows, k) closest to ``target`` (rows, M): its weights
     (M, k) and bias (M,) by ridge least squares in float64, the bias unpenalised (the ridge as in
