@@ -30,10 +30,10 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.trainer.states import TrainerFn
 
 from src.errors import write_atomically
+from src.loading import SETTINGS_KEY
 
 log = logging.getLogger(__name__)
 
-SETTINGS_KEY = "training_settings"  # the checkpoint key TrainingSettings writes
 RANDOM_KEY = "random_state"  # the checkpoint key RandomState writes
 
 

@@ -20,6 +20,18 @@ import torch
 from src.errors import SettingError
 from src.network import SentimentLSTM, lstm_widths_of
 
+SETTINGS_KEY = "training_settings"  # the checkpoint key a training's settings are written under
+READING_KEY = "reading"  # a compressed checkpoint's key for how its sentences were read
+READING = ("max_length", "truncation_side")  # the data settings that decide what a model reads
+
+
+def reading_of(checkpoint: dict[str, Any]) -> dict[str, Any] | None:
+    """How the checkpoint's model read the sentences it was scored on (:data:`READING`): a
+    compressed checkpoint's own record, else the data settings its training wrote; None for a
+    checkpoint that records neither (an older one)."""
+    data = checkpoint.get(READING_KEY) or (checkpoint.get(SETTINGS_KEY) or {}).get("data") or {}
+    return {key: data[key] for key in READING} if all(key in data for key in READING) else None
+
 
 class CheckpointError(SettingError):
     """A checkpoint that does not load; the message names the setting or file to change."""

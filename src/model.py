@@ -9,6 +9,7 @@ import json
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import torch
@@ -17,6 +18,7 @@ from torchmetrics import MetricCollection
 from torchmetrics.classification import BinaryAccuracy, BinaryAUROC, BinaryF1Score
 
 from src.errors import write_atomically
+from src.loading import READING, READING_KEY
 from src.network import CodedEmbedding, SentimentLSTM, lstm_widths_of
 
 
@@ -89,10 +91,16 @@ class SentimentClassifier(L.LightningModule):
 
 
 def save_compressed(
-    model: SentimentClassifier, shrunk: SentimentLSTM, path: str | Path, record: dict
+    model: SentimentClassifier,
+    shrunk: SentimentLSTM,
+    path: str | Path,
+    record: dict,
+    reading: Mapping[str, Any] | None = None,
 ) -> Path:
     """A checkpoint of the shrunk network that loads like any other (``ckpt_path=...``) and
-    records its own shape, its tokenizer, and what it was shrunk from and how (``record``)."""
+    records its own shape, its tokenizer, what it was shrunk from and how (``record``), and
+    how its sentences were read when it was scored (``reading``: :data:`READING`'s settings of
+    the run's data, so ``src.predict`` reads a sentence as the test split was read)."""
     hparams = dict(model.hparams)
     hparams["head_widths"] = shrunk.hidden_widths
     hparams["embedding_dim"] = shrunk.embedding.embedding_dim
@@ -118,6 +126,8 @@ def save_compressed(
         "tokenizer": tokenizer,
         "compressed": record,
     }
+    if reading is not None:
+        checkpoint[READING_KEY] = {key: reading[key] for key in READING}  # plain data
     buffer = io.BytesIO()
     torch.save(checkpoint, buffer)
     write_atomically(path, buffer.getvalue(), "hydra.run.dir")  # never a truncated one

@@ -122,11 +122,22 @@ def gather_sentences(args: argparse.Namespace, stdin: TextIO) -> list[str]:
     return sentences
 
 
-def load(path: Path) -> tuple[SentimentLSTM, Tokenizer]:
-    """The checkpoint's network (in eval mode) and its tokenizer."""
+@dataclass
+class Model:
+    """A checkpoint's network (in eval mode), its tokenizer, and the words of a sentence it reads
+    (``max_length`` and ``truncation_side`` as its test split was read; None: every word)."""
+
+    network: SentimentLSTM
+    tokenizer: Tokenizer
+    max_length: int | None = None
+    truncation_side: str = "right"
+
+
+def load(path: Path) -> Model:
+    """The checkpoint's model (:class:`Model`)."""
     from tokenizers import Tokenizer
 
-    from src.loading import CheckpointError, load_network
+    from src.loading import CheckpointError, load_network, reading_of
 
     network, checkpoint = load_network(path, "the checkpoint")
     try:
@@ -136,36 +147,48 @@ def load(path: Path) -> tuple[SentimentLSTM, Tokenizer]:
         raise CheckpointError(
             f"the checkpoint {path} holds no usable tokenizer ({reason}): retrain it"
         ) from None
-    return network, tokenizer
+    reading = reading_of(checkpoint) or {}
+    return Model(network, tokenizer, **reading)
 
 
-def predict(
-    network: SentimentLSTM, tokenizer: Tokenizer, sentences: Sequence[str], site: Site | None
-) -> list[Prediction]:
+def predict(model: Model, sentences: Sequence[str], site: Site | None) -> list[Prediction]:
     """The sentences in padded batches of :data:`BATCH`: the model's own sentence logits, and per
-    word the logits (and the site's activations) from the LSTM states."""
-    from src.tokens import UNK
+    word the logits (and the site's activations) from the LSTM states. A sentence longer than
+    the model's ``max_length`` is cut as its test split was, and that is said once."""
+    from src.tokens import UNK, kept
 
     sentences = list(sentences)
-    encodings = tokenizer.encode_batch(sentences)
+    encodings = model.tokenizer.encode_batch(sentences)
+    read = []  # (ids, offsets) of the tokens each sentence keeps
     for i, (sentence, encoding) in enumerate(zip(sentences, encodings, strict=True), start=1):
         if not encoding.ids:
             raise PredictError(f"sentence {i} ({sentence!r}) holds no word the tokenizer reads")
-    unk = tokenizer.token_to_id(UNK)
+        keep = slice(None)
+        if model.max_length is not None:
+            keep = kept(len(encoding.ids), model.max_length, model.truncation_side)
+        read.append((encoding.ids[keep], encoding.offsets[keep]))
+    if cut := sum(len(ids) < len(e.ids) for (ids, _), e in zip(read, encodings, strict=True)):
+        which = "first" if model.truncation_side == "right" else "last"
+        print(
+            f"{cut} of {len(sentences)} sentences are longer than the {model.max_length} words "
+            f"the model reads: their {which} {model.max_length} are read, as its test split's "
+            "were (data.max_length, data.truncation_side)",
+            file=sys.stderr,
+        )
+    unk = model.tokenizer.token_to_id(UNK)
     predictions = []
     for start in range(0, len(sentences), BATCH):
         chunk = slice(start, start + BATCH)
-        ids = [encoding.ids for encoding in encodings[chunk]]
-        outputs = _forward(network, ids, site)
-        texts = sentences[chunk]
-        for b, (sentence, encoding) in enumerate(zip(texts, encodings[chunk], strict=True)):
-            n = len(encoding.ids)
-            words = [sentence[begin:end] for begin, end in encoding.offsets]
+        outputs = _forward(model.network, [ids for ids, _ in read[chunk]], site)
+        pairs = zip(sentences[chunk], read[chunk], strict=True)
+        for b, (sentence, (ids, offsets)) in enumerate(pairs):
+            n = len(ids)
+            words = [sentence[begin:end] for begin, end in offsets]
             predictions.append(
                 Prediction(
                     sentence,
                     words,
-                    [w for w, i in zip(words, encoding.ids, strict=True) if i == unk],
+                    [w for w, i in zip(words, ids, strict=True) if i == unk],
                     float(outputs["probs"][b]),
                     outputs["word_probs"][b, :n].tolist(),
                     outputs["activations"][b, :n] if site is not None else None,
@@ -259,16 +282,16 @@ def main(argv: Sequence[str] | None = None, stdin: TextIO | None = None) -> int:
     sentences = gather_sentences(args, stdin or sys.stdin)
     if encoder_main(args, sentences):  # a pretrained encoder's (model=minilm) checkpoint
         return 0
-    network, tokenizer = load(Path(args.checkpoint))
+    model = load(Path(args.checkpoint))
     site = None
     if args.layer is not None:
         from src.sites import ModelShape, SiteError, resolve_site
 
         try:
-            site = resolve_site(args.layer, ModelShape.of(network))
+            site = resolve_site(args.layer, ModelShape.of(model.network))
         except SiteError as error:  # its message names the config key, not the flag
             raise PredictError(str(error).replace("layer=", "--layer ", 1)) from None
-    predictions = predict(network, tokenizer, sentences, site)
+    predictions = predict(model, sentences, site)
     for prediction in predictions:
         print(as_json(prediction, site) if args.json else text(prediction, site, args.top))
     if args.plot is not None and site is not None:

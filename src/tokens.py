@@ -37,6 +37,17 @@ def train_tokenizer(texts: list[str], vocab_size: int, min_frequency: int) -> To
     return tokenizer
 
 
+def kept(length: int, max_length: int, truncation_side: str = "right") -> slice:
+    """The tokens a sentence of ``length`` keeps at ``max_length``. ``truncation_side`` follows
+    Hugging Face: "right" keeps the first words, "left" the last ones (where a long review
+    usually gives its verdict, and what a left-to-right LSTM sees last)."""
+    if length <= max_length:
+        return slice(0, length)
+    return (
+        slice(0, max_length) if truncation_side == "right" else slice(length - max_length, length)
+    )
+
+
 def collate(batch: list[tuple[Tensor, int]]) -> dict[str, Tensor]:
     """Pad to the longest sentence of this batch only."""
     ids, labels = zip(*batch, strict=True)

@@ -104,6 +104,36 @@ def test_probabilities_are_the_models_own_and_unknown_words_are_listed(
     assert got[1]["words"][:3] == ["Two", "hours", "I"]  # as typed, though read lower-cased
 
 
+@pytest.mark.parametrize(("side", "read"), [("right", slice(0, 3)), ("left", slice(-3, None))])
+def test_a_long_sentence_is_read_as_the_test_split_was_and_that_is_said_once(
+    checkpoints: dict[str, Path], tmp_path: Path, side: str, read: slice
+) -> None:
+    """A model scored on the first (or last) 3 words of each sentence is asked about the same 3
+    words; a sentence that fits is read whole."""
+    model = load_checkpoint(checkpoints["baseline"])
+    path = save_compressed(
+        model,
+        model.network,
+        tmp_path / "compressed.ckpt",
+        {"method": "none"},
+        {"max_length": 3, "truncation_side": side},
+    )
+    long, short = "the plot is dull and the film is long", "a moving story"
+    done = predict(path, long, short, ASKED[1], "--json")
+    got = answers(done)
+    words = long.split()
+    cut = " ".join(words[read])
+    assert got[0]["words"] == words[read]
+    expected = own_probabilities(path, [cut, short])
+    assert [got[0]["p_positive"], got[1]["p_positive"]] == pytest.approx(expected, abs=1e-6)
+    assert got[0]["p_positive"] != pytest.approx(own_probabilities(path, [long])[0], abs=1e-6)
+    which = "first" if side == "right" else "last"
+    assert done.stderr.strip().splitlines() == [
+        f"2 of 3 sentences are longer than the 3 words the model reads: their {which} 3 are "
+        "read, as its test split's were (data.max_length, data.truncation_side)"
+    ]
+
+
 def test_the_plain_answer_prints_each_probability_and_the_unknown_words(
     checkpoints: dict[str, Path],
 ) -> None:
@@ -268,12 +298,12 @@ def test_batches_change_nothing_at_any_site(
     checkpoints: dict[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Sentences of other lengths padded beside a sentence leave its answer as it is."""
-    network, tokenizer = predict_module.load(checkpoints["baseline"])
-    for site in all_sites(ModelShape.of(network)):
-        together = predict_module.predict(network, tokenizer, ASKED, site)
+    model = predict_module.load(checkpoints["baseline"])
+    for site in all_sites(ModelShape.of(model.network)):
+        together = predict_module.predict(model, ASKED, site)
         with monkeypatch.context() as patch:
             patch.setattr(predict_module, "BATCH", 1)
-            alone = predict_module.predict(network, tokenizer, ASKED, site)
+            alone = predict_module.predict(model, ASKED, site)
         for a, b in zip(together, alone, strict=True):
             assert a.prob == pytest.approx(b.prob, abs=1e-6)
             assert a.word_probs == pytest.approx(b.word_probs, abs=1e-6)
