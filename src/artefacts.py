@@ -10,9 +10,11 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -20,6 +22,7 @@ import pandas as pd
 import torch
 import wandb
 from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from hydra.utils import get_class, instantiate
 from lightning.pytorch.loggers import Logger, WandbLogger
@@ -84,6 +87,31 @@ def point_latest(output_dir: Path) -> None:
     tmp.unlink(missing_ok=True)
     tmp.symlink_to(output_dir.relative_to(outputs))
     tmp.replace(LATEST)
+
+
+class RunFolder(Callback):
+    """Refuses, in one line and before any work, a run or sweep folder that cannot be made
+    (Hydra would make it first and fail with a traceback that names no setting)."""
+
+    def on_run_start(self, config: Any, **kwargs: Any) -> None:
+        self._check(config.hydra.run.dir, "hydra.run.dir")
+
+    def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
+        self._check(config.hydra.sweep.dir, "hydra.sweep.dir")
+
+    @staticmethod
+    def _check(folder: str, setting: str) -> None:
+        try:
+            Path(folder).mkdir(parents=True, exist_ok=True)
+            if not os.access(folder, os.W_OK | os.X_OK):
+                raise PermissionError(13, "Permission denied")
+        except OSError as error:
+            print(
+                f"Error: {setting}={folder} cannot be made or written "
+                f"({error.strerror or error}): set {setting} to a writable folder",
+                file=sys.stderr,
+            )
+            sys.exit(2)
 
 
 def showcase(bench: Workbench) -> list[tuple[str, int]]:

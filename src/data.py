@@ -33,7 +33,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Sampler, Subset
 
 from src.errors import SettingError
-from src.tokens import collate, train_tokenizer
+from src.tokens import collate, kept, train_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +93,7 @@ def check_parquet(path: Path) -> None:
     """Refuse, naming the file, a corpus file that is not Parquet or lacks a text or label column
     (else datasets fails deep inside its builder)."""
     try:
-        columns = pq.read_schema(path).names
+        columns, rows = pq.read_schema(path).names, pq.read_metadata(path).num_rows
     except Exception as error:  # pyarrow raises ArrowInvalid, OSError, ... for damaged bytes
         reason = " ".join(str(error).split())[:120]
         raise DataConfigError(
@@ -103,6 +103,8 @@ def check_parquet(path: Path) -> None:
         raise DataConfigError(
             f"{path} has the columns {columns}: a corpus file needs text (or sentence) and label"
         )
+    if rows == 0:
+        raise DataConfigError(f"{path} holds no rows: a corpus file needs labelled texts")
 
 
 def sources_in(folder: Path | None, hub_name: str) -> dict[str, str]:
@@ -142,11 +144,14 @@ def read_corpus(name: str, folder: Path | None, hub_name: str) -> DatasetDict:
     return DatasetDict({split: raw[split].select_columns(["text", "label"]) for split in raw})
 
 
+LABELS = (0, 1)  # negative, positive
+
+
 def clean_split(split: Dataset, split_name: str) -> Dataset:
     """Drop empty texts and labels outside {0, 1}, and say how many went."""
     keep = split.filter(
         lambda row: (
-            isinstance(row["text"], str) and row["text"].strip() != "" and row["label"] in (0, 1)
+            isinstance(row["text"], str) and row["text"].strip() != "" and row["label"] in LABELS
         )
     )
     if dropped := len(split) - len(keep):
@@ -154,6 +159,18 @@ def clean_split(split: Dataset, split_name: str) -> Dataset:
             "%s: dropped %d rows with an empty text or a label outside {0,1}", split_name, dropped
         )
     return keep
+
+
+def other_labels(split: Dataset) -> str:
+    """The rows of ``split`` whose label is not 0 or 1, for a message: "; 4265 rows labelled 2
+    were dropped" (empty when there are none)."""
+    labels = split.to_dict()["label"]
+    other = sorted({label for label in labels if label not in LABELS}, key=str)
+    if not other:
+        return ""
+    count = sum(label not in LABELS for label in labels)
+    shown = ", ".join(str(label) for label in other[:5]) + (", ..." if len(other) > 5 else "")
+    return f"; {count} rows labelled {shown} were dropped"
 
 
 def complete_splits(
@@ -173,12 +190,14 @@ def complete_splits(
         if len(split) == 0 and not hidden:
             raise DataConfigError(
                 f"no usable rows in {source}: every text is empty or not text, or every label "
-                "is outside {0,1}"
+                f"is outside {{0,1}}{other_labels(raw[name])}: labels must be 0 (negative) and "
+                "1 (positive)"
             )
         if len(classes := set(split.unique("label"))) == 1:
             raise DataConfigError(
-                f"{source} holds one class (every usable row has label {classes.pop()}): "
-                "a split needs labels 0 and 1"
+                f"{source} holds one class (every usable row has label {classes.pop()}"
+                f"{other_labels(raw[name])}): labels must be 0 (negative) and 1 (positive), "
+                "and a split needs both"
             )
     if len(splits.get("test", [])) == 0 and "validation" in splits:
         log.warning("test split has no labelled rows: testing on the validation split instead")
@@ -199,17 +218,15 @@ def check_truncation_side(truncation_side: str) -> None:
 def encode(
     tokenizer: Tokenizer, texts: list[str], max_length: int, truncation_side: str = "right"
 ) -> tuple[list[Tensor], int]:
-    """Token ids per text, at most ``max_length``, and how many texts were cut.
-
-    ``truncation_side`` follows Hugging Face: "right" keeps the first words, "left" the last
-    ones (where a long review usually gives its verdict, and what a left-to-right LSTM sees last).
-    """
+    """Token ids per text, at most ``max_length`` (:func:`~src.tokens.kept`), and how many
+    texts were cut."""
     check_truncation_side(truncation_side)
     ids, truncated = [], 0
     for e in tokenizer.encode_batch(texts):
         truncated += len(e.ids) > max_length
-        kept = e.ids[:max_length] if truncation_side == "right" else e.ids[-max_length:]
-        ids.append(torch.tensor(kept, dtype=torch.long))
+        ids.append(
+            torch.tensor(e.ids[kept(len(e.ids), max_length, truncation_side)], dtype=torch.long)
+        )
     return ids, truncated
 
 
@@ -256,7 +273,7 @@ def cleaned_splits(key: CorpusKey) -> tuple[DatasetDict, str]:
         key.val_fraction,
         sources_in(key.folder, key.hub_name),
     )
-    if key.limit:  # a slice for tests and quick looks
+    if key.limit is not None:  # a slice for tests and quick looks
         raw = DatasetDict(
             {
                 k: v.shuffle(seed=VALIDATION_SEED).select(range(min(key.limit, len(v))))
@@ -304,13 +321,13 @@ def encoded_splits(
         columns = split.to_dict()
         texts, labels = columns["text"], columns["label"]
         ids, truncated = encode(tokenizer.tokenizer, texts, max_length, truncation_side)
-        kept = [i for i, x in enumerate(ids) if len(x) > 0]
+        read = [i for i, x in enumerate(ids) if len(x) > 0]
         if truncated:
             log.info("%s: %d texts cut to data.max_length=%d words", name, truncated, max_length)
-        if dropped := len(ids) - len(kept):
+        if dropped := len(ids) - len(read):
             log.warning("%s: dropped %d texts that have no tokens", name, dropped)
         encoded[name] = EncodedSplit(
-            tuple(texts[i] for i in kept), tuple((ids[i], int(labels[i])) for i in kept)
+            tuple(texts[i] for i in read), tuple((ids[i], int(labels[i])) for i in read)
         )
     return encoded
 
@@ -389,6 +406,10 @@ class SentimentDataModule(L.LightningDataModule):
         check_truncation_side(truncation_side)
         if batch_size < 1:
             raise DataConfigError(f"data.batch_size must be >= 1, got {batch_size}")
+        if limit is not None and limit < 1:
+            raise DataConfigError(
+                f"data.limit={limit}: the rows kept of each split, at least 1; null keeps them all"
+            )
         if bucket_pool is not None and bucket_pool < 1:
             raise DataConfigError(
                 f"data.bucket_pool={bucket_pool}: length bucketing sorts pools of this many "

@@ -10,8 +10,10 @@ it leaves in its folder.
 
 from __future__ import annotations
 
+import difflib
 import json
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -32,9 +34,9 @@ from src.artefacts import (
     write_word_groups,
 )
 from src.baseline import check_resume
-from src.data import locate_corpus
 from src.encoder_run import is_encoder
-from src.errors import reported
+from src.errors import SettingError, reported
+from src.loading import READING
 from src.model import save_compressed
 from src.network import check_shape
 from src.pipeline import Opened, open_workbench, shrink_whole
@@ -42,9 +44,18 @@ from src.report import summary_table, write_metrics
 from src.sites import ModelShape, Site, check_target_width, resolve_site
 from src.threads import use_job_cpu
 from src.whole_model import check_budget
-from src.workbench import Compression, Evaluation, Workbench, check_step, run_site
+from src.workbench import (
+    Compression,
+    Evaluation,
+    Workbench,
+    analysis_device,
+    check_step,
+    run_site,
+)
 
 log = logging.getLogger(__name__)
+
+CONFIG = Path(__file__).resolve().parents[1] / "conf" / "config.yaml"  # the settings a run has
 
 
 @dataclass(frozen=True)
@@ -57,8 +68,21 @@ class Plan:
     compression: Compression
 
 
+def check_keys(cfg: DictConfig) -> None:
+    """Refuse a top-level key that no run has: Hydra lets a typo in with a ``+``
+    (``+compres=weight_sum``), and the run would go on without what it asked for."""
+    primary = OmegaConf.load(CONFIG)
+    groups = {next(iter(entry)) for entry in primary.defaults if isinstance(entry, Mapping)}
+    known = {key for key in primary if key != "defaults"} | groups
+    for key in sorted(set(cfg) - known):
+        near = difflib.get_close_matches(str(key), known, n=1)
+        hint = f": did you mean {near[0]}?" if near else f" (they are those of {CONFIG.name})"
+        raise SettingError(f"{key} is not a setting of src.run{hint}")
+
+
 def plan(cfg: DictConfig) -> Plan:
-    """The job ``cfg`` asks for, refused in one line naming the setting that cannot work."""
+    """The job ``cfg`` asks for, refused in one line naming the setting that cannot work; the
+    corpus is read and checked too, so a refusal leaves no run folder and no W&B run."""
     check_shape(cfg.model.head_widths, cfg.model.lstm.hidden_size, cfg.model.embedding_dim)
     compression = Compression.of(cfg.compress)
     site, width = run_site(cfg)
@@ -67,8 +91,14 @@ def plan(cfg: DictConfig) -> Plan:
     elif compression.method is not None:
         check_step(compression.step, compression.method, site)
     check_resume(cfg)
-    instantiate(cfg.data)  # the data settings are checked as it is built (nothing is read)
-    locate_corpus(cfg.data.name, cfg.data.root)  # a data.root without the corpus: now
+    epochs = cfg.trainer.max_epochs
+    if not cfg.ckpt_path and epochs is not None and (epochs == 0 or epochs < -1):
+        raise SettingError(
+            f"trainer.max_epochs={epochs} trains nothing: give at least 1 (-1: until early "
+            "stopping), or ckpt_path=... to analyse a trained model"
+        )
+    analysis_device(cfg.analysis.device)  # a GPU the machine lacks: now, not after training
+    instantiate(cfg.data).read()  # its settings checked as it is built, then every split read
     job = OmegaConf.merge(cfg, {"layer": site.name, "target_width": width})
     return Plan(job, site, width, compression)
 
@@ -116,7 +146,9 @@ def shrink(plan: Plan, opened: Opened, metrics: dict, loggers: list) -> Evaluati
     else:
         return None
     if cfg.save_compressed:
-        save_compressed(opened.baseline.model, shrunk, output / "compressed.ckpt", record)
+        data = opened.bench.datamodule  # how the test split was read: src.predict reads so too
+        reading = {key: getattr(data, key) for key in READING}
+        save_compressed(opened.baseline.model, shrunk, output / "compressed.ckpt", record, reading)
     return evaluation
 
 
@@ -155,6 +187,7 @@ def write_analysis(
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 @reported
 def main(cfg: DictConfig) -> dict:
+    check_keys(cfg)
     if is_encoder(cfg):  # model=minilm: a pretrained encoder's MLP sites (src.encoder_run)
         from src.encoder_run import main as encoder_main
 

@@ -99,6 +99,16 @@ def analysis_device(name: str) -> torch.device:
 
 
 COMPRESS_DIR = Path(__file__).resolve().parents[1] / "conf" / "compress"
+MODEL_DIR = COMPRESS_DIR.parent / "model"
+
+
+def model_choices(family: str) -> list[str]:
+    """The choices of conf/model/ whose models are of ``family``, for a message."""
+    return [
+        p.stem
+        for p in sorted(MODEL_DIR.glob("*.yaml"))
+        if OmegaConf.load(p).get("family") == family
+    ]
 
 
 def method_choices(words: bool = False) -> list[str]:
@@ -132,6 +142,12 @@ def run_site(cfg: DictConfig) -> tuple[Site, int]:
     checked against it); the model's shape is the checkpoint's own when ``ckpt_path`` is
     given."""
     settings = read_checkpoint(cfg.ckpt_path)["hyper_parameters"] if cfg.ckpt_path else cfg.model
+    if settings.get("family") is not None:  # a pretrained encoder's (src.encoder_run saves it)
+        needs = model_choices(settings["family"])
+        raise CheckpointError(
+            f"ckpt_path={cfg.ckpt_path} holds a model of family {settings['family']!r}, not an "
+            f"LSTM: run it with model={' or model='.join(needs) or '<its family>'}"
+        )
     shape = ModelShape.of_settings(settings)
     site, width = resolve_site(cfg.layer, shape), cfg.target_width
     if settings.get("embedding_code") and site.name in CODED_AWAY:

@@ -121,8 +121,10 @@ UNUSABLE = {
     ),
     "labels 1 and 2": (
         lambda p: rewrite(p, text=["good film", "bad film", "fine film"], label=[1, 2, 2]),
-        "holds one class",
+        "holds one class (every usable row has label 1; 2 rows labelled 2 were dropped): "
+        "labels must be 0 (negative) and 1 (positive)",
     ),
+    "no rows": (lambda p: rewrite(p, text=[], label=[]), "holds no rows"),
 }
 
 
@@ -249,6 +251,12 @@ def test_a_given_folder_is_used_alone_never_routed_around(
     with pytest.raises(DataConfigError, match="data.root"):
         load_raw_splits("rotten_tomatoes", None, "hub")
     assert locate_corpus("imdb", str(small_corpora)) == small_corpora / "imdb"
+
+
+@pytest.mark.parametrize("limit", [0, -5])
+def test_a_limit_below_one_row_is_refused_naming_it(limit: int) -> None:
+    with pytest.raises(DataConfigError, match=rf"^data.limit={limit}: the rows kept"):
+        SentimentDataModule("rotten_tomatoes", "hub", limit=limit)
 
 
 def test_non_positive_max_length_is_refused() -> None:

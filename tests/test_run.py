@@ -22,6 +22,7 @@ from tests.conftest import (
     app_command,
     read_metrics,
     run_app,
+    tiny_corpus,
     wandb_summary,
     with_ctrl_c,
 )
@@ -103,7 +104,9 @@ def test_bad_settings_fail_fast_with_the_setting_named(
 
 
 def refusable_files(folder: Path) -> dict[str, Path]:
-    """A checkpoint that would run code, one trained with other settings, an empty data.root."""
+    """A checkpoint that would run code, one trained with other settings, a pretrained encoder's
+    (as src.encoder_run saves it), an empty data.root, and data.roots whose corpus has no label
+    column, no rows, or labels 1 and 2."""
     folder.mkdir(parents=True, exist_ok=True)
     files = {"empty": folder / "empty"}
     files["empty"].mkdir()
@@ -111,6 +114,17 @@ def refusable_files(folder: Path) -> dict[str, Path]:
     torch.save({**model, "hook": print}, files.setdefault("code", folder / "code.ckpt"))
     other = {**model, SETTINGS_KEY: {"seed": 7, "data": {"limit": 3}, "model": {}}}
     torch.save(other, files.setdefault("other", folder / "other.ckpt"))
+    encoder = {"state_dict": {}, "hyper_parameters": {"family": "encoder"}}
+    torch.save(encoder, files.setdefault("encoder", folder / "encoder.ckpt"))
+    spoiled = {
+        "nolabel": {"text": ["good film", "bad film"]},
+        "norows": {"text": [], "label": []},
+        "labels12": {"text": ["good film", "bad film", "fine film"], "label": [1, 2, 2]},
+    }
+    for name, columns in spoiled.items():
+        root = tiny_corpus(folder / name, "rotten_tomatoes")
+        pd.DataFrame(columns).to_parquet(root / "rotten_tomatoes" / "train.parquet")
+        files[name] = root
     return files
 
 
@@ -126,6 +140,18 @@ REFUSED_AT_ONCE = [
     (["data.batch_size=0"], "data.batch_size must be >= 1"),
     (["data.max_length=0"], "data.max_length must be >= 1"),
     (["data.truncation_side=middle"], "data.truncation_side must be"),
+    (["data.root={nolabel}"], "has the columns ['text']"),
+    (["data.root={norows}"], "train.parquet holds no rows"),
+    (["data.root={labels12}"], "2 rows labelled 2 were dropped): labels must be 0"),
+    (["data.limit=-5"], "data.limit=-5"),
+    (["trainer.max_epochs=0"], "trainer.max_epochs=0 trains nothing"),
+    (["+compres=weight_sum"], "compres is not a setting of src.run: did you mean compress?"),
+    (["ckpt_path={encoder}"], "holds a model of family 'encoder', not an LSTM: run it with model="),
+    *(
+        []
+        if torch.cuda.is_available()
+        else [(["analysis.device=cuda"], "analysis.device=cuda: this machine has no CUDA")]
+    ),
 ]
 
 
@@ -145,9 +171,23 @@ def test_a_refusal_is_one_line_and_leaves_no_run_folder_and_no_wandb_run(
     assert not run_dir.exists()  # no run folder, so no W&B run (logger.wandb.save_dir) either
 
 
-def interrupted_once(file: Path, within: float, *overrides: str) -> tuple[subprocess.Popen, str]:
-    """``python -m src.run`` pressed with Ctrl-C as soon as ``file`` appears (at most ``within``
-    seconds); the process, ended, and its standard error."""
+@pytest.mark.slow
+def test_a_run_folder_that_cannot_be_made_is_refused_in_one_line(tmp_path: Path) -> None:
+    (tmp_path / "a-file").touch()
+    run_dir = tmp_path / "a-file" / "run"
+    result = run_app(f"hydra.run.dir={run_dir}", "logger=csv", timeout=60)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert result.stderr.strip().splitlines() == [
+        f"Error: hydra.run.dir={run_dir} cannot be made or written (Not a directory): set "
+        "hydra.run.dir to a writable folder"
+    ]
+
+
+def interrupted_once(
+    file: Path, within: float, *overrides: str, stop: signal.Signals = signal.SIGINT
+) -> tuple[subprocess.Popen, str]:
+    """``python -m src.run`` pressed with Ctrl-C (or sent ``stop``) as soon as ``file`` appears
+    (at most ``within`` seconds); the process, ended, and its standard error."""
     app = subprocess.Popen(
         app_command(*overrides),
         cwd=ROOT,
@@ -162,7 +202,7 @@ def interrupted_once(file: Path, within: float, *overrides: str) -> tuple[subpro
         assert app.poll() is None, app.stderr.read()[-3000:]
         assert time.monotonic() < deadline, f"no {file.name} after {within} s"
         time.sleep(0.05)
-    app.send_signal(signal.SIGINT)
+    app.send_signal(stop)
     _, stderr = app.communicate(timeout=120)
     return app, stderr
 
@@ -227,3 +267,52 @@ def test_ctrl_c_keeps_the_last_checkpoint_closes_the_wandb_run_and_can_resume(
     log = pd.read_csv(resumed / "csv" / "metrics.csv")
     trained = log.loc[log["train/loss"].notna(), "epoch"]
     assert trained.min() >= 1 and trained.max() == 2  # went on from the interrupted epoch
+
+
+@pytest.mark.slow
+def test_sigterm_in_training_exits_143_marks_the_run_and_keeps_what_resumes(
+    tmp_path: Path,
+) -> None:
+    """What a scheduler sends before it kills a job: never an exit status of 0."""
+    run_dir = tmp_path / "terminated"
+    app, stderr = interrupted_once(  # one epoch done: stop the second
+        run_dir / "checkpoints" / "last.ckpt",
+        300,
+        *QUICK,
+        "trainer.max_epochs=100",
+        f"hydra.run.dir={run_dir}",
+        "cache_dir=null",
+        stop=signal.SIGTERM,
+    )
+    assert app.returncode == 143, stderr[-3000:]
+    assert "Traceback" not in stderr
+    assert stderr.strip().splitlines()[-1] == (
+        f"Terminated: the files in {run_dir} are partial (marked by INTERRUPTED)"
+    )
+    assert "SIGTERM" in (run_dir / "INTERRUPTED").read_text()
+    assert (run_dir / "checkpoints" / "interrupted.ckpt").is_file()
+    assert not (run_dir / "metrics.json").exists()
+    assert "train/loss" in json.dumps(wandb_summary(run_dir))  # the W&B run was closed
+
+
+@pytest.mark.slow
+def test_sigterm_in_the_whole_model_search_exits_143_and_marks_the_run(
+    tmp_path: Path, quick_cache: Path
+) -> None:
+    run_dir = tmp_path / "run"
+    app, stderr = interrupted_once(  # the baseline is loaded: the search has begun
+        run_dir / "tokenizer.json",
+        300,
+        *QUICK,
+        f"cache_dir={quick_cache}",
+        "compress=whole_model",
+        f"hydra.run.dir={run_dir}",
+        "logger=csv",
+        stop=signal.SIGTERM,
+    )
+    assert not (run_dir / "metrics.json").exists(), "finished before SIGTERM: lengthen it"
+    assert app.returncode == 143, stderr[-3000:]
+    assert stderr.strip().splitlines()[-1] == (
+        f"Terminated: the files in {run_dir} are partial (marked by INTERRUPTED)"
+    )
+    assert (run_dir / "INTERRUPTED").is_file()
