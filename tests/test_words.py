@@ -9,6 +9,7 @@ import html
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from tokenizers import Tokenizer
@@ -18,7 +19,7 @@ from src.baseline import load_checkpoint
 from src.compress.weight_sum import WeightSum
 from src.compress.word_cutoff import FrequencyCutoff
 from src.compress.word_merge import WordMerge
-from src.compress.words import fold_words, renumber
+from src.compress.words import ALIKE, cluster_words, fold_words, renumber
 from src.loading import build_network
 from src.model import SentimentClassifier, save_compressed
 from src.network import SharedRowEmbedding, last_word, stored_bytes
@@ -103,6 +104,65 @@ def test_two_words_the_lstm_reads_alike_merge_with_logits_unchanged(space: str) 
     # The rows themselves differ, so merging by the rows keeps them apart.
     pair, _ = merge(net, WordMerge(space="embedding"), V - 1)
     assert pair.merged_into[9] != pair.merged_into[3]
+
+
+TWINS = 98  # twin pairs planted in a vocabulary of 2 + 2 * TWINS words
+
+
+def twinned_network(seed: int) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
+    """A network of ``2 + 2 * TWINS`` words, word ``b[i]`` the twin of ``a[i]``: its row is
+    ``a[i]``'s moved by a random step in W_ih's null space, so the LSTM reads them alike up to
+    float32 noise (the noise that parted twins across a rounding grid)."""
+    torch.manual_seed(seed)
+    words = 2 + 2 * TWINS
+    net = SentimentClassifier(words, E, {"hidden_size": H}, [5, 3], dropout=0.0).network.eval()
+    a, b = torch.arange(2, 2 + TWINS), torch.arange(2 + TWINS, words)
+    with torch.no_grad():
+        unseen = torch.linalg.svd(net.lstm[0].weight_ih_l0).Vh[H * 4 :]  # (2, E): W_ih sees none
+        steps = 5.0 * torch.randn(TWINS, len(unseen), generator=torch.Generator().manual_seed(seed))
+        net.embedding.weight[b] = net.embedding.weight[a] + steps @ unseen
+    return net, a, b
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("space", ["sensitivity", "lstm_input"])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_many_random_twins_the_lstm_reads_alike_all_merge_with_logits_unchanged(
+    space: str, seed: int
+) -> None:
+    """98 random twins a network: each pair merges, and nothing else does at the width that
+    leaves one row per pair, so the logits are unchanged (rounding the points to six digits
+    parted 1-6 pairs of each network)."""
+    net, a, b = twinned_network(seed)
+    words = net.embedding.num_embeddings
+    gen = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(1, 9, (60,), generator=gen)
+    ids = torch.randint(1, words, (60, int(lengths.max())), generator=gen)
+    site = resolve_site("words", ModelShape.of(net))
+    pair = dataclasses.replace(site.pair(net), metric=net.sensitivity_sum(ids, lengths))
+    frequency = torch.randint(1, 50, (1, words), generator=gen).float()
+    pair = WordMerge(space=space)(pair, frequency, None, words - TWINS, gen)
+    apart = (pair.merged_into[a] != pair.merged_into[b]).sum()
+    assert apart == 0, f"{apart} of {TWINS} twins kept apart"
+    shrunk = site.rebuild(net, pair)
+    expected = net.sentence_logits(ids, lengths)
+    torch.testing.assert_close(shrunk.sentence_logits(ids, lengths), expected, atol=1e-5, rtol=0)
+
+
+def test_points_alike_to_float32_noise_are_one_cluster_and_the_rest_stay_apart() -> None:
+    """Twins as far apart as float32 noise sets them (5e-7 of the largest coordinate, a
+    twentieth of :data:`ALIKE`) cluster together wherever a rounding grid would fall; distinct
+    points keep clusters of their own."""
+    rng = np.random.default_rng(0)
+    points = rng.standard_normal((2000, 16)).astype(np.float32)
+    twins = np.arange(0, 1000, 2)
+    scale = np.abs(points).max()
+    noise = rng.uniform(-0.05, 0.05, (len(twins), 16)) * ALIKE * scale
+    points[twins + 1] = (points[twins] + noise).astype(np.float32)
+    clusters = len(points) - len(twins)
+    found = cluster_words(points, torch.ones(len(points)), clusters, torch.Generator())
+    assert (found[twins] == found[twins + 1]).all()
+    assert len(np.unique(found)) == clusters
 
 
 def test_the_embedding_gradient_is_the_logits_slope() -> None:

@@ -6,7 +6,8 @@ embedding's dimensions fall into ``parts``, and within each part the words are c
 frequency-weighted mean (:func:`~src.compress.words.weighted_means`). A word then reads one row
 per part, so two words share a vector only where they agree in every part: for the parameters of
 ``target_width`` merged rows, ``target_width ** parts`` vectors, at the price of a code per word
-and part (counted as parameters, :func:`~src.network.stored_params`) and an ``E x E`` basis.
+and part (counted as parameters, :func:`~src.network.stored_params`; stored in the smallest
+integer type that numbers the rows, :func:`~src.network.code_dtype`) and an ``E x E`` basis.
 
 The parts are cut in the space the merge's error counts in, as :mod:`~src.compress.word_merge`'s
 ``space`` (the sensitivity metric by default, made invertible by a small ridge), turned to its

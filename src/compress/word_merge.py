@@ -15,7 +15,9 @@ squared error in any of these spaces (each is a linear map of the rows):
 - ``embedding``: the rows themselves.
 
 Words that are one point in the space (a duplicated word; two words whose ``W_ih e`` agree, which
-then agree in ``G`` as well) always merge, with the logits unchanged.
+then agree in ``G`` as well) always merge, with the logits unchanged: one point to within the
+float32 noise of computing it (:func:`~src.compress.words.alike_groups`), not to a rounding grid
+that noise can straddle.
 """
 
 from __future__ import annotations
