@@ -191,13 +191,21 @@ class SharedRowEmbedding(nn.Embedding):
     into its tokenizer instead (:func:`src.model.save_compressed`) and holds a plain embedding.
     """
 
-    def __init__(self, row_of: Tensor, weight: Tensor, padding_idx: int | None = PAD_ID) -> None:
+    def __init__(
+        self,
+        row_of: Tensor,
+        weight: Tensor,
+        padding_idx: int | None = PAD_ID,
+        map_dtype: torch.dtype = torch.long,
+    ) -> None:
+        """``map_dtype``: the integer type ``row_of`` is held in (a product code's parts hold
+        the smallest that numbers their rows, :func:`code_dtype`; a plain map stays an index)."""
         rows, dim = weight.shape
         super().__init__(rows, dim, padding_idx=padding_idx, _weight=weight.detach().clone())
-        self.register_buffer("row_of", row_of.long().clone())
+        self.register_buffer("row_of", row_of.to(map_dtype).clone())
 
     def forward(self, ids: Tensor) -> Tensor:
-        return super().forward(self.row_of[ids])
+        return super().forward(self.row_of[ids].long())  # a lookup takes long indices
 
 
 class CodedEmbedding(nn.Module):
@@ -216,7 +224,8 @@ class CodedEmbedding(nn.Module):
         if codes.shape[0] != len(parts):
             raise ValueError(f"{codes.shape[0]} codes per word for {len(parts)} parts")
         self.parts = nn.ModuleList(
-            SharedRowEmbedding(code, rows) for code, rows in zip(codes, parts, strict=True)
+            SharedRowEmbedding(code, rows, map_dtype=code_dtype(len(rows)))
+            for code, rows in zip(codes, parts, strict=True)
         )
         self.basis = nn.Parameter(basis.detach().clone())
         self.padding_idx = PAD_ID
@@ -225,7 +234,8 @@ class CodedEmbedding(nn.Module):
     def empty(
         cls, vocab_size: int, embedding_dim: int, rows: int, parts: Sequence[int]
     ) -> CodedEmbedding:
-        """One of this shape, to load a checkpoint's state into."""
+        """One of this shape, to load a checkpoint's state into (codes saved as int64 by an
+        older version load too: loading casts them to the type held)."""
         codes = torch.zeros(len(parts), vocab_size, dtype=torch.long)
         return cls(codes, [torch.zeros(rows, int(d)) for d in parts], torch.eye(embedding_dim))
 
@@ -261,6 +271,16 @@ class CodedEmbedding(nn.Module):
         return torch.cat([part(ids) for part in self.parts], dim=-1) @ self.basis
 
 
+CODE_DTYPES = (torch.uint8, torch.int16, torch.int32, torch.int64)  # the smallest first
+MAP_BYTES = 4  # a merged embedding's word map, which a checkpoint folds into its tokenizer
+
+
+def code_dtype(rows: int) -> torch.dtype:
+    """The smallest integer type that holds a row number ``0..rows - 1``: what a product code is
+    stored in (uint8 up to 256 rows, int16 up to 32,768)."""
+    return next(t for t in CODE_DTYPES if rows - 1 <= torch.iinfo(t).max)
+
+
 def stored_params(module: nn.Module) -> int:
     """The numbers ``module`` keeps to compute: its parameters, and a product-coded embedding's
     codes (each code counted as one number, though it is a small integer)."""
@@ -275,11 +295,18 @@ def word_rows(embedding: nn.Embedding, ids: Tensor) -> Tensor:
 
 
 def stored_bytes(network: nn.Module) -> int:
-    """What storing ``network`` takes: its weights, and a merged embedding's word map (an int32
-    per word of the tokenizer; a product-coded embedding's part has one each)."""
-    weights = sum(p.numel() * p.element_size() for p in network.parameters())
-    maps = sum(m.row_of.numel() * 4 for m in network.modules() if isinstance(m, SharedRowEmbedding))
-    return weights + maps
+    """What storing ``network`` takes: every parameter and buffer in the type it is held and
+    saved in (a product code's in :func:`code_dtype`), but a merged embedding's word map, which
+    a checkpoint folds into its tokenizer, at :data:`MAP_BYTES` a word of the tokenizer."""
+    parts = {id(p) for m in network.modules() if isinstance(m, CodedEmbedding) for p in m.parts}
+    total = 0
+    for module in network.modules():
+        held = [*module.named_parameters(recurse=False), *module.named_buffers(recurse=False)]
+        for name, tensor in held:
+            folded = name == "row_of" and isinstance(module, SharedRowEmbedding)
+            size = MAP_BYTES if folded and id(module) not in parts else tensor.element_size()
+            total += tensor.numel() * size
+    return total
 
 
 def with_columns(embedding: nn.Embedding, columns: Tensor) -> nn.Embedding:

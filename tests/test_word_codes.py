@@ -67,7 +67,7 @@ def test_the_codes_count_as_parameters_and_in_the_bytes() -> None:
     weights = sum(p.numel() for p in shrunk.parameters())
     assert weights == sum(p.numel() for p in net.parameters()) - V * E + 5 * E + E * E
     assert stored_params(shrunk) == weights + 2 * V
-    assert stored_bytes(shrunk) == 4 * weights + 4 * 2 * V
+    assert stored_bytes(shrunk) == 4 * weights + 2 * V  # 5 rows: a byte a code
     site = resolve_site("words", ModelShape.of(shrunk))
     assert site.width == 5 and site.own_params(shrunk) == 5 * E + E * E + 2 * V
 
@@ -122,6 +122,50 @@ def test_a_coded_checkpoint_keeps_its_codes_and_tokenizer_and_loads(tmp_path) ->
         torch.testing.assert_close(
             loaded.sentence_logits(sentence, length), coded.sentence_logits(sentence, length)
         )
+
+
+def saved_bytes(state: dict[str, torch.Tensor]) -> int:
+    """What ``torch.save`` writes for the tensors of a state: each element in its own type."""
+    return sum(t.numel() * t.element_size() for t in state.values())
+
+
+@pytest.mark.parametrize(
+    ("rows", "held"),
+    [(5, torch.uint8), (256, torch.uint8), (257, torch.int16), (40_000, torch.int32)],
+)
+def test_the_codes_are_held_in_the_smallest_type_that_numbers_the_rows(rows, held) -> None:
+    coded = CodedEmbedding.empty(V, E, rows, [3, 3])
+    assert all(part.row_of.dtype == held for part in coded.parts)
+    assert stored_bytes(coded) == saved_bytes(coded.state_dict())
+
+
+def test_the_bytes_counted_are_the_bytes_a_coded_checkpoint_saves_and_it_reloads(
+    tmp_path,
+) -> None:
+    """The codes are saved in the type they are held in (a byte each at 4 rows, not int64's 8),
+    and counted so; a checkpoint that saved them as int64 (an older one) loads too."""
+    model, tokenizer = model_with_tokenizer()
+    vocab = tokenizer.get_vocab_size()
+    codes = WordCodes(parts=2, space="lstm_input")
+    _, coded = merge(model.network.eval(), codes, 4, torch.ones(1, vocab))
+    state = coded.state_dict()
+    assert {state[f"embedding.parts.{j}.row_of"].dtype for j in (0, 1)} == {torch.uint8}
+    assert stored_bytes(coded) == saved_bytes(state)
+    path = save_compressed(model, coded, tmp_path / "coded.ckpt", {"method": "word_codes"})
+    checkpoint = torch.load(path, weights_only=True)
+    saved = {k: v for k, v in checkpoint["state_dict"].items() if k.startswith("network.")}
+    assert stored_bytes(coded) == saved_bytes(saved)
+    sentence = torch.tensor([tokenizer.encode("good awful film here").ids])
+    length = torch.tensor([sentence.shape[1]])
+    with torch.no_grad():
+        expected = coded.sentence_logits(sentence, length)
+        assert torch.equal(build_network(checkpoint).sentence_logits(sentence, length), expected)
+        for key in [k for k in saved if k.endswith("row_of")]:  # as an older version saved it
+            checkpoint["state_dict"][key] = saved[key].long()
+        older = build_network(checkpoint)
+        assert torch.equal(older.sentence_logits(sentence, length), expected)
+    assert older.embedding.parts[0].row_of.dtype == torch.uint8
+    assert older.embedding.words == vocab
 
 
 @pytest.mark.slow
