@@ -5,10 +5,12 @@ embedding's dimensions, each LSTM layer, each head layer). At each, the model as
 probed again (a cascade: a site is analysed as the sites before it left it), and the smallest
 width whose validation accuracy stays within ``compress.max_drop`` of the baseline's is found by
 bisection (to ``compress.width_tolerance`` of the width; in log space at the words site), with
-the merge of ``compress.merge`` (``compress.words`` at the words site); then the next site. A
-width is accepted only when the one-sided ``compress.confidence`` bound of its paired validation
-drop is within the budget, so that the many candidates the search tries do not spend the budget
-on validation's noise.
+the merge of ``compress.merge`` (``compress.words`` at the words site); then the next site. The
+width recorded is the one the cut model holds (a merge keeps live units only, so fewer than asked
+where fewer are alive), and a cut that leaves a layer no unit is refused (no checkpoint holds a
+layer of none). A width is accepted only when the one-sided ``compress.confidence`` bound of its
+paired validation drop is within the budget, so that the many candidates the search tries do not
+spend the budget on validation's noise.
 
 The bisection reads only part of validation: ``compress.confirm`` of it (a seeded half by
 default) is held out, and the model chosen must keep the budget there too, where no choice was
@@ -52,12 +54,13 @@ class Candidate:
     """One model the search evaluated: ``site`` cut to ``width``, the sites before it as chosen."""
 
     site: str
-    width: int
+    width: int  # the units the cut model holds there (fewer than asked where fewer were alive)
     params: int
     val_acc: float  # on the part of validation the search reads
     accepted: bool
     round: int = 0  # the search's round: a later one after the held-out part refused
     seconds: float = 0.0  # to cut and evaluate it (the site's probing included); 0: known
+    asked: int = 0  # the width the bisection asked the merge for
 
 
 @dataclass(frozen=True)
@@ -67,6 +70,7 @@ class Evaluated:
     correct: Tensor  # (searched,) bool: which it classified right
     params: int
     network: SentimentLSTM | None  # None once refused (a later round refuses it too), or last
+    width: int  # the units the site holds in it (0: no unit was alive, always refused)
 
 
 Key = tuple[tuple[int, ...], str, int]  # a candidate: the widths it is cut from, its site, width
@@ -294,7 +298,7 @@ def cascade(
             key = (tuple(result.widths.values()), name, width)  # the widths it is cut from
             start, seconds = time.perf_counter(), 0.0
             seen = known.get(key)
-            accepted = seen is not None and budget.accepts(seen.correct, baseline_correct[searched])
+            accepted = seen is not None and acceptable(seen, budget, baseline_correct[searched])
             if seen is None or (accepted and seen.network is None):
                 cut = current.compress(step, at_site, site, width)[0]
                 # a head site reads the current network's stored last-word states: no sentence
@@ -302,23 +306,37 @@ def cascade(
                 logits = current.outputs(site, cut, "validation", rows=searched)[0]
                 correct = accuracy(logits, labels[searched])
                 params = stored_params(cut.network)
-                seen = Evaluated(correct, params, cut.network)
-                accepted = budget.accepts(correct, baseline_correct[searched])
+                seen = Evaluated(correct, params, cut.network, held_width(cut.network, name))
+                accepted = acceptable(seen, budget, baseline_correct[searched])
                 seconds = time.perf_counter() - start
             kept = seen.network if accepted and keep_networks else None
             known[key] = dataclasses.replace(seen, network=kept)
             val_acc = seen.correct.float().mean().item()
             result.candidates.append(
-                Candidate(name, width, seen.params, val_acc, accepted, round_, seconds)
+                Candidate(name, seen.width, seen.params, val_acc, accepted, round_, seconds, width)
             )
-            if accepted:
-                best, high = (width, seen.network), width - 1
+            if accepted:  # the width the model holds is the one recorded, not the one asked
+                best, high = (seen.width, seen.network), width - 1
             else:
                 low = width + 1
         if best is not None:
             result.widths[name], result.network = best
             current = Workbench(result.network, bench.datamodule, bench.settings)
     return result
+
+
+def held_width(network: SentimentLSTM, name: str) -> int:
+    """The units site ``name`` holds in ``network``: what a cut left, which is fewer than it
+    asked for where fewer units were alive (a merge keeps live ones), and none where none was."""
+    return next(s.width for s in sites_of(network) if s.name == name)
+
+
+def acceptable(seen: Evaluated, budget: Budget, baseline_correct: Tensor) -> bool:
+    """Whether the search may keep a cut: within the budget, and with a unit left at its site
+    (only the site changes, so every other layer keeps the units it had). A layer of no units
+    computes a constant, but no checkpoint can hold it (``model.head_widths`` must be
+    positive), so a search would end in a model it cannot save."""
+    return seen.width > 0 and budget.accepts(seen.correct, baseline_correct)
 
 
 def middle(low: int, high: int, geometric: bool = False) -> int:

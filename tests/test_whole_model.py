@@ -26,6 +26,7 @@ from src.whole_model import (
     middle,
     search,
     search_metrics,
+    sites_of,
 )
 from src.workbench import (
     AnalysisSettings,
@@ -152,6 +153,38 @@ def test_a_shrunk_model_is_a_checkpoint_that_records_its_widths_and_reloads_as_m
     loaded, checkpoint = load_network(path)
     assert ModelShape.of(loaded) == ModelShape((5, 3), (4,), 3, vocab)
     assert checkpoint["hyper_parameters"]["embedding_dim"] == 3
+    torch.testing.assert_close(bench.logits(loaded, "test"), bench.logits(result.network, "test"))
+
+
+DEAD_BIAS = -100.0  # far below anything a head layer reads: its neurons never fire
+
+
+def test_a_layer_with_no_live_neuron_keeps_its_units_and_the_chosen_model_saves(
+    datamodule, tmp_path
+) -> None:
+    """A head layer that never fires leaves a merge no unit to keep (``Linear(d, 0)``): the
+    search refuses that cut instead of recording the width it asked for, so every width it
+    records is the chosen network's own, none is 0, and the model saves and reloads."""
+    vocab = datamodule.tokenizer.get_vocab_size()
+    net = duplicated_network(vocab)
+    with torch.no_grad():
+        net.head[1].bias.fill_(DEAD_BIAS)
+    bench = Workbench(net, own_labels(datamodule, net), SETTINGS)
+    result = search(bench, STEP, WeightSum(), 0.0)
+    assert result.widths == {s.name: s.width for s in sites_of(result.network)}
+    assert min(result.widths.values()) > 0
+    refused = [c for c in result.candidates if c.site == "head.1"]
+    assert refused and all(c.width == 0 < c.asked and not c.accepted for c in refused)
+    assert all(c.width > 0 for c in result.candidates if c.accepted)
+    model = SentimentClassifier(vocab, 6, {"hidden_size": 8}, [10, 6], dropout=0.0)
+    model.network.load_state_dict(net.state_dict())
+    model.tokenizer_json = datamodule.tokenizer.to_str()
+    path = save_compressed(model, result.network, tmp_path / "compressed.ckpt", {"method": "x"})
+    loaded, checkpoint = load_network(path)
+    assert checkpoint["hyper_parameters"]["head_widths"] == [
+        result.widths["head.0"],
+        result.widths["head.1"],
+    ]
     torch.testing.assert_close(bench.logits(loaded, "test"), bench.logits(result.network, "test"))
 
 
