@@ -28,13 +28,15 @@ from typing import Any
 import lightning as L
 from filelock import FileLock
 from hydra.utils import instantiate
+from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 from tokenizers import Tokenizer
 
 from src.callbacks import FairShare
-from src.checkpoints import SETTINGS_KEY, TrainingSettings
+from src.checkpoints import TrainingSettings
 from src.data import SentimentDataModule
 from src.loading import (
+    SETTINGS_KEY,
     CheckpointError,
     Refused,
     build_network,
@@ -76,6 +78,7 @@ def weight_settings(cfg: DictConfig) -> dict[str, Any]:
     }
     for group, dropped in NOT_IN_KEY.items():
         settings = OmegaConf.to_container(cfg[group], resolve=True)
+        assert isinstance(settings, dict)  # a config group
         parts[group] = {k: v for k, v in settings.items() if k not in dropped}
     return parts
 
@@ -136,8 +139,11 @@ def fit_baseline(
         warnings.filterwarnings("ignore", message=r".*ended before the epoch ended.*")
         trainer.fit(model, datamodule=datamodule, ckpt_path=resume, weights_only=True)
     seconds = time.perf_counter() - start
-    best = Path(trainer.checkpoint_callback.best_model_path)
-    changes = next((c.changes for c in trainer.callbacks if isinstance(c, FairShare)), None)
+    checkpoint = trainer.checkpoint_callback
+    assert isinstance(checkpoint, ModelCheckpoint)  # the run's RunCheckpoint
+    best = Path(checkpoint.best_model_path)
+    # Lightning sets Trainer.callbacks at run time; its class does not declare it
+    changes = next((c.changes for c in trainer.callbacks if isinstance(c, FairShare)), None)  # type: ignore[attr-defined]
     model = load_checkpoint(best, "the best checkpoint")
     return Baseline(model, seconds, True, best, thread_changes=changes)
 
@@ -238,12 +244,14 @@ def obtain_baseline(
     The datamodule ends up set up with the baseline's own tokenizer.
     """
     resumed = check_resume(cfg)
+    baseline: Baseline | None  # found or trained below
     if cfg.ckpt_path:  # its shape is its own: hyperparameters travel in the checkpoint
         record = read_checkpoint(cfg.ckpt_path).get("compressed")
         model = load_checkpoint(cfg.ckpt_path)
         baseline = Baseline(model, 0.0, False, Path(cfg.ckpt_path), record)
     elif cfg.cache_dir:
         datamodule.read()  # the key holds the data's digest
+        assert datamodule.digest is not None  # read() sets it
         cache, key = BaselineCache(cfg.cache_dir), cache_key(cfg, datamodule.digest)
         with cache.lock(key):
             baseline = cache.load(key)
@@ -340,10 +348,12 @@ def train_baseline(
     if resumed is not None and resumed.get("tokenizer") and datamodule.tokenizer is None:
         datamodule.tokenizer = Tokenizer.from_str(resumed["tokenizer"])
     datamodule.setup()
+    assert datamodule.tokenizer is not None  # setup() trains one where none was given
     model = instantiate(cfg.model, vocab_size=datamodule.tokenizer.get_vocab_size())
     model.tokenizer_json = datamodule.tokenizer.to_str()
-    trainer.callbacks = [c for c in trainer.callbacks if not isinstance(c, TrainingSettings)]
-    trainer.callbacks.append(TrainingSettings(weight_settings(cfg)))
+    # Lightning sets Trainer.callbacks at run time; its class does not declare it
+    trainer.callbacks = [c for c in trainer.callbacks if not isinstance(c, TrainingSettings)]  # type: ignore[attr-defined]
+    trainer.callbacks.append(TrainingSettings(weight_settings(cfg)))  # type: ignore[attr-defined]
     if cfg.get("resume"):
         log.info("continuing the training from resume=%s", cfg.resume)
     return fit_baseline(model, datamodule, trainer, cfg.get("resume"))

@@ -56,7 +56,8 @@ class KnownWords(L.Callback):
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         for sentence in self.sentences:
-            check_known_words(trainer.datamodule.tokenizer, sentence)
+            # Lightning sets Trainer.datamodule at run time; its class does not declare it
+            check_known_words(trainer.datamodule.tokenizer, sentence)  # type: ignore[attr-defined]
 
 
 class FairShare(L.Callback):
@@ -88,6 +89,7 @@ class FairShare(L.Callback):
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.changes:
+            assert self.share is not None  # only a share counts changes
             log.info(
                 "the fair share changed torch's threads %d times (down to %d) while other "
                 "processes were busy: the weights may differ in their last bits from a run on a "

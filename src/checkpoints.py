@@ -20,7 +20,7 @@ import os
 import random
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import lightning as L
 import numpy as np
@@ -114,9 +114,9 @@ class RunCheckpoint(ModelCheckpoint):
             return
         best, worst = (max, min) if self.mode == "max" else (min, max)
         self.best_k_models = kept
-        self.best_model_path = best(kept, key=kept.get)
+        self.best_model_path = best(kept, key=kept.__getitem__)
         self.best_model_score = kept[self.best_model_path]
-        self.kth_best_model_path = worst(kept, key=kept.get)
+        self.kth_best_model_path = worst(kept, key=kept.__getitem__)
         self.kth_value = kept[self.kth_best_model_path]
         self.current_score = state_dict.get("current_score")
         log.info(
@@ -184,7 +184,9 @@ class TrainingSettings(L.Callback):
 def generator_states() -> dict[str, Any]:
     """torch's (CPU and CUDA), numpy's and Python's global generators, as tensors and plain
     data (a checkpoint is loaded with ``weights_only=True``)."""
-    kind, keys, position, has_gauss, gauss = np.random.get_state()
+    # the global generator is MT19937, whose legacy state is this tuple, never a dict
+    legacy = cast(tuple[str, np.ndarray, int, int, float], np.random.get_state())
+    kind, keys, position, has_gauss, gauss = legacy
     return {
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
@@ -233,11 +235,14 @@ class RandomState(L.Callback):
     def on_save_checkpoint(
         self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
     ) -> None:
-        done, state = _batches_done(trainer), {"generators": generator_states(), "shuffle": None}
+        done = _batches_done(trainer)
+        state: dict[str, Any] = {"generators": generator_states(), "shuffle": None}
         if self._batch_start is not None and done < trainer.num_training_batches:  # mid-epoch
             if self._batch_start[0] == done:  # stopped inside a batch: it is trained again
                 state["generators"] = self._batch_start[1]
-            seed = getattr(trainer.train_dataloader.batch_sampler, "seed", None)
+            loader = trainer.train_dataloader
+            assert loader is not None  # mid-epoch: the fit's loader
+            seed = getattr(loader.batch_sampler, "seed", None)
             state["shuffle"] = None if seed is None else [seed, done]
         checkpoint[RANDOM_KEY] = state
 
@@ -251,13 +256,15 @@ class RandomState(L.Callback):
         set_generator_states(state["generators"])
         if state["shuffle"] is not None:
             self._pending = state["generators"]
-            trainer.datamodule.shuffle_start = tuple(state["shuffle"])
+            # Lightning sets Trainer.datamodule at run time; its class does not declare it
+            trainer.datamodule.shuffle_start = tuple(state["shuffle"])  # type: ignore[attr-defined]
 
 
 def _batches_done(trainer: L.Trainer) -> int:
     """Training batches of the current epoch whose step was taken: a batch stopped after its step
     (in its end hooks) is not trained again on resume, one stopped before it is."""
-    return trainer.fit_loop.epoch_loop.batch_progress.current.processed
+    # declared a _ReadyCompletedTracker, a batch's progress holds a _ProcessedTracker
+    return trainer.fit_loop.epoch_loop.batch_progress.current.processed  # type: ignore[attr-defined]
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

@@ -12,6 +12,7 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import cast
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -187,7 +188,7 @@ def layer_is_redundant(t: StudyTables, data: str, layer: str, width: int) -> Fin
     return Finding(figure, [w <= full / 2 for w in faithful])
 
 
-Check = Callable[[StudyTables, str, int, int], Finding]
+Check = Callable[[StudyTables, str, str, int], Finding]
 CLAIMS: list[tuple[str, Check]] = [
     ("The baseline LSTM reaches about 79.7 % test accuracy", baseline_accuracy),
     ("Weight-summing 16 -> 4 neurons, no training, costs about 0.7 points", weight_sum_cost),
@@ -236,7 +237,7 @@ def check_claims(tables: StudyTables, layer: str, width: int) -> pd.DataFrame:
                 f"{finding.figure} ({VERDICTS[finding.verdict]})" if finding else "not measured"
             )
         verdicts = [f.verdict for f in findings.values()]
-        overall = None if None in verdicts else agreement(verdicts)
+        overall = None if None in verdicts else agreement(cast(list[bool], verdicts))
         row["verdict"] = VERDICTS[overall] if findings else "not measured"
         row["why"] = reason(findings) if findings else "left out of the study"
         rows.append(row)

@@ -23,6 +23,7 @@ import socket
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import pyarrow.parquet as pq
@@ -385,6 +386,8 @@ class LengthBatchSampler(Sampler[list[int]]):
 class SentimentDataModule(L.LightningDataModule):
     """Reviews with a 0/1 label, tokenised once in ``setup`` and batched with dynamic padding."""
 
+    name: str  # the corpus, always given (LightningDataModule's own may be None)
+
     def __init__(
         self,
         name: str,
@@ -469,14 +472,16 @@ class SentimentDataModule(L.LightningDataModule):
         sentences = self.splits[split]
         if rows is not None:
             unshuffled = self.loader(split).batch_sampler
+            assert unshuffled is not None  # every loader here batches
             order = torch.tensor([i for batch in unshuffled for i in batch])[rows]
             batches = order.split(self.batch_size)
             return DataLoader(
-                sentences,
+                sentences,  # type: ignore[arg-type]  # a list is a map-style dataset
                 collate_fn=collate,
                 num_workers=self.num_workers,
                 batch_sampler=[batch.tolist() for batch in batches],
             )
+        batching: dict[str, Any]
         if self.bucket_pool is None and not shuffle:
             batching = {"batch_size": self.batch_size}
         else:  # shuffled: one sampler whose place in an epoch a resume can go back to
@@ -486,7 +491,12 @@ class SentimentDataModule(L.LightningDataModule):
                 start, self.shuffle_start = self.shuffle_start, None
             sampler = LengthBatchSampler(lengths, self.batch_size, self.bucket_pool, shuffle, start)
             batching = {"batch_sampler": sampler}
-        return DataLoader(sentences, collate_fn=collate, num_workers=self.num_workers, **batching)
+        return DataLoader(
+            sentences,  # type: ignore[arg-type]  # a list is a map-style dataset
+            collate_fn=collate,
+            num_workers=self.num_workers,
+            **batching,
+        )
 
     def train_dataloader(self) -> DataLoader:
         return self.loader("train", shuffle=True)
@@ -505,7 +515,7 @@ def probe_sample(sentences: Sequence, size: int, seed: int) -> Subset:
     positives first), and a one-class probe set would skew every measure taken on it.
     """
     order = torch.randperm(len(sentences), generator=torch.Generator().manual_seed(seed))
-    return Subset(sentences, order[:size].tolist())
+    return Subset(sentences, order[:size].tolist())  # type: ignore[arg-type]  # map-style
 
 
 def probe_loader(sentences: Sequence, size: int, seed: int) -> DataLoader:

@@ -118,6 +118,7 @@ def save_compressed(
     compressed.network.load_state_dict(state)
     tokenizer = model.tokenizer_json
     if row_of is not None:
+        assert tokenizer is not None  # a trained model holds its tokenizer
         tokenizer = words_to_rows(tokenizer, row_of)
     checkpoint = {
         "state_dict": compressed.state_dict(),

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Mapping, Sequence
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -80,6 +81,7 @@ class SentimentLSTM(nn.Module):
         super().__init__()
         check_shape(head_widths, hidden_size, embedding_dim)
         widths = list(map(int, lstm_widths or [hidden_size] * num_layers))
+        self.embedding: nn.Embedding | CodedEmbedding
         if embedding_code:
             self.embedding = CodedEmbedding.empty(vocab_size, embedding_dim, **embedding_code)
         else:
@@ -96,11 +98,11 @@ class SentimentLSTM(nn.Module):
 
     @property
     def lstm_widths(self) -> list[int]:
-        return [layer.hidden_size for layer in self.lstm]
+        return [cast(nn.LSTM, layer).hidden_size for layer in self.lstm]
 
     @property
     def hidden_widths(self) -> list[int]:
-        return [layer.out_features for layer in self.head[:-1]]
+        return [cast(nn.Linear, layer).out_features for layer in self.head[:-1]]
 
     def layer_outputs(self, ids: Tensor) -> list[Tensor]:
         """Every LSTM layer's output after every position of the padded batch, each (B, T, H_l),
@@ -191,6 +193,8 @@ class SharedRowEmbedding(nn.Embedding):
     into its tokenizer instead (:func:`src.model.save_compressed`) and holds a plain embedding.
     """
 
+    row_of: Tensor  # a buffer, registered in __init__
+
     def __init__(
         self,
         row_of: Tensor,
@@ -246,7 +250,7 @@ class CodedEmbedding(nn.Module):
     @property
     def num_embeddings(self) -> int:
         """The rows each part keeps: the words site's width."""
-        return self.parts[0].num_embeddings
+        return cast(SharedRowEmbedding, self.parts[0]).num_embeddings
 
     @property
     def shape(self) -> dict:
@@ -256,7 +260,7 @@ class CodedEmbedding(nn.Module):
     @property
     def words(self) -> int:
         """The word ids it codes: the tokenizer's."""
-        return self.parts[0].row_of.numel()
+        return cast(SharedRowEmbedding, self.parts[0]).row_of.numel()
 
     @property
     def codes(self) -> int:
@@ -315,7 +319,8 @@ def with_columns(embedding: nn.Embedding, columns: Tensor) -> nn.Embedding:
     weight = embedding.weight.detach()[:, columns]
     if isinstance(embedding, SharedRowEmbedding):
         return SharedRowEmbedding(embedding.row_of, weight, embedding.padding_idx)
-    narrow = nn.Embedding(*weight.shape, padding_idx=embedding.padding_idx)
+    rows, dim = weight.shape
+    narrow = nn.Embedding(rows, dim, padding_idx=embedding.padding_idx)
     with torch.no_grad():
         narrow.weight.copy_(weight)
     return narrow

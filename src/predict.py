@@ -22,7 +22,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING, TextIO, TypedDict, cast
 
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
@@ -191,13 +191,19 @@ def predict(model: Model, sentences: Sequence[str], site: Site | None) -> list[P
                     [w for w, i in zip(words, ids, strict=True) if i == unk],
                     float(outputs["probs"][b]),
                     outputs["word_probs"][b, :n].tolist(),
-                    outputs["activations"][b, :n] if site is not None else None,
+                    cast("Tensor", outputs["activations"])[b, :n] if site is not None else None,
                 )
             )
     return predictions
 
 
-def _forward(network: SentimentLSTM, ids: list[list[int]], site: Site | None) -> dict[str, Tensor]:
+class _Outputs(TypedDict):
+    probs: Tensor
+    word_probs: Tensor
+    activations: Tensor | None
+
+
+def _forward(network: SentimentLSTM, ids: list[list[int]], site: Site | None) -> _Outputs:
     import torch
 
     from src.sites import read_sentences
@@ -263,7 +269,10 @@ def draw(predictions: Sequence[Prediction], site: Site, path: Path) -> None:
     """The per-word traces of every sentence, as the run's word_traces.png draws them."""
     from src.analysis.figures import Trace, word_traces
 
-    traces = [Trace(p.sentence, p.words, p.activations, p.prob) for p in predictions]
+    # predictions read with ``site``: each holds its activations
+    traces = [
+        Trace(p.sentence, p.words, cast("Tensor", p.activations), p.prob) for p in predictions
+    ]
     figure = word_traces(traces, site.label)
     try:
         figure.savefig(path, dpi=120)

@@ -12,8 +12,9 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import Any, cast
 
 import matplotlib
 
@@ -27,6 +28,8 @@ from hydra.core.utils import JobReturn, JobStatus  # noqa: E402
 from hydra.errors import InstantiationException  # noqa: E402
 from hydra.experimental.callback import Callback  # noqa: E402
 from hydra.types import RunMode  # noqa: E402
+from matplotlib.artist import Artist  # noqa: E402
+from matplotlib.colors import ListedColormap  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
@@ -130,7 +133,7 @@ def job_overrides(folder: Path) -> dict[str, str]:
     """The job's command-line overrides, from Hydra's ``.hydra/overrides.yaml`` (none where
     Hydra saved none), by setting: ``+``, ``++`` and ``~`` dropped from the names."""
     path = folder / ".hydra" / "overrides.yaml"
-    entries = OmegaConf.load(path) if path.is_file() else []
+    entries: Iterable[Any] = OmegaConf.load(path) if path.is_file() else []
     pairs = (str(entry).lstrip("+~").partition("=") for entry in entries)
     return {key: value for key, _, value in pairs}
 
@@ -219,7 +222,8 @@ def method_styles(methods: list[str]) -> dict[str, dict]:
     method's variants (``weight_sum compress.method.representative=medoid``) in its colour,
     dashed or dotted, labelled by what they change (``weight_sum (representative=medoid)``)."""
     bases = sorted({m.split()[0] for m in methods})
-    colours = plt.get_cmap("tab20" if len(bases) > 10 else "tab10").colors
+    palette = cast(ListedColormap, plt.get_cmap("tab20" if len(bases) > 10 else "tab10"))
+    colours = cast(Sequence[tuple[float, float, float]], palette.colors)  # RGB, in tab10/tab20
     lines = ["-", "--", ":", "-."]
     styles, seen = {}, {base: 0 for base in bases}
     for method in sorted(methods):
@@ -236,7 +240,7 @@ def method_styles(methods: list[str]) -> dict[str, dict]:
 
 def shared_legend(fig: Figure, axes: list) -> None:
     """One legend for every panel, right of them, so no panel's lines are hidden under it."""
-    handles: dict[str, object] = {}
+    handles: dict[str, Artist] = {}
     for ax in axes:
         for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
             handles.setdefault(label, handle)
@@ -507,7 +511,7 @@ class SweepSummary(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: object) -> None:
         self.sweep_dir = Path(config.hydra.sweep.dir).resolve()
-        settings = self.wandb_settings(config) or {}
+        settings: Mapping[Any, Any] = self.wandb_settings(config) or {}
         flags = [f"--wandb-{k}={v}" for k, v in settings.items() if v is not None]
         self.exit_command = [sys.executable, "-m", "src.report", str(self.sweep_dir), *flags]
         atexit.register(self.summarise_at_exit)

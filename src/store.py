@@ -48,6 +48,7 @@ class ArtefactStore:
         (and stored). With no folder it lives in memory only."""
         if name in self._memory:
             return self._memory[name]
+        value: Tensors | None
         if self.folder is None:
             value = self._compute(name, compute)
         elif not self._writable():
@@ -63,6 +64,7 @@ class ArtefactStore:
 
     def _writable(self) -> bool:
         """Whether the folder can take locks and files; warns once when it cannot."""
+        assert self.folder is not None  # only a store with a folder writes
         if self._read_only is None:
             try:
                 self.folder.mkdir(parents=True, exist_ok=True)
@@ -84,6 +86,7 @@ class ArtefactStore:
         return compute()
 
     def _load(self, name: str) -> Tensors | None:
+        assert self.folder is not None  # only a store with a folder reads files
         path, digest = self.folder / f"{name}.pt", self.folder / f"{name}.sha256"
         if not path.is_file():
             return None
@@ -106,6 +109,7 @@ class ArtefactStore:
 
     def _save(self, name: str, value: Tensors) -> None:
         """Store ``value`` unless a later load would refuse it (non-finite) or the disk does."""
+        assert self.folder is not None  # only a store with a folder writes
         path = self.folder / f"{name}.pt"
         if bad := non_finite(value):
             log.warning("shared artefact %s not stored: %s holds non-finite values", path, bad[0])

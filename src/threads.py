@@ -25,6 +25,7 @@ import os
 import time
 from collections.abc import Mapping
 from pathlib import Path
+from typing import cast
 
 import torch
 from hydra.core.hydra_config import HydraConfig
@@ -39,7 +40,9 @@ class ThreadsConfigError(SettingError):
 
 def machine_cores() -> int:
     """Cores this process may run on (the affinity mask, which containers and Slurm narrow)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return cast(int, os.cpu_count())  # None only where the count cannot be told
 
 
 def concurrent_jobs(launcher: Mapping | None, cores: int) -> int:

@@ -36,7 +36,7 @@ def _array(value: Any, name: str, dtype: type = np.float64) -> np.ndarray:
     """A numpy array of a torch tensor or array-like, checked finite: NaN would break the JSON."""
     if isinstance(value, torch.Tensor):
         value = value.detach().cpu().numpy()
-    array = np.asarray(value, dtype=dtype)
+    array: np.ndarray = np.asarray(value, dtype=dtype)
     if not np.isfinite(array).all():
         raise ValueError(f"{name} holds NaN or infinite values; the viewer needs finite numbers")
     return array
@@ -355,6 +355,7 @@ def topk_figure(data: ViewerData, neuron: int, top_k: int = 5, window: int = 20)
     renderer = FigureCanvasAgg(fig).get_renderer()
     ax = fig.add_axes((0, 0, 1, 1))
     ax.axis("off")
+    width: float  # narrowed to the text's extent below
     width, line, x0 = 900, 26, 76  # pixels, as the axes' data units below
     title = ax.text(8, 16, f"{data.site}, neuron {neuron}: top {len(top)} probe sentences "
                     f"(colour: activation / {scale:.3g})", fontsize=10, va="center")  # fmt: skip
@@ -367,7 +368,7 @@ def topk_figure(data: ViewerData, neuron: int, top_k: int = 5, window: int = 20)
         shown = range(first, min(first + window, len(acts)))
         tokens = [("\u2026", None)] * (first > 0) + [(words[s][k], acts[k]) for k in shown]
         tokens += [("\u2026", None)] * (shown.stop < len(acts))
-        x = x0
+        x: float = x0
         for word, a in tokens:
             text = ax.text(x, y, word, fontsize=10, va="center", ha="left")
             if a is not None:

@@ -7,6 +7,7 @@ dashed, so the eye goes to the units that carry the signal.
 
 from __future__ import annotations
 
+from collections.abc import Set
 from dataclasses import dataclass
 
 import matplotlib
@@ -67,7 +68,7 @@ def _loudest(acts: Tensor, units: list[int], count: int) -> list[int]:
     return sorted(units, key=lambda u: -float(peak[u]))[:count]
 
 
-def word_traces(traces: list[Trace], site: str, quiet: set[int] = frozenset()) -> Figure:
+def word_traces(traces: list[Trace], site: str, quiet: Set[int] = frozenset()) -> Figure:
     """One panel per sentence, one line per unit along the words, units named in the legend.
 
     ``quiet``: dead and nearly dead units, drawn grey. A site with more than

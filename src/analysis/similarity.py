@@ -231,13 +231,13 @@ def shape_dissimilarity(
         stats = trace_stats(batches)
         scales = stats.scales if scales is None else scales
         signed = stats.signed if signed is None else signed
-    scales = scales.to("cpu", torch.float32).numpy()
+    scale_array = scales.to("cpu", torch.float32).numpy()
     if signed:
-        return _signed_shape_dissimilarity(batches, scales, chunk_size)
-    n = len(scales)
+        return _signed_shape_dissimilarity(batches, scale_array, chunk_size)
+    n = len(scale_array)
     n_pad = -(-n // 4) * 4
     row_sums, min_sums, n_words = _min_sums_pass(
-        batches, scales, chunk_size, n_pad, _triangle_tiles(n_pad), n_pad
+        batches, scale_array, chunk_size, n_pad, _triangle_tiles(n_pad), n_pad
     )
     # sum |a - b| = sum a + sum b - 2 sum min(a, b), in place to hold few (N, N) arrays at once.
     min_sums *= -2.0
@@ -331,6 +331,7 @@ def correlation_dissimilarity(
             sums = torch.zeros(n, dtype=torch.float64, device=device)
         start = 0
         while start < len(rows):
+            assert shift is not None  # set by the first batch with rows
             take = min(chunk_size - filled, len(rows) - start)
             torch.sub(rows[start : start + take], shift, out=buffer[filled : filled + take])
             filled, start = filled + take, start + take

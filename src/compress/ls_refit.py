@@ -33,7 +33,11 @@ def probe_gram(activations: Tensor) -> Tensor | None:
     key = id(activations)
     cached = _PROBE_GRAMS.get(key)
     if cached is None or cached[0]() is not activations:
-        reference = weakref.ref(activations, lambda _, key=key: _PROBE_GRAMS.pop(key, None))
+
+        def forget(_: weakref.ref[Tensor], key: int = key) -> None:
+            _PROBE_GRAMS.pop(key, None)
+
+        reference = weakref.ref(activations, forget)
         _PROBE_GRAMS[key] = (reference, None)
         return None
     if cached[1] is None:

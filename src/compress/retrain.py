@@ -103,12 +103,16 @@ def train_pair(
     params = [
         nn.Parameter(t.detach().clone()) for t in (pair.w_in, pair.b_in, pair.w_out, pair.b_out)
     ]
+    w_in, b_in, w_out, b_out = params
     optimizer = torch.optim.Adam(params, lr=lr)
     loss_fn = nn.BCEWithLogitsLoss()
     for _ in range(epochs):
         for batch in torch.randperm(len(train.labels), generator=generator).split(batch_size):
             optimizer.zero_grad(set_to_none=True)
-            loss = loss_fn(logits(LayerPair(*params), train.inputs[batch]), train.labels[batch])
+            loss = loss_fn(
+                logits(LayerPair(w_in, b_in, w_out, b_out), train.inputs[batch]),
+                train.labels[batch],
+            )
             loss.backward()
             optimizer.step()
-    return LayerPair(*(p.detach() for p in params))
+    return LayerPair(w_in.detach(), b_in.detach(), w_out.detach(), b_out.detach())

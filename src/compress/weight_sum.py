@@ -37,10 +37,11 @@ def _fit_members(
     if scale == "affine":  # centred in a first pass, as the fit through the means needs
         mean = sum(chunk.double().sum(0) for chunk in chunks) / len(activations)
     owners, slot = owner.unique(return_inverse=True)
-    gram = 0  # (N, owners): every unit's inner product with each owner's trace
+    gram: Tensor | int = 0  # (N, owners): every unit's inner product with each owner's trace
     for chunk in chunks:
         centred = chunk.double() - mean if scale == "affine" else chunk.double()
         gram = gram + centred.T @ centred[:, owners]
+    assert isinstance(gram, Tensor)  # split gives at least one chunk, even of no words
     own = gram[owners, torch.arange(len(owners), device=owners.device)][slot]
     # a = 0 when the representative never fires (or, affine, never varies)
     a = gram[members, slot] / own.clamp_min(torch.finfo(torch.float64).tiny)
@@ -116,4 +117,5 @@ class WeightSum:
         reps = cluster_representatives(
             activations, labels, target_width, self.representative, generator
         )
+        assert labels is not None  # cluster_representatives refuses None
         return merge_by_weight_sum(pair, activations, labels, reps, self.scale)
