@@ -32,7 +32,7 @@ test: install  ## the whole suite, end-to-end runs included (about 15 minutes on
 test-fast: install  ## without the end-to-end runs
 	$(BIN)/pytest -q -m "not slow"
 
-lint: install  ## ruff, and mypy over the modules [tool.mypy] lists in pyproject.toml
+lint: install  ## ruff, and mypy over src/ ([tool.mypy] in pyproject.toml)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy

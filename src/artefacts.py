@@ -14,7 +14,7 @@ import sys
 from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -36,6 +36,7 @@ from src.analysis.figures import Trace, cluster_panels, similarity_heatmap, word
 from src.analysis.layer import LayerAnalysis
 from src.analysis.similarity import affinity_from_dissimilarity, degenerate_neurons
 from src.analysis.stats import effective_rank
+from src.network import SentimentLSTM
 from src.report import front_figure
 from src.sites import Site
 from src.tokens import check_known_words
@@ -143,10 +144,11 @@ def traces(
     bench: Workbench,
     site: Site,
     sentences: Sequence[tuple[str, int | None]],
-    network: torch.nn.Module | None = None,
+    network: SentimentLSTM | None = None,
 ) -> list[Trace]:
     """Each sentence through ``network`` (the baseline by default), at the site."""
     tokenizer = bench.datamodule.tokenizer
+    assert tokenizer is not None  # the workbench's data is set up
     result = []
     for sentence, label in sentences:
         encoding = check_known_words(tokenizer, sentence)
@@ -159,7 +161,9 @@ def probe_sentences(bench: Workbench) -> list[list[str]]:
     """The probe sentences' words, in the order of the probe's rows."""
     words = bench.probe_words()
     vocab = bench.datamodule.tokenizer
-    tokens = [vocab.id_to_token(int(i)) for i in words["ids"]]
+    assert vocab is not None  # the workbench's data is set up
+    # the probe's ids are the vocabulary's: each has a token
+    tokens = cast(list[str], [vocab.id_to_token(int(i)) for i in words["ids"]])
     bounds = np.cumsum([0, *words["lengths"].tolist()])
     return [tokens[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
 
@@ -230,7 +234,7 @@ def write_site_analysis(
         *(site.label, len(summary["alive"]), site.width, summary["sizes"], summary["silhouette"]),
     )
     examples = [(sentence, None) for sentence in sentences]
-    drawn = traces(bench, site, examples + showcase(bench)) if figures or viewer else []
+    drawn = traces(bench, site, [*examples, *showcase(bench)]) if figures or viewer else []
     quiet = set(summary["dead"]) | set(summary["nearly_dead"])
     drawings = {
         "word_traces": lambda: word_traces(drawn, site.label, quiet),
@@ -264,6 +268,7 @@ def word_groups(bench: Workbench, merged_into: Tensor) -> list[dict]:
     its words, the most frequent first, and their counts in the training split."""
     counts = torch.bincount(bench.training_words(), minlength=len(merged_into)).tolist()
     vocab = bench.datamodule.tokenizer
+    assert vocab is not None  # the workbench's data is set up
     members: dict[int, list[tuple[str, int]]] = {}
     for word, row in enumerate(merged_into.tolist()):
         members.setdefault(row, []).append((vocab.id_to_token(word) or f"#{word}", counts[word]))
@@ -292,6 +297,7 @@ def write_word_groups(
         log.info("%s: a unit per word; compress=word_merge merges them", site.label)
         return {}
     if pair.code is None:
+        assert pair.merged_into is not None  # no code: a map (nothing to show returned above)
         shared, kind = pair.merged_into, "rows"
     else:  # coded words share a vector where they share every part's row
         shared, kind = torch.unique(pair.code.codes, dim=1, return_inverse=True)[1], "vectors"
@@ -325,7 +331,8 @@ def write_search(
     if frame.empty:
         return
     val = baseline[schema.BASELINE_VAL_ACC]
-    front = partial(front_figure, frame, baseline[schema.BASELINE_PARAMS], val, val - max_drop)
+    params = cast(int, baseline[schema.BASELINE_PARAMS])  # a count
+    front = partial(front_figure, frame, params, val, val - max_drop)
     log_files(loggers, folder, save_figures(folder, {"front": front}), "search")
 
 
@@ -355,6 +362,8 @@ def viewer_data(
     for trace in drawn:
         merged: Tensor | None = None
         if merged_clusters is not None:
+            # an evaluation's pair gave the clusters; the workbench's data is set up
+            assert evaluation is not None and bench.datamodule.tokenizer is not None
             ids = bench.datamodule.tokenizer.encode(trace.sentence).ids
             merged, _ = bench.sentence(site, ids, evaluation.network)
         caption = trace.title.split("\n")[-1]

@@ -21,15 +21,19 @@ import os
 import shutil
 import zipfile
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Protocol, cast
 
 import torch
 from tokenizers import Tokenizer
 from torch import Tensor, nn
 
 from src.errors import SettingError
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +60,8 @@ def minilm_zip() -> tuple[Path, str]:
     if record is None or record.hash is None:
         raise EncoderError(f"{MINILM_PACKAGE} is installed without {MINILM_ZIP}: reinstall it")
     digest = base64.urlsafe_b64decode(record.hash.value + "==").hex()
-    return Path(dist.locate_file(record)), digest
+    # an installed distribution's file is a pathlib.Path (typeshed: its SimplePath protocol)
+    return Path(dist.locate_file(record)), digest  # type: ignore[arg-type]
 
 
 def extract_minilm(cache_dir: str | Path) -> Path:
@@ -213,15 +218,35 @@ def load_minilm(cache_dir: str | Path, max_length: int = 64, batch_size: int = 6
     return load_encoder(extract_minilm(cache_dir), max_length, batch_size)
 
 
+class Dense(Protocol):
+    """A part of a BERT layer that holds its Linear as ``dense``."""
+
+    dense: nn.Linear
+
+
+class BertLayer(Protocol):
+    """A transformer layer as a BERT-like ``transformers`` model names its MLP: the Linear
+    ``intermediate.dense`` produces the units, ``output.dense`` reads them."""
+
+    intermediate: Dense
+    output: Dense
+
+
+def bert_layers(model: nn.Module) -> Iterable[BertLayer]:
+    """``model.encoder.layer``, a BERT-like model's layers (torch types a submodule read as an
+    attribute Tensor | Module)."""
+    return cast("Iterable[BertLayer]", cast(nn.Module, model.encoder).layer)
+
+
 def mlp_widths(model: nn.Module) -> list[int]:
     """Each layer's MLP width (its intermediate Linear's outputs)."""
-    return [layer.intermediate.dense.out_features for layer in model.encoder.layer]
+    return [layer.intermediate.dense.out_features for layer in bert_layers(model)]
 
 
 def with_widths(model: nn.Module, widths: Sequence[int]) -> nn.Module:
     """``model`` (changed in place) with each layer's MLP resized to ``widths`` (fresh weights,
     to be loaded over)."""
-    for layer, width in zip(model.encoder.layer, widths, strict=True):
+    for layer, width in zip(bert_layers(model), widths, strict=True):
         hidden = layer.intermediate.dense.in_features
         layer.intermediate.dense = nn.Linear(hidden, width)
         layer.output.dense = nn.Linear(width, hidden)
@@ -234,7 +259,7 @@ def encoder_state(encoder: TextEncoder) -> dict:
     tokenizer."""
     model = encoder.model
     return {
-        "config": model.config.to_dict(),
+        "config": cast("PretrainedConfig", model.config).to_dict(),
         "widths": mlp_widths(model),
         "state_dict": {k: v.detach().clone() for k, v in model.state_dict().items()},
         "tokenizer": encoder.tokenizer.to_str(),

@@ -23,7 +23,7 @@ from __future__ import annotations
 import dataclasses
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -52,8 +52,8 @@ class Sentences:
 
 
 def sample_sentences(
-    texts: dict[str, Sequence[str]],
-    labels: dict[str, Sequence[int]],
+    texts: Mapping[str, Sequence[str]],
+    labels: Mapping[str, Sequence[int]],
     train_sentences: int,
     calibration_sentences: int,
     seed: int,
@@ -232,7 +232,7 @@ class EncoderBench:
         """The shrunk encoder against the original on the same sentences, through the same probe:
         accuracy, its paired interval and McNemar's p, agreement, and each test sentence's
         embedding cosine to the original's (src.schema's keys)."""
-        metrics: dict[str, float | int] = {}
+        metrics: dict[str, float | int | str] = {}
         labels = self.sentences.labels
         val = self.encoder.embed(self.sentences.texts["validation"], shrunk.model)
         right = (self.logits(val) > 0).float() == labels["validation"]

@@ -20,6 +20,7 @@ import json
 import logging
 import tempfile
 from pathlib import Path
+from typing import Any, cast
 
 import torch
 import wandb
@@ -143,7 +144,7 @@ def main(cfg: DictConfig) -> dict:
     layer = "all" if len(sites) > 1 else sites[0].name
     loggers = run_loggers(cfg.logger)
     for logger in loggers:
-        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+        logger.log_hyperparams(cast(dict[str, Any], OmegaConf.to_container(cfg, resolve=True)))
     exit_code = 1
     try:
         metrics = {

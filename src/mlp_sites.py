@@ -17,13 +17,15 @@ from __future__ import annotations
 
 import contextlib
 import copy
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from torch import Tensor, nn
 
 from src.compress.base import LayerPair
+from src.encoder import bert_layers
 from src.sites import SiteError, refuse_word_method
 
 
@@ -60,9 +62,12 @@ class MlpSite:
 
     def pair(self, model: nn.Module) -> LayerPair:
         """The producing Linear (N, D) and the reader (D, N), detached."""
-        this, after = model.get_submodule(self.producer), model.get_submodule(self.reader)
-        weights = (t.detach() for t in (this.weight, this.bias, after.weight, after.bias))
-        return LayerPair(*weights, units=torch.arange(self.width))
+        this = cast(nn.Linear, model.get_submodule(self.producer))
+        after = cast(nn.Linear, model.get_submodule(self.reader))
+        w_in, b_in, w_out, b_out = (
+            t.detach() for t in (this.weight, this.bias, after.weight, after.bias)
+        )
+        return LayerPair(w_in, b_in, w_out, b_out, units=torch.arange(self.width))
 
     def rebuild(self, model: nn.Module, pair: LayerPair) -> nn.Module:
         """A copy of ``model`` whose site is ``pair``: a k-wide producing Linear and a (D, k)
@@ -124,7 +129,8 @@ class MlpSite:
     def own_params(self, model: nn.Module) -> int:
         """The producing Linear's parameters and the reader's weights (its bias is not the
         units')."""
-        this, after = model.get_submodule(self.producer), model.get_submodule(self.reader)
+        this = model.get_submodule(self.producer)
+        after = cast(nn.Linear, model.get_submodule(self.reader))
         return sum(p.numel() for p in this.parameters()) + after.weight.numel()
 
 
@@ -137,7 +143,7 @@ class _AllSeen(Exception):
 
 @torch.no_grad()
 def recorded(
-    model: nn.Module, batches: Iterable[dict[str, Tensor]], taps: dict[str, Tap]
+    model: nn.Module, batches: Iterable[dict[str, Tensor]], taps: Mapping[str, Tap]
 ) -> dict[str, Tensor]:
     """What each of ``taps`` sees at every real wordpiece of ``batches`` (wordpieces, ...), in
     one pass of ``model``: a module's output (a forward hook) or one of its positional
@@ -175,8 +181,8 @@ def recorded(
             for name in taps:
                 seen[name].append(batch_seen[name][real])
     finally:
-        for hook in hooks:
-            hook.remove()
+        for handle in hooks:
+            handle.remove()
     return {name: torch.cat(parts) for name, parts in seen.items()}
 
 
@@ -197,7 +203,7 @@ def mlp_sites(model: nn.Module) -> list[MlpSite]:
     """Every MLP site of a BERT-like encoder, in order."""
     return [
         MlpSite(i, layer.intermediate.dense.out_features)
-        for i, layer in enumerate(model.encoder.layer)
+        for i, layer in enumerate(bert_layers(model))
     ]
 
 

@@ -292,7 +292,7 @@ def stored_params(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters()) + codes
 
 
-def word_rows(embedding: nn.Embedding, ids: Tensor) -> Tensor:
+def word_rows(embedding: nn.Module, ids: Tensor) -> Tensor:
     """The row each word id reads: itself, or its merged row."""
     row_of = getattr(embedding, "row_of", None)
     return ids if row_of is None else row_of[ids]

@@ -16,6 +16,7 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any, cast
 
 import hydra
 import numpy as np
@@ -71,9 +72,9 @@ class Plan:
 def check_keys(cfg: DictConfig) -> None:
     """Refuse a top-level key that no run has: Hydra lets a typo in with a ``+``
     (``+compres=weight_sum``), and the run would go on without what it asked for."""
-    primary = OmegaConf.load(CONFIG)
+    primary = cast(DictConfig, OmegaConf.load(CONFIG))  # the primary config: a mapping
     groups = {next(iter(entry)) for entry in primary.defaults if isinstance(entry, Mapping)}
-    known = {key for key in primary if key != "defaults"} | groups
+    known = cast(set[str], {key for key in primary if key != "defaults"} | groups)  # its keys
     for key in sorted(set(cfg) - known):
         near = difflib.get_close_matches(str(key), known, n=1)
         hint = f": did you mean {near[0]}?" if near else f" (they are those of {CONFIG.name})"
@@ -99,7 +100,7 @@ def plan(cfg: DictConfig) -> Plan:
         )
     analysis_device(cfg.analysis.device)  # a GPU the machine lacks: now, not after training
     instantiate(cfg.data).read()  # its settings checked as it is built, then every split read
-    job = OmegaConf.merge(cfg, {"layer": site.name, "target_width": width})
+    job = cast(DictConfig, OmegaConf.merge(cfg, {"layer": site.name, "target_width": width}))
     return Plan(job, site, width, compression)
 
 
@@ -198,13 +199,15 @@ def main(cfg: DictConfig) -> dict:
     output_dir = Path(cfg.output_dir)
     loggers = run_loggers(cfg.logger)
     for logger in loggers:
-        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+        logger.log_hyperparams(cast(dict[str, Any], OmegaConf.to_container(cfg, resolve=True)))
     exit_code = 1  # a failure or Ctrl-C marks the W&B run as failed, and still closes it
     try:
         opened = open_workbench(cfg, loggers)
         job = on_network(job, opened)
         # the checkpoint's own JSON: Tokenizer.save keeps one word per id, not merged words
-        (output_dir / "tokenizer.json").write_text(opened.baseline.model.tokenizer_json)
+        tokenizer_json = opened.baseline.model.tokenizer_json
+        assert tokenizer_json is not None  # a model without one is refused as it is opened
+        (output_dir / "tokenizer.json").write_text(tokenizer_json)
         metrics = baseline_metrics(job, opened, threads)
         evaluation = shrink(job, opened, metrics, loggers)
         metrics |= write_analysis(job, opened.bench, evaluation, metrics, loggers)

@@ -20,7 +20,7 @@ import dataclasses
 import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import NoReturn, Protocol, cast
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -143,17 +143,17 @@ def _known_int(settings: Mapping, key: str) -> int:
     return int(settings.get(key) or 0)
 
 
-class Site(Protocol):
-    """A place to cut, as everything outside this module sees it.
+class BaseSite(Protocol):
+    """What every site has, an LSTM's (:class:`Site`) or an encoder's
+    (:class:`~src.mlp_sites.MlpSite`): its name and width, its units' kind, and the steps
+    it refuses."""
 
-    ``in_recurrence``: the units feed the LSTM, so their errors can build up along the sentence
-    (the evaluation measures that drift) and a shrunk model must read every sentence again;
-    otherwise what the units read follows from each sentence's last LSTM state, and
-    :meth:`from_last_states` gives the shrunk model's outputs from those stored states alone.
-    """
+    @property
+    def name(self) -> str: ...
 
-    name: str
-    width: int
+    @property
+    def width(self) -> int: ...
+
     signed: bool  # activations of either sign (similarity and status read |h|)
     in_recurrence: bool
     # Its units have a trace per word that the analysis compares and clusters. False for the
@@ -164,6 +164,22 @@ class Site(Protocol):
 
     @property
     def label(self) -> str: ...  # the name with the width, for figures and tables
+
+    def check_step(self, repair: bool, epochs: int, builds_units: bool, for_words: bool) -> None:
+        """Refuse, naming the setting, a step around the method that this site cannot take, a
+        method that builds new units (averaged or rescaled ones) where units own more than
+        their incoming weights, or a method made for another kind of unit (``for_words``: a
+        method of the words site)."""
+
+
+class Site(BaseSite, Protocol):
+    """A place to cut, as everything outside this module sees it.
+
+    ``in_recurrence``: the units feed the LSTM, so their errors can build up along the sentence
+    (the evaluation measures that drift) and a shrunk model must read every sentence again;
+    otherwise what the units read follows from each sentence's last LSTM state, and
+    :meth:`from_last_states` gives the shrunk model's outputs from those stored states alone.
+    """
 
     def pair(self, network: SentimentLSTM) -> LayerPair:
         """The units' incoming weights and what reads them, detached."""
@@ -176,12 +192,6 @@ class Site(Protocol):
     ) -> tuple[LayerPair | None, SentimentLSTM]:
         """A freshly initialised site of ``width`` units in a copy of ``network`` (and its pair
         where the site is one): freeze_retrain's start."""
-
-    def check_step(self, repair: bool, epochs: int, builds_units: bool, for_words: bool) -> None:
-        """Refuse, naming the setting, a step around the method that this site cannot take, a
-        method that builds new units (averaged or rescaled ones) where units own more than
-        their incoming weights, or a method made for another kind of unit (``for_words``: a
-        method of the words site)."""
 
     def activations(
         self, network: SentimentLSTM, ids: Tensor, layer_states: Sequence[Tensor]
@@ -234,7 +244,7 @@ def refuse_coded(site: Site, network: SentimentLSTM) -> None:
         raise coded_refused(site.name)
 
 
-def refuse_word_method(site: Site, for_words: bool) -> None:
+def refuse_word_method(site: BaseSite, for_words: bool) -> None:
     """A method of the words site (it maps words to rows) anywhere else."""
     if for_words:
         raise SiteError(f"layer={site.name}: this method merges words; it shrinks layer=words only")
@@ -270,9 +280,11 @@ class HeadSite:
 
     def pair(self, network: SentimentLSTM) -> LayerPair:
         """The layer and the one that reads it, detached."""
-        this, after = network.head[self.index], network.head[self.index + 1]
-        weights = (t.detach() for t in (this.weight, this.bias, after.weight, after.bias))
-        return LayerPair(*weights, units=torch.arange(self.width))
+        this, after = _head_layer(network, self.index), _head_layer(network, self.index + 1)
+        w_in, b_in, w_out, b_out = (
+            t.detach() for t in (this.weight, this.bias, after.weight, after.bias)
+        )
+        return LayerPair(w_in, b_in, w_out, b_out, units=torch.arange(self.width))
 
     def rebuild(self, network: SentimentLSTM, pair: LayerPair) -> SentimentLSTM:
         """A copy of ``network`` with this layer (and the next) replaced by ``pair``."""
@@ -286,7 +298,7 @@ class HeadSite:
     def fresh(
         self, network: SentimentLSTM, width: int, generator: torch.Generator
     ) -> tuple[LayerPair, SentimentLSTM]:
-        this, after = network.head[self.index], network.head[self.index + 1]
+        this, after = _head_layer(network, self.index), _head_layer(network, self.index + 1)
         pair = fresh_pair(this.in_features, after.out_features, width, generator)
         return pair, self.rebuild(network, pair)
 
@@ -387,21 +399,21 @@ class LstmSite:
     def _consumer(self, network: SentimentLSTM) -> tuple[Tensor, Tensor]:
         """What reads the units: the head's first layer, or the next LSTM layer's input."""
         if self.index + 1 == len(network.lstm):
-            return network.head[0].weight, network.head[0].bias
+            return _head_layer(network, 0).weight, _head_layer(network, 0).bias
         after = network.lstm[self.index + 1]
-        return after.weight_ih_l0, after.bias_ih_l0
+        return _param(after, "weight_ih_l0"), _param(after, "bias_ih_l0")
 
     def pair(self, network: SentimentLSTM) -> LayerPair:
         cell = self._cell(network)
         n = self.width
-        w_ih, w_hh = cell.weight_ih_l0.detach(), cell.weight_hh_l0.detach()
+        w_ih, w_hh = _param(cell, "weight_ih_l0").detach(), _param(cell, "weight_hh_l0").detach()
         rows = torch.cat([w_ih.view(GATES, n, -1), w_hh.view(GATES, n, n)], dim=2)
         consumer_w, consumer_b = (t.detach() for t in self._consumer(network))
         return LayerPair(
             rows.permute(1, 0, 2).reshape(n, -1),
             torch.zeros(n, dtype=w_ih.dtype),
             torch.cat([consumer_w, w_hh]),
-            torch.cat([consumer_b, cell.bias_hh_l0.detach()]),
+            torch.cat([consumer_b, _param(cell, "bias_hh_l0").detach()]),
             units=torch.arange(n),
             # weight_hh reads the zero initial state at the first word; the consumer never does
             reads_zero_state=torch.arange(len(consumer_w) + GATES * n) >= len(consumer_w),
@@ -419,10 +431,10 @@ class LstmSite:
         shrunk = copy.deepcopy(network)
         new = nn.LSTM(cell.input_size, k, batch_first=True)
         with torch.no_grad():
-            new.weight_ih_l0.copy_(cell.weight_ih_l0[gate_rows])
-            new.weight_hh_l0.copy_(recurrent)
-            new.bias_ih_l0.copy_(cell.bias_ih_l0[gate_rows])
-            new.bias_hh_l0.copy_(pair.b_out[consumer_rows:][gate_rows])
+            _param(new, "weight_ih_l0").copy_(_param(cell, "weight_ih_l0")[gate_rows])
+            _param(new, "weight_hh_l0").copy_(recurrent)
+            _param(new, "bias_ih_l0").copy_(_param(cell, "bias_ih_l0")[gate_rows])
+            _param(new, "bias_hh_l0").copy_(pair.b_out[consumer_rows:][gate_rows])
         shrunk.lstm[self.index] = new
         weight, bias = pair.w_out[:consumer_rows], pair.b_out[:consumer_rows]
         if self.index + 1 == len(network.lstm):
@@ -433,7 +445,7 @@ class LstmSite:
             with torch.no_grad():
                 for name, value in after.named_parameters():
                     getattr(replaced, name).copy_(weight if name == "weight_ih_l0" else value)
-                replaced.bias_ih_l0.copy_(bias)
+                _param(replaced, "bias_ih_l0").copy_(bias)
             shrunk.lstm[self.index + 1] = replaced
         return shrunk
 
@@ -448,7 +460,7 @@ class LstmSite:
             torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=generator)))
             shrunk.lstm[self.index] = nn.LSTM(cell.input_size, width, batch_first=True)
             if self.index + 1 == len(network.lstm):
-                shrunk.head[0] = nn.Linear(width, network.head[0].out_features)
+                shrunk.head[0] = nn.Linear(width, _head_layer(network, 0).out_features)
             else:
                 after = network.lstm[self.index + 1]
                 shrunk.lstm[self.index + 1] = nn.LSTM(width, after.hidden_size, batch_first=True)
@@ -460,7 +472,9 @@ class LstmSite:
         refuse_repair_or_new_units(self, repair, builds_units)
         refuse_word_method(self, for_words)
 
-    def from_last_states(self, network: SentimentLSTM, pair: LayerPair, last_states: Tensor):
+    def from_last_states(
+        self, network: SentimentLSTM, pair: LayerPair, last_states: Tensor
+    ) -> None:
         return None
 
     def activations(
@@ -508,12 +522,13 @@ class EmbeddingSite:
 
     def pair(self, network: SentimentLSTM) -> LayerPair:
         refuse_coded(self, network)
+        embedding = cast(nn.Embedding, network.embedding)  # not product-coded: refused above
         first = network.lstm[0]
         return LayerPair(
-            network.embedding.weight.detach().T,
-            torch.zeros(self.width, dtype=network.embedding.weight.dtype),
-            first.weight_ih_l0.detach(),
-            first.bias_ih_l0.detach(),
+            embedding.weight.detach().T,
+            torch.zeros(self.width, dtype=embedding.weight.dtype),
+            _param(first, "weight_ih_l0").detach(),
+            _param(first, "bias_ih_l0").detach(),
             units=torch.arange(self.width),
         )
 
@@ -522,17 +537,18 @@ class EmbeddingSite:
         columns, the first LSTM layer reads them through ``pair``'s columns and bias."""
         keep = kept_units(pair, self.name)
         shrunk = copy.deepcopy(network)
-        embedding = with_columns(network.embedding, keep)
+        # not product-coded: pair() refused one
+        embedding = with_columns(cast(nn.Embedding, network.embedding), keep)
         first = network.lstm[0]
         replaced = nn.LSTM(len(keep), first.hidden_size, batch_first=True)
         with torch.no_grad():
             for name, value in first.named_parameters():
                 getattr(replaced, name).copy_(value if name != "weight_ih_l0" else pair.w_out)
-            replaced.bias_ih_l0.copy_(pair.b_out)
+            _param(replaced, "bias_ih_l0").copy_(pair.b_out)
         shrunk.embedding, shrunk.lstm[0] = embedding, replaced
         return shrunk
 
-    def fresh(self, network: SentimentLSTM, width: int, generator: torch.Generator):
+    def fresh(self, network: SentimentLSTM, width: int, generator: torch.Generator) -> NoReturn:
         raise training_refused(self)
 
     def check_step(self, repair: bool, epochs: int, builds_units: bool, for_words: bool) -> None:
@@ -541,7 +557,9 @@ class EmbeddingSite:
         refuse_word_method(self, for_words)
         refuse_training(self, epochs)
 
-    def from_last_states(self, network: SentimentLSTM, pair: LayerPair, last_states: Tensor):
+    def from_last_states(
+        self, network: SentimentLSTM, pair: LayerPair, last_states: Tensor
+    ) -> None:
         return None
 
     def activations(
@@ -588,13 +606,13 @@ class WordSite:
 
     def pair(self, network: SentimentLSTM) -> LayerPair:
         refuse_coded(self, network)
-        rows = network.embedding.weight.detach()
+        rows = cast(nn.Embedding, network.embedding).weight.detach()  # not product-coded
         first = network.lstm[0]
         return LayerPair(
             rows,
             torch.zeros(len(rows), dtype=rows.dtype),
-            first.weight_ih_l0.detach() @ rows.T,
-            first.bias_ih_l0.detach(),
+            _param(first, "weight_ih_l0").detach() @ rows.T,
+            _param(first, "bias_ih_l0").detach(),
             units=torch.arange(len(rows)),
         )
 
@@ -613,11 +631,12 @@ class WordSite:
             codes = code.codes if old is None else code.codes[:, old]
             shrunk.embedding = CodedEmbedding(codes, code.parts, code.basis)
             return shrunk
+        assert pair.merged_into is not None  # no code, so a map (refused above otherwise)
         row_of = pair.merged_into if old is None else pair.merged_into[old]
         shrunk.embedding = SharedRowEmbedding(row_of, pair.w_in, network.embedding.padding_idx)
         return shrunk
 
-    def fresh(self, network: SentimentLSTM, width: int, generator: torch.Generator):
+    def fresh(self, network: SentimentLSTM, width: int, generator: torch.Generator) -> NoReturn:
         raise training_refused(self)
 
     def check_step(self, repair: bool, epochs: int, builds_units: bool, for_words: bool) -> None:
@@ -648,7 +667,9 @@ class WordSite:
     def reads(self, pair: LayerPair, activations: Tensor) -> Tensor:
         return pair.next_preactivation(activations)
 
-    def from_last_states(self, network: SentimentLSTM, pair: LayerPair, last_states: Tensor):
+    def from_last_states(
+        self, network: SentimentLSTM, pair: LayerPair, last_states: Tensor
+    ) -> None:
         return None
 
     def own_params(self, network: SentimentLSTM) -> int:
@@ -695,6 +716,18 @@ def kept_units(pair: LayerPair, name: str) -> Tensor:
     return pair.units
 
 
+def _head_layer(network: SentimentLSTM, index: int) -> nn.Linear:
+    """The head's layer ``index``: every layer of it is a Linear (a ModuleList's item is typed
+    Module)."""
+    return cast(nn.Linear, network.head[index])
+
+
+def _param(lstm: nn.Module, name: str) -> Tensor:
+    """A one-layer LSTM's parameter ``name`` (``weight_ih_l0``, ...), which torch registers by
+    name (its stubs type the attribute Tensor | Module)."""
+    return cast(Tensor, getattr(lstm, name))
+
+
 def _linear(weight: Tensor, bias: Tensor) -> nn.Linear:
     linear = nn.Linear(weight.shape[1], weight.shape[0])
     with torch.no_grad():
@@ -706,7 +739,7 @@ def _linear(weight: Tensor, bias: Tensor) -> nn.Linear:
 def all_sites(shape: ModelShape) -> list[Site]:
     """Every site of a model of this shape, in the order the network computes them."""
     layers = len(shape.lstm_widths)
-    embedding = [EmbeddingSite(shape.embedding_dim)] if shape.embedding_dim else []
+    embedding: list[Site] = [EmbeddingSite(shape.embedding_dim)] if shape.embedding_dim else []
     if shape.embedding_dim:
         embedding.insert(0, WordSite(shape.word_rows))
     return [
@@ -739,7 +772,7 @@ def resolve_site(layer: int | str, shape: ModelShape) -> Site:
     return heads[index % n]
 
 
-def check_target_width(target_width: int, site: Site) -> None:
+def check_target_width(target_width: int, site: BaseSite) -> None:
     """A width the site can be shrunk to: at least its least width and below its width (not
     yet known for the words site before the tokenizer is trained: checked again then)."""
     least = site.least_width

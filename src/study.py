@@ -23,10 +23,11 @@ import logging
 import shlex
 import shutil
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
 
 import hydra
 import pandas as pd
@@ -49,6 +50,9 @@ from src.report import log_summary_run, pairwise_similarity
 from src.sites import ModelShape, Site, SiteError, check_target_width, resolve_site
 from src.threads import CoreShare, use_job_cpu
 from src.workbench import AnalysisSettings, Compression, Workbench, method_choices
+
+if TYPE_CHECKING:
+    from hydra.conf import OverridesConf
 
 log = logging.getLogger(__name__)
 
@@ -156,7 +160,7 @@ def run_configs(cfg: DictConfig) -> dict[tuple[str, int], DictConfig]:
             raise StudyConfigError(f"unit={name} is not one of the study's: {', '.join(names)}")
     known = set(cfg.corpora) | set(cfg.corpus_overrides)
 
-    def corpus_list(value: object) -> bool:
+    def corpus_list(value: Iterable[str]) -> bool:
         return not isinstance(value, str) and set(value) <= known
 
     for lane in cfg.get("lanes") or []:
@@ -307,9 +311,8 @@ def study_baseline(
 def whole_model_settings(cfg: DictConfig) -> DictConfig:
     """compress=whole_model as the study runs it: the choice's own settings
     (conf/compress/whole_model.yaml) under the study's ``whole_model``."""
-    return OmegaConf.merge(
-        compose("config", overrides=["compress=whole_model"]).compress, cfg.whole_model
-    )
+    own = compose("config", overrides=["compress=whole_model"]).compress
+    return cast(DictConfig, OmegaConf.merge(own, cfg.whole_model))  # a mapping over a mapping
 
 
 def whole_model_row(cfg: DictConfig, run: DictConfig, bench: Workbench, phases: Phases) -> dict:
@@ -318,7 +321,8 @@ def whole_model_row(cfg: DictConfig, run: DictConfig, bench: Workbench, phases: 
     (a cached anchor costs its loading, not the training it once took)."""
     compress = whole_model_settings(cfg)
     with phases.timing("whole-model search"):
-        row, result = shrink_whole(run, OmegaConf.merge(compress, {"scratch": False}), bench)
+        unanchored = cast(DictConfig, OmegaConf.merge(compress, {"scratch": False}))
+        row, result = shrink_whole(run, unanchored, bench)
     if compress.scratch and not result.note:
         with phases.timing("scratch"):
             row |= train_from_scratch(run, bench.network, result.network, compress)
@@ -340,6 +344,7 @@ def shrink_every_way(
     test_acc = bench.baseline_scores()[schema.BASELINE_TEST_ACC]
     correct, features = {}, {}
     for name, m in methods.items():
+        assert m.method is not None  # method_configs refuses a choice that shrinks nothing
         try:
             with phases.timing("retraining" if m.step.epochs else "merging"):
                 evaluation = bench.evaluate(m.step, m.method, site, key[schema.TARGET_WIDTH])
@@ -366,7 +371,7 @@ def compare(
     cfg: DictConfig,
     key: dict,
     correct: dict[str, torch.Tensor],
-    features: dict[str, torch.Tensor],
+    features: dict[str, torch.Tensor | None],
     rows: Rows,
 ) -> None:
     """Sibling methods on the same baseline, site and width: paired accuracy differences for
@@ -391,7 +396,8 @@ def fingerprint(cfg: DictConfig, run: DictConfig, methods: dict[str, Compression
     """What decides a unit's tables: its run config, the study's measuring settings, its
     methods as composed, and the source code. A finished unit with the same fingerprint is
     reused."""
-    measured = {k: v for k, v in OmegaConf.to_container(cfg).items() if k in MEASURING}
+    container = cast(dict[str, Any], OmegaConf.to_container(cfg))  # a DictConfig's: a dict
+    measured = {k: v for k, v in container.items() if k in MEASURING}
     digest = hashlib.sha256(OmegaConf.to_yaml(run).encode())
     digest.update(json.dumps(measured, sort_keys=True, default=str).encode())
     digest.update(repr(sorted(methods.items())).encode())  # as composed from conf/compress/
@@ -519,7 +525,7 @@ def main(cfg: DictConfig) -> pd.DataFrame | None:
     return assemble(cfg, overrides, time.perf_counter() - start)
 
 
-def command_overrides(overrides: DictConfig) -> list[str]:
+def command_overrides(overrides: OverridesConf) -> list[str]:
     """The command line's overrides (Hydra's ``hydra.overrides``): the launcher's settings as
     well as the study's, so the recorded command runs the study again as it ran; Hydra's own
     ``hydra.mode`` left out (``-m`` says it)."""
@@ -539,7 +545,8 @@ class AssembleStudy(Callback):
         self.start = time.perf_counter()
 
     def on_multirun_end(self, config: DictConfig, **kwargs: object) -> None:
-        cfg = OmegaConf.masked_copy(config, [k for k in config if k != "hydra"])
+        keys = cast(list[str], [k for k in config if k != "hydra"])  # a config's keys are str
+        cfg = OmegaConf.masked_copy(config, keys)
         cfg.unit = None
         overrides = ["-m", *command_overrides(config.hydra.overrides)]
         assemble(cfg, overrides, time.perf_counter() - self.start)

@@ -27,6 +27,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from statistics import NormalDist
+from typing import cast
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -198,9 +199,12 @@ def merge_method(
     ``compress.words``'s at the words site (None: the words are left as they are); from their
     files in conf/compress/, with no repair and no training (the budget is all it spends)."""
     check_budget(compress)
-    method = build_method(OmegaConf.load(COMPRESS_DIR / f"{compress.merge}.yaml"))
+    method = build_method(cast(DictConfig, OmegaConf.load(COMPRESS_DIR / f"{compress.merge}.yaml")))
+    assert method is not None  # every one of MERGES builds a method (check_budget)
     words = compress.get("words")
-    at_words = words and build_method(OmegaConf.load(COMPRESS_DIR / f"{words}.yaml"))
+    at_words = words and build_method(
+        cast(DictConfig, OmegaConf.load(COMPRESS_DIR / f"{words}.yaml"))
+    )
     return CompressStep.of(compress), method, at_words or None
 
 
@@ -219,7 +223,8 @@ def search(
     labels = bench.last_states("validation").labels  # every cut model reads the same sentences
     baseline_correct = accuracy(bench.logits(bench.network, "validation"), labels)
     searched, held = budget.split(len(labels), bench.settings.seed)
-    spent, candidates, known = budget, [], {}
+    spent, candidates = budget, []
+    known: dict[Key, Evaluated] = {}
     for round_ in range(budget.confirm_rounds):
         another = held is not None and round_ + 1 < budget.confirm_rounds  # may follow
         result = cascade(
@@ -287,7 +292,7 @@ def cascade(
         at_site = method if site.traced else words
         if at_site is None or coded_away(site, current.network):
             continue
-        best = None
+        best: tuple[int, SentimentLSTM] | None = None
         low, high = site.least_width, site.width - 1
         if hasattr(at_site, "most_rows"):  # coded words: past it, more numbers than the rows
             high = at_site.most_rows(site.width, current.network.embedding.embedding_dim)
@@ -316,6 +321,7 @@ def cascade(
                 Candidate(name, seen.width, seen.params, val_acc, accepted, round_, seconds, width)
             )
             if accepted:  # the width the model holds is the one recorded, not the one asked
+                assert seen.network is not None  # an accepted cut's: kept, or cut again above
                 best, high = (seen.width, seen.network), width - 1
             else:
                 low = width + 1
@@ -356,7 +362,8 @@ def search_metrics(bench: Workbench, result: SearchResult) -> dict[str, float | 
     """The chosen model against the baseline (the test split, read now), its widths, and what
     the search cost."""
     logits = {split: bench.logits(result.network, split) for split in ("validation", "test")}
-    metrics, _ = bench.against_baseline(logits)
+    scores, _ = bench.against_baseline(logits)
+    metrics: dict[str, float | int | str] = dict(scores)  # and the search's own, some text
     metrics |= {
         schema.COMPRESSED_PARAMS: stored_params(result.network),
         schema.COMPRESSED_BYTES: stored_bytes(result.network),
@@ -395,7 +402,7 @@ def scratch_config(
     seed, a small model trained from scratch in ``<run>/scratch`` (``<run>/scratch/lr=<lr>``
     with its own learning rate ``lr``; ``.../epochs=<epochs>`` for that many epochs, not the
     run's)."""
-    scratch = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+    scratch = cast(DictConfig, OmegaConf.create(OmegaConf.to_container(cfg, resolve=True)))
     scratch.model = OmegaConf.merge(scratch.model, shape.model_settings())
     if lr is not None:
         scratch.model.optimizer.lr = lr

@@ -20,8 +20,10 @@ import hashlib
 import json
 import logging
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import torch
 from hydra.utils import get_class, instantiate
@@ -51,6 +53,8 @@ from src.loading import CheckpointError, read_checkpoint
 from src.network import SentimentLSTM, last_word, real_words, stored_bytes, stored_params
 from src.sites import (
     CODED_AWAY,
+    BaseSite,
+    HeadSite,
     ModelShape,
     Site,
     check_target_width,
@@ -107,7 +111,7 @@ def model_choices(family: str) -> list[str]:
     return [
         p.stem
         for p in sorted(MODEL_DIR.glob("*.yaml"))
-        if OmegaConf.load(p).get("family") == family
+        if cast(DictConfig, OmegaConf.load(p)).get("family") == family  # a config file: a mapping
     ]
 
 
@@ -117,7 +121,7 @@ def method_choices(words: bool = False) -> list[str]:
     those of the words site with ``words``, the others without."""
     chosen = []
     for path in sorted(COMPRESS_DIR.glob("*.yaml")):
-        method = OmegaConf.load(path).get("method")
+        method = cast(DictConfig, OmegaConf.load(path)).get("method")  # a mapping
         if path.stem.startswith("_") or method is None:
             continue
         if getattr(get_class(method._target_), "for_words", False) == words:
@@ -162,7 +166,7 @@ def run_site(cfg: DictConfig) -> tuple[Site, int]:
     return site, width
 
 
-def check_step(step: CompressStep, method: MergeMethod, site: Site) -> None:
+def check_step(step: CompressStep, method: MergeMethod, site: BaseSite) -> None:
     """Refuse a method or step the site cannot take, before any data is read or trained on."""
     traits = (getattr(method, name, False) for name in ("builds_units", "for_words"))
     site.check_step(step.repair, step.epochs, *traits)
@@ -402,7 +406,7 @@ class Workbench:
             self._device_copy = copy.deepcopy(network).to(self.device)
         return self._device_copy.eval()
 
-    def _batches(self, loader: DataLoader):
+    def _batches(self, loader: DataLoader) -> Iterator[dict[str, Tensor]]:
         """``loader``'s batches with their ids and lengths on the analysis device."""
         for batch in loader:
             yield batch | {k: batch[k].to(self.device) for k in ("ids", "lengths")}
@@ -555,8 +559,10 @@ class Workbench:
         else:
             pair = method(original, probe.activations, labels, width, generator)
         if step.repair:  # where the site took it (check_step)
+            assert pair is not None  # a head site's: fresh or not, a pair
             pair = repair_statistics(original, pair, probe.inputs)
         if step.closed_loop:  # where the site took it (check_step)
+            assert pair is not None  # a merge's; a fresh LSTM layer (freeze_retrain) has none
             pair = self._closed_loop(site, original, pair, probe.activations, step.closed_loop)
         if site.in_recurrence:
             if pair is not None:
@@ -565,15 +571,18 @@ class Workbench:
                 shrunk = self._train_lstm(step, shrunk, generator)
                 pair = None  # training moved every weight: no longer a pair of the original's
             return Shrunk(pair, shrunk), time.perf_counter() - start
+        # outside the recurrence: a head site, whose pair (fresh or not) is always one
+        head = cast(HeadSite, site)
+        assert pair is not None
         if step.epochs > 0:
             train = self.last_states("train")
             with torch.no_grad():  # what the site reads is fixed: computed once, no graph
-                inputs = site.inputs(self.network, train.inputs)
+                inputs = head.inputs(self.network, train.inputs)
             frozen = copy.deepcopy(self.network).requires_grad_(False)  # the layers around it
             with torch.enable_grad():
                 pair = train_pair(
                     pair,
-                    lambda p, x: site.logits(frozen, p, x),
+                    lambda p, x: head.logits(frozen, p, x),
                     LastWordInputs(inputs, train.labels),
                     step.epochs,
                     step.lr,
@@ -678,11 +687,12 @@ class Workbench:
         """Compress, then measure against the baseline on the same sentences: accuracy,
         agreement, logit error, the paired interval and McNemar's p (src.schema's keys)."""
         result, seconds = self.compress(step, method, site, width)
-        logits, features = {}, {}
+        logits: dict[str, Tensor] = {}
+        split_features: dict[str, Tensor | None] = {}
         for split in EVALUATED:
-            logits[split], features[split] = self.outputs(site, result, split)
+            logits[split], split_features[split] = self.outputs(site, result, split)
         metrics, correct = self.against_baseline(logits)
-        features = features["test"]
+        features = split_features["test"]
         if features is not None:  # kept units that never fire at a test sentence's last word
             metrics[schema.COMPRESSED_DEAD] = int((~(features != 0).any(dim=0)).sum())
         if site.traced and site.in_recurrence and result.pair is not None:
@@ -745,6 +755,7 @@ class Workbench:
             reading = read_sentences(network, batch["ids"], batch["lengths"], traced)
             logits.append(reading.logits.cpu())
             if traced is not None:
+                assert reading.activations is not None  # read_sentences gives a site's
                 features.append(last_word(reading.activations, batch["lengths"]).cpu())
         return torch.cat(logits), torch.cat(features) if features else None
 
@@ -756,11 +767,14 @@ class Workbench:
         ``weight_hh``), and at each sentence's last word; over ``analysis.drift_sentences`` of
         them, a seeded sample when the split has more."""
         original, pair = site.pair(self.network), result.pair
+        assert pair is not None  # evaluate measures the drift of a pair only
         test = self.datamodule.splits["test"]
-        rows, read = None, test  # every sentence, or a sample of places in the loader's order,
+        rows: Tensor | None = None  # every sentence, or a sample of places in the loader's order,
+        read: Iterable[tuple[Tensor, int]] = test
         if len(test) > self.settings.drift_sentences:  # sorted so batches keep like lengths
-            read = probe_sample(test, self.settings.drift_sentences, self.settings.seed)
-            rows = torch.tensor(read.indices).sort().values
+            sample = probe_sample(test, self.settings.drift_sentences, self.settings.seed)
+            read = sample  # type: ignore[assignment]  # a Dataset iterates by __getitem__
+            rows = torch.tensor(sample.indices).sort().values
         longest = max(len(ids) for ids, _ in read)  # the longest sentence read, not the split's
         error, size, reaching = (torch.zeros(longest, dtype=torch.float64) for _ in range(3))
         last_error = last_size = 0.0
@@ -795,9 +809,12 @@ class Workbench:
         return torch.sigmoid(self.network.sentence_logits(batch["ids"], batch["lengths"]))
 
     @torch.no_grad()
-    def sentence(self, site: Site, ids: list[int], network: SentimentLSTM | None = None):
+    def sentence(
+        self, site: Site, ids: list[int], network: SentimentLSTM | None = None
+    ) -> tuple[Tensor, float]:
         """One sentence through ``network`` (the baseline's by default): the site's activation
         after every word (T, N) and P(positive)."""
         network = (network or self.network).eval()
         reading = read_sentences(network, torch.tensor([ids]), torch.tensor([len(ids)]), site)
+        assert reading.activations is not None  # read with a site
         return reading.activations[0], torch.sigmoid(reading.logits)[0].item()

@@ -82,7 +82,10 @@ def cluster_alive(
 
 
 def probe_dissimilarity(
-    probe: Probe, measure: str = "shape", chunk_size: int = 8192, device: str = "cpu"
+    probe: Probe,
+    measure: str = "shape",
+    chunk_size: int = 8192,
+    device: torch.device | str = "cpu",
 ) -> Tensor:
     """(N, N) dissimilarity of every neuron on the probe words, float32, computed on
     ``device``."""
