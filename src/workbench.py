@@ -175,6 +175,11 @@ def check_step(step: CompressStep, method: MergeMethod, site: BaseSite) -> None:
             f"compress.closed_loop={step.closed_loop}: a number of refits >= 0, with no "
             "compress.epochs and no compress.repair"
         )
+    if step.closed_loop and getattr(method, "starts_fresh", False):
+        raise CompressionConfigError(
+            f"compress.closed_loop={step.closed_loop}: this method starts the site afresh, so no "
+            "kept unit's reader is there to refit; drop it"
+        )
     if step.closed_loop and not (site.in_recurrence and site.traced):
         raise CompressionConfigError(
             f"compress.closed_loop={step.closed_loop}: layer={site.name}'s units are not fed "

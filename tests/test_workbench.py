@@ -406,14 +406,18 @@ def test_a_closed_loop_refit_lowers_the_readers_error_on_the_shrunk_networks_own
 
 
 @pytest.mark.parametrize(
-    ("closed_loop", "layer", "says"),
-    [(1, "head.1", "not fed back"), (-1, "lstm", "closed_loop=-1"), (2, "words", "not fed back")],
+    ("closed_loop", "layer", "name", "says"),
+    [
+        (1, "head.1", "ls_refit", "not fed back"),
+        (-1, "lstm", "ls_refit", "closed_loop=-1"),
+        (2, "words", "word_merge", "not fed back"),
+        (1, "lstm", "freeze_retrain", "starts the site afresh"),  # it crashed on no pair
+    ],
 )
 def test_a_closed_loop_is_refused_where_it_means_nothing(
-    shared: Workbench, closed_loop: int, layer: str, says: str
+    shared: Workbench, closed_loop: int, layer: str, name: str, says: str
 ) -> None:
     site = resolve_site(layer, ModelShape.of(shared.network))
-    name = "word_merge" if layer == "words" else "ls_refit"
     method = build_method(compose_config(f"compress={name}").compress)
     with pytest.raises(CompressionConfigError, match=says):
         check_step(CompressStep(False, 0, 0.01, closed_loop=closed_loop), method, site)
