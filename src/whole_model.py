@@ -293,9 +293,7 @@ def cascade(
         if at_site is None or coded_away(site, current.network):
             continue
         best: tuple[int, SentimentLSTM] | None = None
-        low, high = site.least_width, site.width - 1
-        if hasattr(at_site, "most_rows"):  # coded words: past it, more numbers than the rows
-            high = at_site.most_rows(site.width, current.network.embedding.embedding_dim)
+        low, high = bounds(site, at_site, current.network)
         while low <= high:
             if best is not None and high - low < budget.width_tolerance * best[0]:
                 break  # close enough: the next steps would save under the tolerance
@@ -305,13 +303,7 @@ def cascade(
             seen = known.get(key)
             accepted = seen is not None and acceptable(seen, budget, baseline_correct[searched])
             if seen is None or (accepted and seen.network is None):
-                cut = current.compress(step, at_site, site, width)[0]
-                # a head site reads the current network's stored last-word states: no sentence
-                # is read again; a site inside the LSTM reads the searched validation sentences
-                logits = current.outputs(site, cut, "validation", rows=searched)[0]
-                correct = accuracy(logits, labels[searched])
-                params = stored_params(cut.network)
-                seen = Evaluated(correct, params, cut.network, held_width(cut.network, name))
+                seen = evaluated(current, step, at_site, site, width, labels, searched)
                 accepted = acceptable(seen, budget, baseline_correct[searched])
                 seconds = time.perf_counter() - start
             kept = seen.network if accepted and keep_networks else None
@@ -329,6 +321,35 @@ def cascade(
             result.widths[name], result.network = best
             current = Workbench(result.network, bench.datamodule, bench.settings)
     return result
+
+
+def bounds(site: Site, method: MergeMethod, network: SentimentLSTM) -> tuple[int, int]:
+    """The widths a bisection of ``site`` tries between: from its narrowest to one unit fewer
+    than it has, or for coded words to the most rows that still save numbers."""
+    high = site.width - 1
+    if hasattr(method, "most_rows"):  # coded words: past it, more numbers than the rows
+        high = method.most_rows(site.width, network.embedding.embedding_dim)
+    return site.least_width, high
+
+
+def evaluated(
+    bench: Workbench,
+    step: CompressStep,
+    method: MergeMethod,
+    site: Site,
+    width: int,
+    labels: Tensor,
+    searched: Tensor,
+) -> Evaluated:
+    """``site`` of ``bench``'s network cut to ``width`` by ``method``, scored on the ``searched``
+    validation sentences (``labels``: every validation sentence's)."""
+    cut = bench.compress(step, method, site, width)[0]
+    # a head site reads the current network's stored last-word states: no sentence is read
+    # again; a site inside the LSTM reads the searched validation sentences
+    logits = bench.outputs(site, cut, "validation", rows=searched)[0]
+    correct = accuracy(logits, labels[searched])
+    network = cut.network
+    return Evaluated(correct, stored_params(network), network, held_width(network, site.name))
 
 
 def held_width(network: SentimentLSTM, name: str) -> int:
