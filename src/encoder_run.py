@@ -98,6 +98,64 @@ def open_encoder(cfg: DictConfig) -> tuple[TextEncoder, tuple | None, str, dict 
     return load_encoder(folder, m.max_length, m.batch_size), None, key[:16], None
 
 
+def open_bench(
+    cfg: DictConfig, encoder: TextEncoder, head: tuple | None, model_key: str
+) -> EncoderBench:
+    """The bench of ``encoder`` on the run's corpus: the probe's seeded training sample, the
+    calibration sentences, and the embeddings every job on this encoder and data shares (under
+    ``cache_dir``, keyed by the weights and the data)."""
+    m = cfg.model
+    datamodule = instantiate(cfg.data)
+    raw = datamodule.read()
+    texts = {s: list(raw[s]["text"]) for s in raw}
+    labels = {s: list(raw[s]["label"]) for s in raw}
+    sentences = sample_sentences(
+        texts, labels, m.train_sentences, m.calibration_sentences, cfg.seed, m.calibration_seed
+    )
+    data_key = hashlib.sha256(
+        json.dumps([datamodule.digest, m.train_sentences, m.max_length, cfg.seed]).encode()
+    ).hexdigest()[:8]
+    store = ArtefactStore(
+        Path(cfg.cache_dir) / "shared" / f"encoder-{model_key}-{data_key}"
+        if cfg.cache_dir
+        else None
+    )
+    return EncoderBench(
+        encoder,
+        sentences,
+        store,
+        m.head_c,
+        cfg.seed,
+        head,
+        cfg.analysis.clustering,
+        cfg.analysis.measure,
+    )
+
+
+def baseline_metrics(
+    cfg: DictConfig,
+    bench: EncoderBench,
+    sites: list[MlpSite],
+    threads: int,
+    compressed_by: dict | None,
+) -> dict:
+    """What every job reports: its settings, and the encoder it analyses (a shrunk checkpoint's
+    record of how it was shrunk)."""
+    metrics = {
+        schema.DATA: cfg.data.name,
+        schema.SEED: cfg.seed,
+        schema.METHOD: cfg.compress.name,
+        schema.LAYER: "all" if len(sites) > 1 else sites[0].name,
+        schema.LAYER_WIDTH: sites[0].width,
+        schema.THREADS: threads,
+        **bench.baseline_scores(),
+        schema.CHECKPOINT: "baseline" if compressed_by is None else "compressed",
+    }
+    if compressed_by is not None:
+        metrics[schema.CHECKPOINT_COMPRESSED_BY] = json.dumps(compressed_by)
+    return metrics
+
+
 def main(cfg: DictConfig) -> dict:
     """One job on a pretrained encoder (module docstring)."""
     m = cfg.model
@@ -115,50 +173,14 @@ def main(cfg: DictConfig) -> dict:
         for site in sites:
             check_target_width(cfg.target_width, site)
             check_step(compression.step, compression.method, site)
-    datamodule = instantiate(cfg.data)
-    raw = datamodule.read()
-    texts = {s: list(raw[s]["text"]) for s in raw}
-    labels = {s: list(raw[s]["label"]) for s in raw}
-    sentences = sample_sentences(
-        texts, labels, m.train_sentences, m.calibration_sentences, cfg.seed, m.calibration_seed
-    )
-    data_key = hashlib.sha256(
-        json.dumps([datamodule.digest, m.train_sentences, m.max_length, cfg.seed]).encode()
-    ).hexdigest()[:8]
-    store = ArtefactStore(
-        Path(cfg.cache_dir) / "shared" / f"encoder-{model_key}-{data_key}"
-        if cfg.cache_dir
-        else None
-    )
-    bench = EncoderBench(
-        encoder,
-        sentences,
-        store,
-        m.head_c,
-        cfg.seed,
-        head,
-        cfg.analysis.clustering,
-        cfg.analysis.measure,
-    )
+    bench = open_bench(cfg, encoder, head, model_key)  # the corpus read before any logger
     output = Path(cfg.output_dir)
-    layer = "all" if len(sites) > 1 else sites[0].name
     loggers = run_loggers(cfg.logger)
     for logger in loggers:
         logger.log_hyperparams(cast(dict[str, Any], OmegaConf.to_container(cfg, resolve=True)))
     exit_code = 1
     try:
-        metrics = {
-            schema.DATA: cfg.data.name,
-            schema.SEED: cfg.seed,
-            schema.METHOD: cfg.compress.name,
-            schema.LAYER: layer,
-            schema.LAYER_WIDTH: sites[0].width,
-            schema.THREADS: threads,
-            **bench.baseline_scores(),
-            schema.CHECKPOINT: "baseline" if compressed_by is None else "compressed",
-        }
-        if compressed_by is not None:
-            metrics[schema.CHECKPOINT_COMPRESSED_BY] = json.dumps(compressed_by)
+        metrics = baseline_metrics(cfg, bench, sites, threads, compressed_by)
         shrunk = None
         if compression.method is not None:
             shrunk = bench.shrink(
